@@ -1,0 +1,313 @@
+"""L2 / Linf PGD and IFGSM with one radius per sample and an optional loss boundary.
+
+One implementation serves training (SAT: fixed eps; AMAT: eps = margin E(i), stopping
+at the loss-defined boundary) and evaluation (100-step PGD, 10-step IFGSM, several noise
+levels in one call by repeating the batch with a per-sample eps).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+LossFn = Callable[[Tensor], Tensor]
+
+_NORMS = ("l2", "linf")
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns; all tensors are detached.
+
+    ``crossed[i]`` is True when sample i reached its loss boundary (then ``x_adv`` is
+    the crossing side of the bisected boundary point); ``finite[i]`` is False when its
+    loss terms were NaN/inf at some point (its noise is then left where it was).
+    """
+
+    x_adv: Tensor
+    noise_norm: Tensor
+    crossed: Tensor
+    terms: Tensor
+    finite: Tensor
+    steps_run: int
+
+
+def _per_sample(value: float | Tensor, batch: int, name: str, like: Tensor) -> Tensor:
+    """Turn a float or a [B] tensor into a float [B] tensor on x's device, validated."""
+    if isinstance(value, Tensor):
+        if value.dim() == 0:
+            value = value.expand(batch)
+        if value.shape != (batch,):
+            raise ValueError(
+                f"{name} must be a float or a tensor of shape [B]=[{batch}] (one value per "
+                f"sample), got shape {tuple(value.shape)}; pass eps[i] per sample or one float"
+            )
+        out = value.detach().to(device=like.device, dtype=torch.float32)
+    else:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise TypeError(f"{name} must be a float or a [B] tensor, got {type(value).__name__}")
+        out = torch.full((batch,), float(value), device=like.device, dtype=torch.float32)
+    if not torch.isfinite(out).all() or (out < 0).any():
+        raise ValueError(f"{name} must be finite and >= 0 for every sample (got min {out.min().item():g}); "
+                         f"use 0 to leave a sample unperturbed")
+    return out
+
+
+def _bcast(v: Tensor, x: Tensor) -> Tensor:
+    """[B] -> [B, 1, 1, ...] to broadcast against x."""
+    return v.view(-1, *([1] * (x.dim() - 1)))
+
+
+def _norms(v: Tensor, norm: str) -> Tensor:
+    flat = v.flatten(1)
+    return flat.norm(p=2, dim=1) if norm == "l2" else flat.abs().amax(dim=1)
+
+
+def _project(delta: Tensor, eps: Tensor, norm: str) -> Tensor:
+    """Project each sample's noise onto the ball of radius eps[i] (exact, no rescale above 1)."""
+    if norm == "linf":
+        e = _bcast(eps, delta)
+        return torch.maximum(torch.minimum(delta, e), -e)
+    n = _norms(delta, "l2")
+    scale = torch.where(n > eps, eps / n.clamp_min(1e-12), torch.ones_like(n))
+    return delta * _bcast(scale, delta)
+
+
+def _random_start(x: Tensor, eps: Tensor, norm: str, generator: torch.Generator | None) -> Tensor:
+    """Uniform in the ball (volume-uniform: radius eps * u^(1/d)), not on its surface."""
+    if norm == "linf":
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return (2 * u - 1) * _bcast(eps, x).to(x.dtype)
+    d = x[0].numel()
+    g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    direction = g / _bcast(_norms(g, "l2").clamp_min(1e-12), g)
+    u = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=torch.float32)
+    radius = eps * u.pow(1.0 / d)
+    return direction * _bcast(radius, x).to(x.dtype)
+
+
+def _clamp(x_adv: Tensor, bounds: tuple[float, float] | None) -> Tensor:
+    return x_adv if bounds is None else x_adv.clamp(bounds[0], bounds[1])
+
+
+def _check_terms(terms: Tensor, batch: int) -> Tensor:
+    if not isinstance(terms, Tensor):
+        raise TypeError(f"loss_fn must return a tensor of per-sample loss terms, got {type(terms).__name__}")
+    if terms.dim() == 1:
+        terms = terms.unsqueeze(1)
+    if terms.dim() != 2 or terms.shape[0] != batch:
+        raise ValueError(
+            f"loss_fn must return per-sample loss terms of shape [B] or [B, K] with B={batch}, "
+            f"got {tuple(terms.shape)}; do not reduce over the batch (use reduction='none')"
+        )
+    return terms
+
+
+def _crossing(terms: Tensor, boundary: Tensor) -> Tensor:
+    """A sample crosses when NOT all of its terms are < xi[k] (NaN counts as not crossing)."""
+    finite = torch.isfinite(terms).all(dim=1)
+    return ~(terms < boundary).all(dim=1) & finite
+
+
+def _norm_modules(model: nn.Module) -> Iterator[nn.Module]:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase):
+            yield m
+
+
+@contextlib.contextmanager
+def preserved_state(model: nn.Module | None) -> Iterator[None]:
+    """Restore train/eval mode of every module and all normalisation buffers on exit.
+
+    Why: the attack runs the model many times; running means/vars and
+    ``num_batches_tracked`` must be exactly as if it never ran.
+    """
+    if model is None:
+        yield
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    saved = []
+    for m in _norm_modules(model):
+        for name, buf in m.named_buffers(recurse=False):
+            if buf is not None:
+                saved.append((buf, buf.detach().clone()))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, copy in saved:
+                # .data: restore without bumping the autograd version counter, so a clean
+                # forward taken before the attack can still back-propagate (BN saves its
+                # running buffers for backward but does not use them in training mode).
+                buf.data.copy_(copy)
+        for m, mode in modes:
+            m.training = mode
+
+
+def _mark_crossing(terms, xi, active, crossed, prev, delta, inside, hi, hi_terms):
+    """Freeze samples that crossed at this iterate; remember the bracket (prev, delta).
+
+    Updates ``crossed`` and ``active`` in place; returns the new bracket tensors.
+    """
+    new = _crossing(terms, xi) & active
+    m = _bcast(new, delta)
+    crossed |= new
+    active &= ~new
+    return (torch.where(m, prev, inside), torch.where(m, delta, hi),
+            torch.where(new.unsqueeze(1), terms, hi_terms))
+
+
+def pgd(
+    loss_fn: LossFn,
+    x: Tensor,
+    eps: float | Tensor,
+    *,
+    steps: int,
+    step_size: float | Tensor | None = None,
+    norm: str = "l2",
+    random_start: bool = True,
+    bounds: tuple[float, float] | None = None,
+    boundary: Tensor | Sequence[float] | None = None,
+    refine_steps: int = 10,
+    model: nn.Module | None = None,
+    generator: torch.Generator | None = None,
+) -> AttackResult:
+    """Projected gradient ascent on the sum of per-sample loss terms.
+
+    ``loss_fn(x_adv)`` returns terms ``[B]`` or ``[B, K]``. Each step moves every sample
+    along its own gradient normalised to unit L2 norm (sign for ``norm="linf"``) by
+    ``step_size[i]`` (default ``2.5 * eps / steps``), projects the noise onto the ball of
+    radius ``eps[i]`` and clamps to ``bounds``. ``eps[i] == 0`` leaves sample i unchanged.
+
+    With ``boundary`` (thresholds xi ``[K]``), a sample whose terms are not all ``< xi``
+    stops; ``refine_steps`` bisection steps between its last inside and first outside
+    iterate put it on the boundary. Without this, PGD ends on the sphere ``||noise|| = eps``
+    and AMAT's refine rule ``E = (||x - x_adv|| + E) / 2`` would never change E.
+
+    Pass ``model`` to have its modes and normalisation statistics restored afterwards.
+    Parameter ``.grad`` fields are never touched (gradients are taken w.r.t. the input only).
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if norm not in _NORMS:
+        raise ValueError(f"unknown norm {norm!r}; use one of {_NORMS}")
+    if not isinstance(refine_steps, int) or refine_steps < 0:
+        raise ValueError(f"refine_steps must be an integer >= 0, got {refine_steps!r}")
+    if bounds is not None and not (len(bounds) == 2 and bounds[0] < bounds[1]):
+        raise ValueError(f"bounds must be (lo, hi) with lo < hi, got {bounds!r}")
+    x = x.detach()
+    batch = x.shape[0]
+    eps_t = _per_sample(eps, batch, "eps", x)
+    if step_size is None:
+        alpha = 2.5 * eps_t / steps
+    else:
+        alpha = _per_sample(step_size, batch, "step_size", x)
+    xi = None
+    if boundary is not None:
+        xi = torch.as_tensor(boundary, dtype=torch.float32, device=x.device).reshape(-1)
+
+    with preserved_state(model):
+        delta = (_random_start(x, eps_t, norm, generator) if random_start
+                 else torch.zeros_like(x))
+        delta = _clamp(x + delta, bounds) - x
+        active = torch.ones(batch, dtype=torch.bool, device=x.device)
+        finite = torch.ones(batch, dtype=torch.bool, device=x.device)
+        crossed = torch.zeros(batch, dtype=torch.bool, device=x.device)
+        prev = torch.zeros_like(x)  # last iterate known inside the boundary (clean x)
+        inside = hi = hi_terms = None
+        terms = None
+        alpha_b = _bcast(alpha, x).to(x.dtype)
+        steps_run = 0
+        for _ in range(steps):
+            d = delta.detach().requires_grad_(True)
+            terms = _check_terms(loss_fn(x + d), batch)
+            (grad,) = torch.autograd.grad(terms.sum(), d)
+            terms = terms.detach().float()
+            ok = torch.isfinite(terms).all(dim=1)
+            finite &= ok
+            if xi is not None:
+                if inside is None:
+                    inside, hi, hi_terms = prev.clone(), delta.clone(), terms.clone()
+                inside, hi, hi_terms = _mark_crossing(terms, xi, active, crossed, prev, delta,
+                                                      inside, hi, hi_terms)
+            move = active & ok
+            if norm == "l2":
+                g = grad / _bcast(_norms(grad, "l2").clamp_min(1e-12), grad)
+            else:
+                g = grad.sign()
+            g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+            prev = torch.where(_bcast(active, x), delta, prev)
+            step = torch.where(_bcast(move, x), alpha_b * g, torch.zeros_like(g))
+            delta = _project(delta + step, eps_t, norm)
+            delta = _clamp(x + delta, bounds) - x
+            steps_run += 1
+            if xi is not None and not bool(active.any()):
+                break
+
+        with torch.no_grad():
+            # Final iterate not evaluated yet: its terms (and, with a boundary, its crossing).
+            if not (xi is not None and not bool(active.any())):
+                terms = _check_terms(loss_fn(x + delta), batch).float()
+                finite &= torch.isfinite(terms).all(dim=1)
+                if xi is not None:
+                    inside, hi, hi_terms = _mark_crossing(terms, xi, active, crossed, prev, delta,
+                                                          inside, hi, hi_terms)
+            if xi is not None and bool(crossed.any()):
+                lo_d = inside
+                for _ in range(refine_steps):
+                    mid = (lo_d + hi) / 2
+                    t = _check_terms(loss_fn(x + mid), batch).float()
+                    out = (_crossing(t, xi) | ~torch.isfinite(t).all(dim=1)) & crossed
+                    ob = _bcast(out, x)
+                    hi = torch.where(ob, mid, hi)
+                    hi_terms = torch.where(out.unsqueeze(1), t, hi_terms)
+                    lo_d = torch.where(ob, lo_d, mid)
+                delta = torch.where(_bcast(crossed, x), hi, delta)
+                terms = torch.where(crossed.unsqueeze(1), hi_terms, terms)
+
+    x_adv = (x + delta).detach()
+    return AttackResult(
+        x_adv=x_adv,
+        noise_norm=_norms((x_adv - x).float(), norm),
+        crossed=crossed,
+        terms=terms.detach(),
+        finite=finite & torch.isfinite(terms).all(dim=1),
+        steps_run=steps_run,
+    )
+
+
+def ifgsm(
+    loss_fn: LossFn,
+    x: Tensor,
+    eps: float | Tensor,
+    *,
+    steps: int = 10,
+    step_size: float | Tensor | None = None,
+    norm: str = "l2",
+    bounds: tuple[float, float] | None = None,
+    model: nn.Module | None = None,
+) -> AttackResult:
+    """The paper's IFGSM evaluation attack: the same L2 iteration as :func:`pgd` WITHOUT a
+    random start, with step ``eps / steps`` by default (Kurakin et al.), no boundary."""
+    if step_size is None:
+        batch = x.shape[0]
+        step_size = _per_sample(eps, batch, "eps", x) / (steps if isinstance(steps, int) and steps > 0 else 1)
+    return pgd(loss_fn, x, eps, steps=steps, step_size=step_size, norm=norm,
+               random_start=False, bounds=bounds, model=model)
+
+
+def multi_level(eps_levels: Sequence[float], x: Tensor) -> tuple[Tensor, Tensor]:
+    """Repeat a batch once per noise level: returns (x_rep [L*B, ...], eps [L*B]).
+
+    Level-major order: rows ``l*B:(l+1)*B`` hold level ``eps_levels[l]``; one attack call
+    then evaluates every level (per-sample eps), instead of one call per level.
+    """
+    levels = torch.as_tensor(list(eps_levels), dtype=torch.float32, device=x.device)
+    if levels.numel() == 0 or not math.isfinite(float(levels.sum())):
+        raise ValueError("eps_levels must be a non-empty list of finite noise levels")
+    b = x.shape[0]
+    return x.repeat(len(levels), *([1] * (x.dim() - 1))), levels.repeat_interleave(b)

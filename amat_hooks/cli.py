@@ -1,0 +1,42 @@
+"""``amat``: one console script; subcommands come from plugins (``amat_add_commands``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from . import __version__
+from .offline import apply_offline_env
+
+
+def build_parser(pm=None) -> argparse.ArgumentParser:
+    from .plugins import get_plugin_manager
+
+    pm = pm or get_plugin_manager()
+    parser = argparse.ArgumentParser(
+        prog="amat", description="Adaptive-margin adversarial training (AMAT) for existing trainers.")
+    parser.add_argument("--version", action="version", version=f"amat-hooks {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    pm.hook.amat_add_commands(subparsers=sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    apply_offline_env()
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "command", None) is None:
+        parser.print_help()
+        return 2
+    if extra and not getattr(args, "accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""One set of adversarial-training settings for every front end.
+
+The same names appear as command-line flags (``--adv amat --adv-step 0.5``), as
+environment variables (``AMAT_MODE=amat AMAT_STEP=0.5``, for trainers whose command line
+we do not own, like ``nnUNetv2_train``) and as a JSON/dict (sidecars, checkpoints).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping, Sequence
+
+from .policies import AMAT, MODES, SAT, STD, AttackSettings, Policy
+from .thresholds import RULES
+
+_ALIASES = {"std": "none", "off": "none", "clean": "none"}
+
+
+class AdvConfigError(ValueError):
+    """Bad adversarial-training settings; the message names the flag and the fix."""
+
+
+@dataclass
+class AdvConfig:
+    mode: str = "amat"
+    step: float | None = None          # AMAT expansion step Delta (= initial margin)
+    eps: float | None = None           # SAT noise level
+    steps: int = 10                    # PGD iterations for training noise
+    step_size: float | None = None     # PGD step; default 2.5 * eps / steps
+    norm: str = "l2"
+    xi: list[float] | None = None      # thresholds; None = online estimate
+    xi_rule: str = "mean"              # mean | mean+2std
+    xi_momentum: float | None = 0.01
+    refine_steps: int = 10             # bisection steps at the loss boundary
+    max_margin: float | None = None
+    bounds: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        self.mode = _ALIASES.get(str(self.mode).lower(), str(self.mode).lower())
+        if isinstance(self.bounds, list):
+            self.bounds = tuple(self.bounds)
+
+    def validate(self) -> "AdvConfig":
+        if self.mode not in MODES:
+            raise AdvConfigError(f"unknown --adv mode {self.mode!r}; choose one of: {', '.join(MODES)}")
+        if self.mode == "sat":
+            if self.eps is None:
+                raise AdvConfigError("--adv sat needs a noise level: add --adv-eps EPS (e.g. --adv-eps 5)")
+            if not (math.isfinite(self.eps) and self.eps > 0):
+                raise AdvConfigError(f"--adv-eps must be > 0, got {self.eps}")
+        if self.mode == "amat":
+            if self.step is None:
+                raise AdvConfigError("--adv amat needs a step size: add --adv-step DELTA (e.g. --adv-step 0.5)")
+            if not (math.isfinite(self.step) and self.step > 0):
+                raise AdvConfigError(f"--adv-step must be > 0, got {self.step}")
+        if self.eps is not None and not self.eps > 0:
+            raise AdvConfigError(f"--adv-eps must be > 0, got {self.eps}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise AdvConfigError(f"--adv-steps must be an integer >= 1, got {self.steps}")
+        if self.step_size is not None and not self.step_size > 0:
+            raise AdvConfigError(f"--adv-step-size must be > 0, got {self.step_size}")
+        if self.xi_rule not in RULES:
+            raise AdvConfigError(f"unknown --adv-xi-rule {self.xi_rule!r}; choose one of: {', '.join(RULES)}")
+        if self.refine_steps < 0:
+            raise AdvConfigError(f"--adv-refine-steps must be >= 0, got {self.refine_steps}")
+        if self.norm not in ("l2", "linf"):
+            raise AdvConfigError(f"unknown --adv-norm {self.norm!r}; choose l2 or linf")
+        return self
+
+    def attack_settings(self) -> AttackSettings:
+        return AttackSettings(steps=self.steps, step_size=self.step_size, norm=self.norm,
+                              bounds=self.bounds, refine_steps=self.refine_steps)
+
+    def build_policy(self, dataset_id: str | None = None) -> Policy:
+        self.validate()
+        if self.mode == "none":
+            return STD(self.attack_settings())
+        if self.mode == "sat":
+            return SAT(self.eps, self.attack_settings())
+        return AMAT(self.step, xi=self.xi, xi_rule=self.xi_rule, attack=self.attack_settings(),
+                    max_margin=self.max_margin, dataset_id=dataset_id, xi_momentum=self.xi_momentum)
+
+    @property
+    def label(self) -> str:
+        """Paper-style method name: STD, SAT5, AMAT."""
+        if self.mode == "none":
+            return "STD"
+        if self.mode == "sat":
+            return f"SAT{self.eps:g}"
+        return "AMAT"
+
+    # -- serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["bounds"] = None if self.bounds is None else list(self.bounds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AdvConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise AdvConfigError(f"unknown adversarial setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**dict(d))
+
+    # -- command line ------------------------------------------------------------------------
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser, default_mode: str | None = "amat") -> None:
+        g = parser.add_argument_group("adversarial training (amat-hooks)")
+        g.add_argument("--adv", dest="adv_mode", default=default_mode, type=str.lower,
+                       help=f"training mode: {', '.join(MODES)} (std is an alias of none)")
+        g.add_argument("--adv-step", type=float, help="AMAT expansion step Delta (also the initial margin)")
+        g.add_argument("--adv-eps", type=float, help="SAT noise level (L2)")
+        g.add_argument("--adv-steps", type=int, default=10, help="PGD iterations for training noise (default 10)")
+        g.add_argument("--adv-step-size", type=float, help="PGD step (default 2.5*eps/steps)")
+        g.add_argument("--adv-norm", default="l2", choices=["l2", "linf"])
+        g.add_argument("--adv-xi", type=_float_list, help="thresholds xi, comma-separated (default: online estimate)")
+        g.add_argument("--adv-xi-rule", default="mean", help="xi rule: mean or mean+2std")
+        g.add_argument("--adv-refine-steps", type=int, default=10, help="bisection steps at the loss boundary")
+        g.add_argument("--adv-max-margin", type=float, help="cap on AMAT margins")
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> "AdvConfig":
+        mode = ns.adv_mode
+        if mode is None:
+            mode = "none"
+        cfg = cls(mode=mode, step=ns.adv_step, eps=ns.adv_eps, steps=ns.adv_steps,
+                  step_size=ns.adv_step_size, norm=ns.adv_norm, xi=ns.adv_xi,
+                  xi_rule=ns.adv_xi_rule, refine_steps=ns.adv_refine_steps,
+                  max_margin=ns.adv_max_margin)
+        return cfg.validate()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, prefix: str = "AMAT_",
+                 defaults: Mapping[str, Any] | None = None) -> "AdvConfig":
+        """Read ``AMAT_MODE, AMAT_STEP, AMAT_EPS, AMAT_STEPS, AMAT_STEP_SIZE, AMAT_NORM,
+        AMAT_XI, AMAT_XI_RULE, AMAT_REFINE_STEPS, AMAT_MAX_MARGIN`` over ``defaults``."""
+        env = os.environ if env is None else env
+        d: dict[str, Any] = dict(defaults or {})
+        conv = {"step": float, "eps": float, "steps": int, "step_size": float, "xi": _float_list,
+                "refine_steps": int, "max_margin": float, "xi_momentum": float}
+        for f in fields(cls):
+            key = prefix + ("MODE" if f.name == "mode" else f.name.upper())
+            if key in env and env[key] != "":
+                raw = env[key]
+                try:
+                    d[f.name] = conv.get(f.name, str)(raw)
+                except ValueError as e:
+                    raise AdvConfigError(f"environment variable {key}={raw!r} is not valid: {e}") from None
+        return cls.from_dict(d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _float_list(text: str | Sequence[float]) -> list[float]:
+    if not isinstance(text, str):
+        return [float(v) for v in text]
+    try:
+        return [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None

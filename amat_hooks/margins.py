@@ -1,0 +1,218 @@
+"""Per-sample margins E(i) of Algorithm 1, keyed by any hashable sample id."""
+from __future__ import annotations
+
+import math
+from typing import Any, Hashable, Sequence
+
+import torch
+from torch import Tensor
+
+STATE_VERSION = 1
+
+
+class MarginMismatchError(ValueError):
+    """A saved margin table does not belong to this run (other init/step/dataset)."""
+
+
+class MarginStore:
+    """The table E of Algorithm 1: one margin per training sample.
+
+    Unknown ids start at ``init`` (the paper: E(i) = Delta). ``update`` applies line 10
+    (accepted: ``E += step``, capped by ``max_margin``) or line 12 (``E = (||noise|| + E)/2``).
+    Under ``torch.distributed`` each rank updates its own samples; :meth:`sync` replays
+    every rank's updates in rank order so all ranks hold the same table.
+    """
+
+    def __init__(self, init: float, step: float, max_margin: float | None = None,
+                 dataset_id: str | None = None) -> None:
+        if not (isinstance(init, (int, float)) and math.isfinite(init) and init >= 0):
+            raise ValueError(f"MarginStore init must be a finite number >= 0, got {init!r}")
+        if not (isinstance(step, (int, float)) and math.isfinite(step) and step > 0):
+            raise ValueError(f"MarginStore step (Delta) must be > 0, got {step!r}; "
+                             f"pass a positive expansion step such as 0.5")
+        if max_margin is not None and not max_margin >= init:
+            raise ValueError(f"max_margin ({max_margin}) must be >= init ({init}) or None")
+        self.init = float(init)
+        self.step = float(step)
+        self.max_margin = None if max_margin is None else float(max_margin)
+        self.dataset_id = dataset_id
+        self._index: dict[Hashable, int] = {}
+        self._ids: list[Hashable] = []
+        self._values = torch.empty(0, dtype=torch.float64)
+        self._updates = 0
+        self._pending: list[tuple[Hashable, bool, float]] = []
+        self._base: dict[Hashable, float | None] = {}
+
+    # -- table access -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, sample_id: Hashable) -> bool:
+        return sample_id in self._index
+
+    def _rows(self, ids: Sequence[Hashable], create: bool) -> list[int]:
+        rows = []
+        new = 0
+        for i in ids:
+            r = self._index.get(i)
+            if r is None:
+                if not create:
+                    rows.append(-1)
+                    continue
+                r = len(self._ids)
+                self._index[i] = r
+                self._ids.append(i)
+                new += 1
+            rows.append(r)
+        if new:
+            self._values = torch.cat([self._values, torch.full((new,), self.init, dtype=torch.float64)])
+        return rows
+
+    def get(self, ids: Sequence[Hashable], device: torch.device | str | None = None) -> Tensor:
+        """Margins for a batch, float32 ``[B]``; unknown ids read as ``init`` (not stored)."""
+        _check_ids(ids)
+        rows = self._rows(ids, create=False)
+        idx = torch.tensor(rows, dtype=torch.long)
+        out = torch.full((len(rows),), self.init, dtype=torch.float64)
+        known = idx >= 0
+        out[known] = self._values[idx[known]]
+        return out.to(dtype=torch.float32, device=device)
+
+    def update(self, ids: Sequence[Hashable], accepted: Tensor | Sequence[bool],
+               noise_norm: Tensor | Sequence[float]) -> None:
+        """Algorithm 1 lines 9-12 for a batch; duplicate ids are applied in order."""
+        _check_ids(ids)
+        acc = torch.as_tensor(accepted, dtype=torch.bool).detach().cpu().reshape(-1)
+        nn_ = torch.as_tensor(noise_norm, dtype=torch.float64).detach().cpu().reshape(-1)
+        if not (len(ids) == acc.numel() == nn_.numel()):
+            raise ValueError(f"update needs one accepted flag and one noise norm per id: got "
+                             f"{len(ids)} ids, {acc.numel()} flags, {nn_.numel()} norms")
+        if len(ids) == 0:
+            return
+        if not torch.isfinite(nn_).all():
+            raise ValueError("noise_norm has NaN/inf entries; drop those samples before update")
+        for i in ids:
+            if i not in self._base:
+                r = self._index.get(i)
+                self._base[i] = None if r is None else float(self._values[r])
+        rows = self._rows(ids, create=True)
+        self._pending.extend(zip(ids, acc.tolist(), nn_.tolist()))
+        if len(set(rows)) == len(rows):
+            idx = torch.tensor(rows, dtype=torch.long)
+            self._values[idx] = self._rule(self._values[idx], acc, nn_)
+        else:  # duplicates: sequential, in order
+            for r, a, n in zip(rows, acc.tolist(), nn_.tolist()):
+                self._values[r] = self._rule(self._values[r:r + 1], torch.tensor([a]),
+                                             torch.tensor([n], dtype=torch.float64))[0]
+        self._updates += len(rows)
+
+    def _rule(self, e: Tensor, accepted: Tensor, noise_norm: Tensor) -> Tensor:
+        grown = e + self.step
+        if self.max_margin is not None:
+            grown = grown.clamp(max=self.max_margin)
+        return torch.where(accepted, grown, (noise_norm + e) / 2)
+
+    # -- distributed ----------------------------------------------------------------------
+    def sync(self, group: Any = None) -> None:
+        """Merge all ranks' updates since the last sync (no-op without torch.distributed).
+
+        Every rank rolls its own updates back, then replays the gathered update logs of
+        ranks 0..N-1 in order, so all ranks end with the same table. Call it at the same
+        points on every rank (it is a collective).
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+            self._pending.clear()
+            self._base.clear()
+            return
+        logs: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(logs, self._pending, group=group)
+        for i, value in self._base.items():  # roll back own updates
+            r = self._index[i]
+            self._values[r] = self.init if value is None else value
+        self._pending = []
+        self._base = {}
+        for log in logs:
+            for i, a, n in log:
+                rows = self._rows([i], create=True)
+                self._values[rows[0]] = self._rule(self._values[rows[0]:rows[0] + 1], torch.tensor([a]),
+                                                   torch.tensor([n], dtype=torch.float64))[0]
+        self._pending.clear()
+        self._base.clear()
+
+    # -- persistence ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Plain Python containers (pickle- and, for str ids, JSON-friendly)."""
+        return {
+            "version": STATE_VERSION,
+            "init": self.init,
+            "step": self.step,
+            "max_margin": self.max_margin,
+            "dataset_id": self.dataset_id,
+            "ids": list(self._ids),
+            "values": self._values.tolist(),
+            "updates": self._updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], force: bool = False) -> None:
+        """Restore a table exactly. A table made with another init/step/dataset is refused
+        unless ``force=True`` (its margins would mean something else)."""
+        for key in ("init", "step", "ids", "values"):
+            if key not in state:
+                raise MarginMismatchError(f"not a MarginStore state: key {key!r} missing")
+        problems = []
+        if abs(float(state["init"]) - self.init) > 1e-12:
+            problems.append(f"init {state['init']} != {self.init}")
+        if abs(float(state["step"]) - self.step) > 1e-12:
+            problems.append(f"step {state['step']} != {self.step}")
+        if (self.dataset_id is not None and state.get("dataset_id") is not None
+                and state["dataset_id"] != self.dataset_id):
+            problems.append(f"dataset {state['dataset_id']!r} != {self.dataset_id!r}")
+        if problems and not force:
+            raise MarginMismatchError(
+                "the saved margin table was made for another run (" + "; ".join(problems)
+                + "). Start a fresh run, use the matching step size/dataset, or load with force=True")
+        ids = [tuple(i) if isinstance(i, list) else i for i in state["ids"]]
+        if len(ids) != len(state["values"]):
+            raise MarginMismatchError("corrupt margin table: ids and values differ in length")
+        self._ids = ids
+        self._index = {i: r for r, i in enumerate(ids)}
+        self._values = torch.tensor(state["values"], dtype=torch.float64)
+        self._updates = int(state.get("updates", 0))
+        self._pending.clear()
+        self._base.clear()
+
+    # -- reporting ------------------------------------------------------------------------
+    def values(self) -> Tensor:
+        return self._values.clone()
+
+    def ids(self) -> list[Hashable]:
+        return list(self._ids)
+
+    def summary(self) -> dict[str, float]:
+        """count/mean/std/min/max/q10/q50/q90 of the stored margins (for logs and plots)."""
+        v = self._values
+        if v.numel() == 0:
+            return {"count": 0, "updates": self._updates, "mean": self.init, "std": 0.0,
+                    "min": self.init, "max": self.init, "q10": self.init, "q50": self.init,
+                    "q90": self.init}
+        q = torch.quantile(v, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+        return {"count": int(v.numel()), "updates": self._updates, "mean": float(v.mean()),
+                "std": float(v.std(unbiased=False)), "min": float(v.min()), "max": float(v.max()),
+                "q10": float(q[0]), "q50": float(q[1]), "q90": float(q[2])}
+
+    def format_summary(self) -> str:
+        s = self.summary()
+        return (f"margins n={s['count']} mean={s['mean']:.4g} min={s['min']:.4g} "
+                f"q50={s['q50']:.4g} max={s['max']:.4g}")
+
+
+def _check_ids(ids: Sequence[Hashable]) -> None:
+    if ids is None:
+        raise ValueError("sample ids are missing: AMAT needs one id per sample in the batch "
+                         "(e.g. file names or dataset indices); let the adapter return them")
+    for i in ids:
+        if isinstance(i, Tensor):
+            raise TypeError("sample ids must be hashable Python values (int/str/tuple), not tensors; "
+                            "convert with .tolist()")

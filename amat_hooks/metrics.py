@@ -1,0 +1,59 @@
+"""Task metrics of the paper: ADI / TVDI (segmentation), AUC_robust (eq. 4)."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def dice_counts(pred: Tensor, target: Tensor, labels: Sequence[int] | None = None) -> Tensor:
+    """Per-sample (TP, FP, FN) summed over foreground ``labels`` -> ``[B, 3]``.
+
+    ``pred``/``target`` are integer label maps ``[B, ...]``. Default labels: every value > 0
+    present in either map (the foreground, as one class per label, counts added).
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(target.shape)} shapes differ")
+    if labels is None:
+        labels = [int(v) for v in torch.unique(torch.cat([pred.flatten(), target.flatten()])) if v > 0]
+    b = pred.shape[0]
+    p, t = pred.reshape(b, -1), target.reshape(b, -1)
+    out = torch.zeros(b, 3, dtype=torch.float64)
+    for c in labels:
+        pc, tc = p == c, t == c
+        out[:, 0] += (pc & tc).sum(1).double()
+        out[:, 1] += (pc & ~tc).sum(1).double()
+        out[:, 2] += (~pc & tc).sum(1).double()
+    return out
+
+
+def dice_from_counts(counts: Tensor, empty: float = 1.0) -> Tensor:
+    """2TP / (2TP + FP + FN) per row; a sample with no foreground in prediction and label
+    scores ``empty`` (1.0: nothing to find, nothing found), never NaN."""
+    tp, fp, fn = counts[:, 0], counts[:, 1], counts[:, 2]
+    den = 2 * tp + fp + fn
+    return torch.where(den > 0, 2 * tp / den.clamp_min(1e-12), torch.full_like(den, empty))
+
+
+def adi(counts: Tensor) -> float:
+    """Average Dice Index (eq. 3): the mean of per-sample Dice."""
+    return float(dice_from_counts(counts).mean())
+
+
+def tvdi(counts: Tensor) -> float:
+    """Total voxel Dice Index (eq. 5): Dice of the summed counts."""
+    tp, fp, fn = counts.sum(0).tolist()
+    den = 2 * tp + fp + fn
+    return 1.0 if den == 0 else 2 * tp / den
+
+
+def auc_robust(clean: float, noisy: Sequence[float]) -> float:
+    """AUC_robust = sqrt(clean x mean(noisy)) (eq. 4), for higher-is-better metrics."""
+    if not noisy:
+        raise ValueError("auc_robust needs at least one noise level")
+    m = sum(noisy) / len(noisy)
+    if clean < 0 or m < 0:
+        raise ValueError("auc_robust needs non-negative higher-is-better scores")
+    return math.sqrt(clean * m)
