@@ -9,6 +9,14 @@ from . import __version__
 from .offline import apply_offline_env
 
 
+#: Commands shared by every task; integrations add ``nnunet``/``yolo``/``landmark`` under them.
+SHARED_COMMANDS = {
+    "calibrate": "compute the thresholds xi from a clean (STD) model's per-sample losses",
+    "eval": "evaluate models under 100-step PGD / 10-step IFGSM at several L2 noise levels",
+    "grid": "choose AMAT's step size Delta by a grid search on the validation split",
+}
+
+
 def build_parser(pm=None) -> argparse.ArgumentParser:
     from .plugins import get_plugin_manager
 
@@ -18,6 +26,11 @@ def build_parser(pm=None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"amat-hooks {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     pm.hook.amat_add_commands(subparsers=sub)
+    for command, text in SHARED_COMMANDS.items():
+        p = sub.add_parser(command, help=text, description=text)
+        tasks = p.add_subparsers(dest="task", metavar="TASK")
+        p.set_defaults(func=lambda args, p=p: (p.print_help(), 2)[1])
+        pm.hook.amat_add_task_commands(command=command, subparsers=tasks)
     return parser
 
 

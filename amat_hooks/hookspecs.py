@@ -101,3 +101,10 @@ def amat_threshold_set(xi: "Tensor", source: str, host: Any) -> None:
 @hookspec
 def amat_add_commands(subparsers: "argparse._SubParsersAction") -> None:
     """Add ``amat`` subcommands. Each parser must ``set_defaults(func=callable(args) -> int)``."""
+
+
+@hookspec
+def amat_add_task_commands(command: str, subparsers: "argparse._SubParsersAction") -> None:
+    """Add a task target under a shared command: ``command`` is ``"calibrate"``, ``"eval"``
+    or ``"grid"``; add e.g. ``nnunet``/``yolo``/``landmark`` parsers to ``subparsers``
+    (so users type ``amat calibrate nnunet ...``). Same ``set_defaults(func=...)`` rule."""
