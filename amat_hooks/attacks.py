@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -19,21 +18,39 @@ LossFn = Callable[[Tensor], Tensor]
 _NORMS = ("l2", "linf")
 
 
-@dataclass
 class AttackResult:
     """What an attack returns; all tensors are detached.
 
-    ``crossed[i]`` is True when sample i reached its loss boundary (then ``x_adv`` is
-    the crossing side of the bisected boundary point); ``finite[i]`` is False when its
-    loss terms were NaN/inf at some point (its noise is then left where it was).
+    ``noise_norm[i] = ||x_adv[i] - x[i]||``. ``crossed[i]`` is True when sample i reached
+    its loss boundary (``x_adv`` is then the crossing side of the bisected boundary point).
+    ``finite[i]`` is False when its loss terms were NaN/inf at an evaluated iterate (its
+    noise then stops moving). ``terms`` ``[B, K]`` are the loss terms at ``x_adv``; without
+    a boundary they are computed on first access (one extra forward pass only if asked
+    for: training uses the terms of its own noisy forward pass instead).
     """
 
-    x_adv: Tensor
-    noise_norm: Tensor
-    crossed: Tensor
-    terms: Tensor
-    finite: Tensor
-    steps_run: int
+    def __init__(self, x_adv: Tensor, noise_norm: Tensor, crossed: Tensor, finite: Tensor,
+                 steps_run: int, terms: Tensor | None = None,
+                 terms_fn: Callable[[], Tensor] | None = None) -> None:
+        self.x_adv = x_adv
+        self.noise_norm = noise_norm
+        self.crossed = crossed
+        self.finite = finite
+        self.steps_run = steps_run
+        self._terms = terms
+        self._terms_fn = terms_fn
+
+    @property
+    def terms(self) -> Tensor:
+        if self._terms is None:
+            self._terms = self._terms_fn()
+            self._terms_fn = None
+        return self._terms
+
+    def __repr__(self) -> str:
+        return (f"AttackResult(batch={self.x_adv.shape[0]}, noise_norm_mean="
+                f"{float(self.noise_norm.mean()):.4g}, crossed={int(self.crossed.sum())}, "
+                f"steps_run={self.steps_run})")
 
 
 def _per_sample(value: float | Tensor, batch: int, name: str, like: Tensor) -> Tensor:
@@ -214,18 +231,26 @@ def pgd(
         delta = (_random_start(x, eps_t, norm, generator) if random_start
                  else torch.zeros_like(x))
         delta = _clamp(x + delta, bounds) - x
-        active = torch.ones(batch, dtype=torch.bool, device=x.device)
         finite = torch.ones(batch, dtype=torch.bool, device=x.device)
+        active = torch.ones(batch, dtype=torch.bool, device=x.device)
         crossed = torch.zeros(batch, dtype=torch.bool, device=x.device)
         prev = torch.zeros_like(x)  # last iterate known inside the boundary (clean x)
         inside = hi = hi_terms = None
-        terms = None
         alpha_b = _bcast(alpha, x).to(x.dtype)
         steps_run = 0
         for _ in range(steps):
             d = delta.detach().requires_grad_(True)
-            terms = _check_terms(loss_fn(x + d), batch)
-            (grad,) = torch.autograd.grad(terms.sum(), d)
+            with torch.enable_grad():  # callers often evaluate under no_grad
+                terms = loss_fn(x + d)
+                total = terms.sum()
+            if steps_run == 0:
+                terms = _check_terms(terms, batch)
+            elif terms.dim() == 1:
+                terms = terms.unsqueeze(1)
+            if not total.requires_grad:
+                raise ValueError("loss_fn output does not depend on its input with autograd; "
+                                 "do not detach or compute it under torch.no_grad()")
+            (grad,) = torch.autograd.grad(total, d)
             terms = terms.detach().float()
             ok = torch.isfinite(terms).all(dim=1)
             finite &= ok
@@ -234,49 +259,55 @@ def pgd(
                     inside, hi, hi_terms = prev.clone(), delta.clone(), terms.clone()
                 inside, hi, hi_terms = _mark_crossing(terms, xi, active, crossed, prev, delta,
                                                       inside, hi, hi_terms)
-            move = active & ok
+                prev = torch.where(_bcast(active, x), delta, prev)
+                ok = ok & active
             if norm == "l2":
                 g = grad / _bcast(_norms(grad, "l2").clamp_min(1e-12), grad)
             else:
                 g = grad.sign()
             g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
-            prev = torch.where(_bcast(active, x), delta, prev)
-            step = torch.where(_bcast(move, x), alpha_b * g, torch.zeros_like(g))
-            delta = _project(delta + step, eps_t, norm)
-            delta = _clamp(x + delta, bounds) - x
+            step = alpha_b * g * _bcast(ok, x).to(g.dtype)
+            delta = _clamp(x + _project(delta + step, eps_t, norm), bounds) - x
             steps_run += 1
             if xi is not None and not bool(active.any()):
                 break
 
-        with torch.no_grad():
-            # Final iterate not evaluated yet: its terms (and, with a boundary, its crossing).
-            if not (xi is not None and not bool(active.any())):
-                terms = _check_terms(loss_fn(x + delta), batch).float()
-                finite &= torch.isfinite(terms).all(dim=1)
-                if xi is not None:
-                    inside, hi, hi_terms = _mark_crossing(terms, xi, active, crossed, prev, delta,
-                                                          inside, hi, hi_terms)
-            if xi is not None and bool(crossed.any()):
-                lo_d = inside
-                for _ in range(refine_steps):
-                    mid = (lo_d + hi) / 2
-                    t = _check_terms(loss_fn(x + mid), batch).float()
-                    out = (_crossing(t, xi) | ~torch.isfinite(t).all(dim=1)) & crossed
-                    ob = _bcast(out, x)
-                    hi = torch.where(ob, mid, hi)
-                    hi_terms = torch.where(out.unsqueeze(1), t, hi_terms)
-                    lo_d = torch.where(ob, lo_d, mid)
-                delta = torch.where(_bcast(crossed, x), hi, delta)
-                terms = torch.where(crossed.unsqueeze(1), hi_terms, terms)
+        final_terms = None
+        if xi is not None:
+            with torch.no_grad():
+                if bool(active.any()):  # the last iterate was never evaluated
+                    final_terms = _check_terms(loss_fn(x + delta), batch).float()
+                    finite &= torch.isfinite(final_terms).all(dim=1)
+                    inside, hi, hi_terms = _mark_crossing(final_terms, xi, active, crossed, prev,
+                                                          delta, inside, hi, hi_terms)
+                if bool(crossed.any()):
+                    lo_d = inside
+                    for _ in range(refine_steps):
+                        mid = (lo_d + hi) / 2
+                        t = _check_terms(loss_fn(x + mid), batch).float()
+                        out = (_crossing(t, xi) | ~torch.isfinite(t).all(dim=1)) & crossed
+                        ob = _bcast(out, x)
+                        hi = torch.where(ob, mid, hi)
+                        hi_terms = torch.where(out.unsqueeze(1), t, hi_terms)
+                        lo_d = torch.where(ob, lo_d, mid)
+                    delta = torch.where(_bcast(crossed, x), hi, delta)
+                final_terms = hi_terms if final_terms is None else torch.where(
+                    crossed.unsqueeze(1), hi_terms, final_terms)
 
     x_adv = (x + delta).detach()
+
+    def lazy_terms() -> Tensor:
+        with preserved_state(model), torch.no_grad():
+            return _check_terms(loss_fn(x_adv), batch).float()
+
     return AttackResult(
         x_adv=x_adv,
         noise_norm=_norms((x_adv - x).float(), norm),
         crossed=crossed,
-        terms=terms.detach(),
-        finite=finite & torch.isfinite(terms).all(dim=1),
+        finite=finite,
         steps_run=steps_run,
+        terms=final_terms,
+        terms_fn=None if final_terms is not None else lazy_terms,
     )
 
 

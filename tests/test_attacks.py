@@ -192,3 +192,15 @@ def test_nan_terms_freeze_that_sample_and_are_reported():
     assert res.finite.tolist() == [True, False, True]
     assert torch.equal(res.x_adv[1], x[1])
     assert math.isfinite(res.noise_norm.sum().item())
+
+
+def test_attack_works_when_called_under_no_grad():
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        res = ifgsm(lambda z: (z ** 2).sum(1), x, 1.0, steps=5)
+    assert torch.all(res.noise_norm > 0.99)
+
+
+def test_detached_loss_is_a_clear_error():
+    with pytest.raises(ValueError, match="does not depend on its input"):
+        pgd(lambda z: z.detach().sum(1), torch.randn(2, 3), 1.0, steps=2)

@@ -1,0 +1,177 @@
+"""Core benchmarks (run by hand): writes docs/perf_core.md.
+
+1. Our ``pgd`` vs torchattacks ``PGDL2``: same model, batch, steps, fixed eps (target <= 1.0).
+2. A hand-written AMAT loop (policy called directly) vs the same loop through the hook
+   system (``AdversarialLoop``): target <= 1.02.
+3. Peak memory (RSS above the loaded-model baseline) of a 10-step attack vs one training step.
+
+Timings alternate the contenders round by round and report medians, in one process.
+Usage: .venv/bin/python bench/bench_core.py [--rounds 7] [--batch 32] [--size 64]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from amat_hooks import AMAT, AttackSettings, BoundLoss, pgd  # noqa: E402
+from amat_hooks.config import AdvConfig  # noqa: E402
+from amat_hooks.integrations.torch_loop import AdversarialLoop  # noqa: E402
+
+
+def make_model(classes: int = 10) -> nn.Module:
+    def block(i, o):
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2))
+    return nn.Sequential(block(3, 32), block(32, 64), block(64, 64), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(64, classes))
+
+
+def timed(fn, rounds: int) -> list[float]:
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def bench_pgd_vs_torchattacks(batch: int, size: int, rounds: int, steps: int = 10, eps: float = 1.0) -> dict:
+    import torchattacks
+
+    torch.manual_seed(0)
+    model = make_model().eval()
+    x = torch.rand(batch, 3, size, size)
+    y = torch.randint(0, 10, (batch,))
+    ta = torchattacks.PGDL2(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
+    ours = lambda: pgd(lambda z: F.cross_entropy(model(z), y, reduction="none"), x, eps, steps=steps,
+                       bounds=(0.0, 1.0), model=model)
+    theirs = lambda: ta(x, y)
+    ours(), theirs()  # warm up
+    t_ours, t_theirs = [], []
+    for _ in range(rounds):
+        t_ours += timed(ours, 1)
+        t_theirs += timed(theirs, 1)
+    # sanity: both reach a similar loss
+    with torch.no_grad():
+        l_ours = F.cross_entropy(model(ours().x_adv), y).item()
+        l_theirs = F.cross_entropy(model(theirs()), y).item()
+    mo, mt = statistics.median(t_ours), statistics.median(t_theirs)
+    return {"ours_s": mo, "torchattacks_s": mt, "ratio": mo / mt, "loss_ours": l_ours, "loss_torchattacks": l_theirs}
+
+
+def bench_hooks_overhead(batch: int, size: int, rounds: int, iters: int = 5) -> dict:
+    torch.manual_seed(0)
+    x = torch.rand(batch, 3, size, size)
+    y = torch.randint(0, 10, (batch,))
+    ids = list(range(batch))
+    per_sample = lambda out, t: F.cross_entropy(out, t, reduction="none")
+
+    def run_direct():
+        torch.manual_seed(1)
+        model = make_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        pol = AMAT(step=0.5, xi=None, attack=AttackSettings(steps=10))
+        for _ in range(iters):
+            out = pol.step(model, x, ids, BoundLoss(terms=lambda z: per_sample(model(z), y)))
+            opt.zero_grad(); out.loss.backward(); opt.step()
+
+    def run_hooks():
+        torch.manual_seed(1)
+        model = make_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        adv = AdversarialLoop(model, per_sample, AdvConfig(mode="amat", step=0.5, steps=10))
+        for _ in range(iters):
+            loss = adv.loss((x, y, ids))
+            opt.zero_grad(); loss.backward(); opt.step()
+
+    run_direct(), run_hooks()
+    t_d, t_h = [], []
+    for _ in range(rounds):
+        t_d += timed(run_direct, 1)
+        t_h += timed(run_hooks, 1)
+    md, mh = statistics.median(t_d), statistics.median(t_h)
+    return {"direct_s": md, "hooks_s": mh, "ratio": mh / md, "iters": iters}
+
+
+MEM_CODE = r"""
+import resource, sys, torch, torch.nn.functional as F
+sys.path.insert(0, {root!r})
+from bench.bench_core import make_model
+from amat_hooks import pgd
+torch.manual_seed(0)
+model = make_model(); x = torch.rand({batch}, 3, {size}, {size}); y = torch.randint(0, 10, ({batch},))
+with torch.no_grad(): model(x)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+mode = {mode!r}
+if mode == "train_step":
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward(); opt.step()
+elif mode == "attack":
+    pgd(lambda z: F.cross_entropy(model(z), y, reduction="none"), x, 1.0, steps=10, model=model)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+"""
+
+
+def bench_memory(batch: int, size: int) -> dict:
+    out = {}
+    for mode in ("train_step", "attack"):
+        code = MEM_CODE.format(root=str(ROOT), batch=batch, size=size, mode=mode)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        out[f"{mode}_peak_mb"] = float(r.stdout.strip().splitlines()[-1])
+    out["ratio"] = out["attack_peak_mb"] / max(out["train_step_peak_mb"], 1e-9)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--out", default=str(ROOT / "docs" / "perf_core.md"))
+    a = ap.parse_args()
+    t0 = time.time()
+    res = {
+        "pgd_vs_torchattacks": bench_pgd_vs_torchattacks(a.batch, a.size, a.rounds),
+        "hooks_overhead": bench_hooks_overhead(a.batch, a.size, max(3, a.rounds // 2)),
+        "memory": bench_memory(a.batch, a.size),
+    }
+    env = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+           f"torch {torch.__version__}, batch {a.batch}x3x{a.size}x{a.size}, CPU")
+    p, h, m = res["pgd_vs_torchattacks"], res["hooks_overhead"], res["memory"]
+    md = f"""# Core performance (bench/bench_core.py)
+
+Measured {time.strftime('%Y-%m-%d')} on {env}; medians of {a.rounds} alternating rounds, one process.
+Re-run: `.venv/bin/python bench/bench_core.py`.
+
+| what | ours | reference | ratio | target |
+|---|---|---|---|---|
+| 10-step L2 PGD, eps=1: `amat_hooks.pgd` vs torchattacks `PGDL2` | {p['ours_s']:.3f} s | {p['torchattacks_s']:.3f} s | **{p['ratio']:.3f}** | <= 1.0 |
+| AMAT loop, {h['iters']} iterations: through hooks (`AdversarialLoop`) vs policy called directly | {h['hooks_s']:.3f} s | {h['direct_s']:.3f} s | **{h['ratio']:.3f}** | <= 1.02 |
+| peak RSS above baseline: 10-step attack vs one training step | {m['attack_peak_mb']:.1f} MB | {m['train_step_peak_mb']:.1f} MB | {m['ratio']:.2f} | report |
+
+Attack strength check (mean CE after the attack): ours {p['loss_ours']:.4f}, torchattacks {p['loss_torchattacks']:.4f}.
+Why the attack is no slower: it takes gradients w.r.t. the input only (`torch.autograd.grad`), never
+touches parameter `.grad`, and skips the extra forward pass for `terms` unless they are read.
+
+Raw: `{json.dumps(res)}`
+"""
+    Path(a.out).write_text(md)
+    print(md)
+    print(f"bench took {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
