@@ -57,3 +57,40 @@ def auc_robust(clean: float, noisy: Sequence[float]) -> float:
     if clean < 0 or m < 0:
         raise ValueError("auc_robust needs non-negative higher-is-better scores")
     return math.sqrt(clean * m)
+
+
+# -- landmark detection (Multi-Task U-Net, paper section 3.6) -------------------------------------
+SDR_RADII_MM = (2.0, 2.5, 3.0, 4.0)
+
+
+def radial_errors_mm(pred: Tensor, target: Tensor, scale_x: float = 1.0, scale_y: float = 1.0,
+                     pixel_mm: float = 0.1) -> Tensor:
+    """Radial error in mm per landmark ``[N, L]`` from (x, y) pixel coordinates ``[N, L, 2]``.
+
+    ``scale_x``/``scale_y`` map the network's pixels back to the original image (e.g.
+    1935/160 and 2400/200 for ISBI at 200x160): errors are measured at the original
+    resolution, ``pixel_mm`` per original pixel (0.1 mm for ISBI 2015), as in Yao et al.
+    """
+    pred, target = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(target, dtype=torch.float64)
+    if pred.shape != target.shape or pred.dim() < 2 or pred.shape[-1] != 2:
+        raise ValueError(f"predicted {tuple(pred.shape)} and true {tuple(target.shape)} landmarks must both "
+                         f"be [..., L, 2] (x, y)")
+    dx = (pred[..., 0] - target[..., 0]) * scale_x
+    dy = (pred[..., 1] - target[..., 1]) * scale_y
+    return torch.sqrt(dx ** 2 + dy ** 2) * pixel_mm
+
+
+def mre(errors_mm: Tensor) -> float:
+    """Mean Radial Error (mm) over all images and landmarks; lower is better."""
+    e = torch.as_tensor(errors_mm, dtype=torch.float64)
+    if e.numel() == 0:
+        raise ValueError("mre needs at least one radial error")
+    return float(e.mean())
+
+
+def sdr(errors_mm: Tensor, radii_mm: Sequence[float] = SDR_RADII_MM) -> dict[float, float]:
+    """Successful Detection Rate (%) per radius: share of landmarks with error < radius mm."""
+    e = torch.as_tensor(errors_mm, dtype=torch.float64).reshape(-1)
+    if e.numel() == 0:
+        raise ValueError("sdr needs at least one radial error")
+    return {float(r): float((e < r).double().mean() * 100) for r in radii_mm}
