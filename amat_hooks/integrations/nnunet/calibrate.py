@@ -1,0 +1,143 @@
+"""``amat calibrate nnunet``: xi from a clean (STD) nnU-Net model (paper section 2.2).
+
+Every training slice of the fold is scored once with the trainer's own loss object
+(the same per-sample function AMAT uses during training), prepared the way nnU-Net's
+validation pipeline prepares a sample: centre crop/pad to the patch size, labels -1 -> 0,
+deep-supervision targets. xi = mean (or mean + 2 std) of those clean losses.
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...io import atomic_write_json
+from ...thresholds import RULES, xi_from_losses
+from .losses import TERM_NAMES, per_sample_terms
+from .settings import XI_FILE_KIND, default_xi_path
+
+
+class CalibrationError(RuntimeError):
+    """The clean model or data needed for calibration is missing."""
+
+
+def _centre_bbox(shape: tuple[int, ...], patch: tuple[int, ...]) -> list[list[int]]:
+    out = []
+    for size, p in zip(shape, patch):
+        lo = (size - p) // 2
+        out.append([lo, lo + p])
+    return out
+
+
+def clean_losses(trainer, keys, batch_size: int, log=print) -> tuple[np.ndarray, list[tuple[str, int]]]:
+    """Per-slice clean losses ``[N]`` and their ``(case, slice)`` ids."""
+    from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+
+    patch = tuple(int(p) for p in trainer.configuration_manager.patch_size)
+    if len(patch) != 2:
+        raise CalibrationError(f"calibration is implemented for 2d configurations (samples = slices); "
+                               f"{trainer.configuration_name!r} has a {len(patch)}D patch")
+    lm = trainer.label_manager
+    transforms = trainer.get_validation_transforms(
+        trainer._get_deep_supervision_scales(), is_cascaded=trainer.is_cascaded,
+        foreground_labels=lm.foreground_labels, regions=lm.foreground_regions if lm.has_regions else None,
+        ignore_label=lm.ignore_label)
+    dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, list(keys),
+                                    folder_with_segs_from_previous_stage=trainer.folder_with_segs_from_previous_stage)
+    net = trainer.network
+    net.eval()
+    ds = trainer.enable_deep_supervision
+    losses: list[float] = []
+    ids: list[tuple[str, int]] = []
+    pending: list[tuple[torch.Tensor, Any, tuple[str, int]]] = []
+
+    def flush():
+        if not pending:
+            return
+        x = torch.stack([p[0] for p in pending]).to(trainer.device)
+        segs = [p[1] for p in pending]
+        if isinstance(segs[0], list):
+            target = [torch.stack([s[i] for s in segs]).to(trainer.device) for i in range(len(segs[0]))]
+        else:
+            target = torch.stack(segs).to(trainer.device)
+        with torch.no_grad():
+            terms = per_sample_terms(trainer.loss, net(x), target, ds)
+        losses.extend(terms[:, 0].double().cpu().tolist())
+        ids.extend(p[2] for p in pending)
+        pending.clear()
+
+    t0 = time.perf_counter()
+    for n, key in enumerate(keys):
+        data, seg, seg_prev, _ = dataset.load_case(key)
+        data, seg = np.asarray(data), np.asarray(seg)
+        if seg_prev is not None:
+            seg = np.concatenate([seg, np.asarray(seg_prev)[None]], 0)
+        for z in range(data.shape[1]):
+            bbox = [[z, z + 1]] + _centre_bbox(data.shape[2:], patch)
+            img = torch.from_numpy(crop_and_pad_nd(data, bbox, 0)).float()[:, 0]
+            sg = torch.from_numpy(crop_and_pad_nd(seg, bbox, -1, cast_cropped_to=np.int16)).to(torch.int16)[:, 0]
+            out = transforms(image=img, segmentation=sg)
+            pending.append((out["image"], out["segmentation"], (str(key), z)))
+            if len(pending) >= batch_size:
+                flush()
+        if (n + 1) % 25 == 0:
+            log(f"  {n + 1}/{len(keys)} cases, {len(losses) + len(pending)} slices, "
+                f"{time.perf_counter() - t0:.0f} s")
+    flush()
+    return np.asarray(losses, dtype=np.float64), ids
+
+
+def calibrate(dataset: str, configuration: str, fold: str, trainer_name: str = "nnUNetTrainerSTD",
+              plans: str = "nnUNetPlans", checkpoint: str = "checkpoint_final.pth", device: str = "cpu",
+              out: str | None = None, batch_size: int | None = None, max_cases: int | None = None,
+              log=print) -> tuple[Path, dict[str, Any]]:
+    """Compute xi from a clean model's per-slice training losses and write the xi file."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    fold_arg: Any = fold if fold == "all" else int(fold)
+    trainer = get_trainer_from_args(str(dataset), configuration, fold_arg, trainer_name, plans,
+                                    device=torch.device(device))
+    ckpt = Path(trainer.output_folder) / checkpoint
+    if not ckpt.is_file():
+        raise CalibrationError(
+            f"no clean model at {ckpt}; train one first: nnUNetv2_train {dataset} {configuration} {fold} "
+            f"-tr {trainer_name}" + ("" if plans == "nnUNetPlans" else f" -p {plans}"))
+    trainer.initialize()
+    trainer.load_checkpoint(str(ckpt))
+    saved = torch.load(str(ckpt), map_location="cpu", weights_only=False)
+    mode = (saved.get("amat_hooks") or {}).get("mode")
+    if mode not in (None, "none"):
+        log(f"WARNING: {ckpt} was trained adversarially (mode {mode!r}); the paper calibrates xi on a "
+            f"clean (STD) model")
+    tr_keys, _ = trainer.do_split()
+    tr_keys = sorted(str(k) for k in tr_keys)
+    if max_cases is not None:
+        tr_keys = tr_keys[:max_cases]
+    bs = batch_size or int(trainer.configuration_manager.batch_size)
+    log(f"calibrating xi on {len(tr_keys)} training cases of {trainer.plans_manager.dataset_name} "
+        f"({configuration}, fold {fold}) with {ckpt}")
+    losses, ids = clean_losses(trainer, tr_keys, bs, log=log)
+    finite = np.isfinite(losses)
+    if not finite.any():
+        raise CalibrationError(f"every clean loss was NaN/inf ({len(losses)} slices); is {ckpt} a trained model?")
+    xi = {rule: xi_from_losses(torch.from_numpy(losses), rule).tolist() for rule in RULES}
+    f = losses[finite]
+    record = {
+        "kind": XI_FILE_KIND, "dataset": trainer.plans_manager.dataset_name, "configuration": configuration,
+        "plans": trainer.plans_manager.plans_name, "fold": fold, "trainer": trainer_name,
+        "checkpoint": str(ckpt), "term_names": list(TERM_NAMES), "n_samples": int(len(losses)),
+        "n_nonfinite": int((~finite).sum()), "n_cases": len(tr_keys), "xi": xi,
+        "loss_stats": {"mean": float(f.mean()), "std": float(f.std()), "min": float(f.min()),
+                       "max": float(f.max())},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = Path(out) if out else default_xi_path(trainer.preprocessed_dataset_folder_base, configuration,
+                                                 trainer.plans_manager.plans_name, fold)
+    atomic_write_json(path, record)
+    log(f"xi (mean) = {xi['mean'][0]:.5f}, xi (mean+2std) = {xi['mean+2std'][0]:.5f} over "
+        f"{len(losses)} slices -> {path}")
+    return path, record

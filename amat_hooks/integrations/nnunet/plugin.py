@@ -1,0 +1,201 @@
+"""The nnU-Net adapter (pluggy plugin) and its ``amat`` commands.
+
+The adapter only says how an nnU-Net batch looks: input = ``data``, ids = ``(case key,
+slice)``, per-sample loss terms = nnU-Net's own loss applied per sample. The trainers
+(:mod:`.trainer`) hand their batches to the core engine as :class:`NnUNetBatch`.
+nnU-Net itself is imported lazily, so ``amat`` works (and says what is missing) without it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Any, Hashable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ...hookspecs import hookimpl
+from ...policies import BoundLoss
+from .batch import NnUNetBatch
+from .losses import TERM_NAMES, per_sample_terms
+
+
+# -- batch anatomy ---------------------------------------------------------------------------
+@hookimpl
+def amat_batch_inputs(batch: Any, host: Any) -> Tensor | None:
+    return batch.data if isinstance(batch, NnUNetBatch) else None
+
+
+@hookimpl
+def amat_batch_sample_ids(batch: Any, host: Any) -> Sequence[Hashable] | None:
+    return list(batch.ids) if isinstance(batch, NnUNetBatch) else None
+
+
+@hookimpl
+def amat_batch_with_inputs(batch: Any, inputs: Tensor, host: Any) -> Any:
+    if not isinstance(batch, NnUNetBatch):
+        return None
+    if inputs.shape[0] != batch.data.shape[0]:
+        return None  # nnU-Net batches are not stretched (the trainer owns its loss)
+    return dataclasses.replace(batch, data=inputs, clean_output=None)
+
+
+@hookimpl
+def amat_loss_term_names(host: Any) -> Sequence[str] | None:
+    return list(TERM_NAMES) if getattr(host, "amat_is_nnunet", False) else None
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The attack scores samples through the bare network: under DDP its forward must not
+    arm the gradient reducer (the attack only takes gradients w.r.t. the input)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+@hookimpl
+def amat_bind_loss(batch: Any, model: nn.Module, host: Any) -> BoundLoss | None:
+    if not isinstance(batch, NnUNetBatch):
+        return None
+    own_loss = batch.extra.get("own_loss") or batch.trainer.loss
+    deep_supervision = bool(batch.trainer.enable_deep_supervision)
+    target, bad = batch.target, batch.bad
+    attack_net = _unwrap(model)
+
+    def mark(terms: Tensor) -> Tensor:
+        # rows whose input was not finite were replaced: report NaN so the core skips them
+        if bad is None or not bool(bad.any()):
+            return terms
+        return torch.where(bad.to(terms.device).unsqueeze(1), torch.full_like(terms, float("nan")), terms)
+
+    def training(x: Tensor) -> tuple[Tensor, Tensor]:
+        reuse = x is batch.data and batch.clean_output is not None
+        output = batch.clean_output if reuse else model(x)
+        loss = own_loss(output, target)  # nnU-Net's scalar loss (DDP batch Dice as nnU-Net does it)
+        with torch.no_grad():
+            det = [o.detach() for o in output] if isinstance(output, (list, tuple)) else output.detach()
+            terms = per_sample_terms(own_loss, det, target, deep_supervision)
+        return loss, mark(terms)
+
+    def terms(x: Tensor) -> Tensor:
+        return mark(per_sample_terms(own_loss, attack_net(x), target, deep_supervision))
+
+    return BoundLoss(terms=terms, training=training, term_names=TERM_NAMES)
+
+
+# -- commands ----------------------------------------------------------------------------------
+@hookimpl
+def amat_add_task_commands(command: str, subparsers: argparse._SubParsersAction) -> None:
+    if command != "calibrate":
+        return
+    p = subparsers.add_parser(
+        "nnunet", help="xi from a clean nnU-Net model (nnUNetTrainerSTD) for nnUNetTrainerAMAT",
+        description="Score every training slice of the fold with a clean (STD) nnU-Net model and the "
+                    "trainer's own loss; write xi (mean and mean+2std) where nnUNetTrainerAMAT finds it "
+                    "(next to the preprocessed dataset).")
+    p.add_argument("dataset", help="dataset id or name, as for nnUNetv2_train")
+    p.add_argument("configuration", help="nnU-Net configuration (2d)")
+    p.add_argument("fold", help="fold (0-4 or all)")
+    p.add_argument("-tr", dest="trainer", default="nnUNetTrainerSTD", help="trainer of the clean model")
+    p.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier")
+    p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file in the fold folder")
+    p.add_argument("-device", default="cpu", choices=["cpu", "cuda", "mps"], help="device (default cpu)")
+    p.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: plans)")
+    p.add_argument("--max-cases", type=int, default=None, help="score only the first N training cases")
+    p.add_argument("-o", "--out", default=None, help="xi file (default: next to the preprocessed dataset, "
+                                                     "where nnUNetTrainerAMAT looks)")
+    p.set_defaults(func=_calibrate)
+
+
+@hookimpl
+def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("nnunet-hippocampus", help="convert MSD Hippocampus to nnU-Net raw format "
+                                                         "with the paper's 208/17/35 split",
+                              description="Convert ../shared/data/msd_hippocampus (MSD Task04) to nnU-Net raw "
+                                          "format: dataset.json, imagesTr/labelsTr (208 train + 17 val), "
+                                          "imagesTs/labelsTs (35 test) and splits_final.json (fold 0).")
+    p.add_argument("--src", default=None, help="MSD folder with imagesTr/labelsTr "
+                                               "(default: ../shared/data/msd_hippocampus)")
+    p.add_argument("--id", type=int, default=4, help="nnU-Net dataset id (default 4)")
+    p.add_argument("--raw", default=None, help="nnU-Net raw folder (default $nnUNet_raw)")
+    p.add_argument("--preprocessed", default=None, help="nnU-Net preprocessed folder for splits_final.json "
+                                                        "(default $nnUNet_preprocessed if set)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_convert_hippocampus)
+
+    p = subparsers.add_parser("nnunet-generate", help="write a small generated 2D dataset in nnU-Net raw format",
+                              description="Seeded generated dataset (ellipses + distractor + noise) for tests, "
+                                          "benchmarks and trying the nnU-Net trainers without data.")
+    p.add_argument("--id", type=int, default=990)
+    p.add_argument("--raw", default=None, help="nnU-Net raw folder (default $nnUNet_raw)")
+    p.add_argument("--cases", type=int, default=12)
+    p.add_argument("--slices", type=int, default=6)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_generate)
+
+    p = subparsers.add_parser("nnunet-info", help="show where nnU-Net finds the amat-hooks trainers")
+    p.set_defaults(func=_info)
+
+
+def _need(var: str, given: str | None) -> str:
+    value = given or os.environ.get(var)
+    if not value:
+        raise SystemExit(f"error: set {var} (nnU-Net's folder variable) or pass the folder explicitly")
+    return value
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import CalibrationError, calibrate
+
+    try:
+        calibrate(args.dataset, args.configuration, args.fold, trainer_name=args.trainer, plans=args.plans,
+                  checkpoint=args.checkpoint, device=args.device, out=args.out, batch_size=args.batch_size,
+                  max_cases=args.max_cases)
+    except CalibrationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _convert_hippocampus(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .datasets import convert_hippocampus
+
+    src = args.src or str(Path.cwd().parent / "shared" / "data" / "msd_hippocampus")
+    try:
+        info = convert_hippocampus(src, _need("nnUNet_raw", args.raw), dataset_id=args.id,
+                                   preprocessed_root=args.preprocessed or os.environ.get("nnUNet_preprocessed"),
+                                   seed=args.seed)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {info['folder']}: {info['train']} train / {info['val']} val / {info['test']} test; "
+          f"splits: {', '.join(info['splits'])}")
+    print(f"next: nnUNetv2_plan_and_preprocess -d {args.id} -c 2d --verify_dataset_integrity")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .datasets import make_generated_dataset
+
+    folder = make_generated_dataset(_need("nnUNet_raw", args.raw), dataset_id=args.id, cases=args.cases,
+                                    slices=args.slices, size=args.size, seed=args.seed)
+    print(f"wrote {folder}")
+    print(f"next: nnUNetv2_plan_and_preprocess -d {args.id} -c 2d")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from . import TRAINER_FOLDER
+
+    folders = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    print(f"amat-hooks trainer folder: {TRAINER_FOLDER}")
+    print(f"nnUNet_extTrainer: {os.pathsep.join(folders) or '(unset)'}")
+    ok = any(os.path.realpath(f) == os.path.realpath(TRAINER_FOLDER) for f in folders)
+    print("registered: " + ("yes" if ok else "NO - reinstall amat-hooks (pip install amat-hooks[nnunet]) or "
+                                           f"export nnUNet_extTrainer={TRAINER_FOLDER}"))
+    return 0 if ok else 1
