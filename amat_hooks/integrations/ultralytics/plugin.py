@@ -1,0 +1,313 @@
+"""The Ultralytics YOLO adapter (pluggy plugin module) and the ``amat yolo`` commands.
+
+Batch anatomy (what this adapter knows): an Ultralytics detection batch is a dict with
+``img`` (``[B, 3, H, W]``, already ``/255`` after ``preprocess_batch``), ``im_file`` (one
+path per image: the sample id; under mosaic the first of the four images), and the
+targets ``batch_idx``/``cls``/``bboxes``. Loss terms come from the trainer's own
+criterion (see :mod:`.terms`). Importing this module does not import Ultralytics.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Hashable, Sequence
+
+from ...config import AdvConfig, AdvConfigError, _float_list
+from ...hookspecs import hookimpl
+
+TERM_NAMES = ("box", "cls", "dfl")
+_TARGET_KEYS = ("batch_idx", "cls", "bboxes")
+
+
+def _is_yolo_batch(batch: Any) -> bool:
+    return isinstance(batch, dict) and "img" in batch and "im_file" in batch
+
+
+def _is_yolo_host(host: Any) -> bool:
+    return hasattr(host, "amat_base_criterion") and hasattr(host, "amat_forward")
+
+
+# -- hook implementations -------------------------------------------------------------------
+@hookimpl
+def amat_batch_inputs(batch: Any, host: Any):
+    return batch["img"] if _is_yolo_batch(batch) else None
+
+
+@hookimpl
+def amat_batch_sample_ids(batch: Any, host: Any) -> Sequence[Hashable] | None:
+    if not _is_yolo_batch(batch):
+        return None
+    files = list(batch["im_file"])
+    return host.sample_ids(files) if hasattr(host, "sample_ids") else files
+
+
+@hookimpl
+def amat_batch_with_inputs(batch: Any, inputs: Any, host: Any):
+    """Same batch with ``img`` replaced; with k times the rows the targets are repeated and
+    ``batch_idx`` shifted so each copy keeps its own boxes."""
+    if not _is_yolo_batch(batch):
+        return None
+    import torch
+
+    b = batch["img"].shape[0]
+    n = inputs.shape[0]
+    if n == b:
+        return {**batch, "img": inputs}
+    k, r = divmod(n, b)
+    if r:
+        raise ValueError(f"cannot stretch a YOLO batch of {b} images to {n}")
+    out = {**batch, "img": inputs, "im_file": list(batch["im_file"]) * k}
+    bi = batch["batch_idx"]
+    out["batch_idx"] = torch.cat([bi + j * b for j in range(k)])
+    for key in ("cls", "bboxes"):
+        out[key] = torch.cat([batch[key]] * k)
+    return out
+
+
+@hookimpl
+def amat_bind_loss(batch: Any, model: Any, host: Any):
+    if not (_is_yolo_batch(batch) and _is_yolo_host(host)):
+        return None
+    from ...policies import BoundLoss
+    from .terms import criterion_with_terms
+
+    criterion = host.amat_base_criterion
+    targets = {k: batch[k] for k in _TARGET_KEYS}
+
+    def terms(x):
+        return criterion_with_terms(criterion, model(x), targets).terms
+
+    def training(x):
+        r = criterion_with_terms(criterion, host.amat_forward(model, x), targets)
+        host.amat_record_items(r.items)
+        return r.loss.sum(), r.terms  # Ultralytics' convention: loss x batch size, summed
+
+    return BoundLoss(terms=terms, training=training, term_names=TERM_NAMES)
+
+
+@hookimpl
+def amat_loss_term_names(host: Any):
+    return list(TERM_NAMES) if _is_yolo_host(host) else None
+
+
+# -- command line ---------------------------------------------------------------------------
+_YOLO_HELP = """Run Ultralytics' `yolo` command with adversarial training.
+
+Everything that is not an --adv* flag goes to Ultralytics unchanged, e.g.
+
+  amat yolo detect train model=yolov5s.yaml data=bccd.yaml imgsz=320 epochs=300 pretrained=False \\
+       --adv amat --adv-step 3.5 --adv-xi-rule mean+2std
+  amat yolo detect train model=yolov5s.yaml data=bccd.yaml --adv sat --adv-eps 10
+  amat yolo detect train resume model=runs/detect/train/weights/last.pt
+  amat yolo detect val model=best.pt data=bccd.yaml --adv-val-eps 5 --adv-val-attack pgd
+
+Margins, xi and settings are saved in weights/amat_state.json next to last.pt.
+"""
+
+
+def _add_val_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("adversarial validation (amat-hooks)")
+    g.add_argument("--adv-val-eps", type=_float_list, default=None,
+                   help="L2 noise levels at which validation also reports mAP50-95, comma-separated")
+    g.add_argument("--adv-val-attack", default="pgd", choices=["pgd", "ifgsm"])
+    g.add_argument("--adv-val-steps", type=int, default=None,
+                   help="attack iterations (default: 10 while training; 100 PGD / 10 IFGSM in val mode)")
+
+
+@hookimpl
+def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("yolo", help="Ultralytics `yolo` + --adv none|sat|amat (detection)",
+                              description=_YOLO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    AdvConfig.add_arguments(p, default_mode=None)
+    p.add_argument("--adv-xi-file", default=None, help="xi from `amat calibrate yolo` (JSON)")
+    _add_val_arguments(p)
+    p.set_defaults(func=_yolo_command, accepts_extra=True)
+
+
+@hookimpl
+def amat_add_task_commands(command: str, subparsers: argparse._SubParsersAction) -> None:
+    if command == "calibrate":
+        p = subparsers.add_parser(
+            "yolo", help="xi per loss term (box, cls, dfl) from a clean YOLO model on its training images",
+            description="Per-image loss terms of a clean (STD) model on the training split, without "
+                        "augmentation, and xi = mean or mean+2std per term. Ultralytics arguments as "
+                        "key=value: model=best.pt data=bccd.yaml [imgsz=320 batch=16 device=cpu split=train]")
+        p.add_argument("--rule", default="mean+2std", choices=["mean", "mean+2std"])
+        p.add_argument("--out", required=True, help="JSON file to write (atomically)")
+        p.set_defaults(func=_calibrate_command, accepts_extra=True)
+    elif command == "eval":
+        p = subparsers.add_parser(
+            "yolo", help="mAP50-95 under L2 PGD / IFGSM at several noise levels",
+            description="Ultralytics arguments as key=value: model=best.pt data=bccd.yaml [split=test imgsz=320]")
+        p.add_argument("--levels", type=_float_list, default=[0.0, 5.0, 10.0, 15.0],
+                       help="L2 noise levels, 0 = clean (default 0,5,10,15 as the paper)")
+        p.add_argument("--attack", default="pgd", choices=["pgd", "ifgsm"])
+        p.add_argument("--steps", type=int, default=None, help="iterations (default 100 PGD, 10 IFGSM)")
+        p.add_argument("--out", default=None, help="JSON file for the results")
+        p.set_defaults(func=_eval_command, accepts_extra=True)
+
+
+def _fail(msg: str) -> int:
+    print(f"amat yolo: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _parse_yolo_words(words: Sequence[str]) -> tuple[str | None, str | None, dict[str, str]]:
+    """(task, mode, key=value overrides) of a `yolo` argument list, without validating."""
+    from ultralytics.cfg import MODES, TASKS
+
+    task = mode = None
+    kv: dict[str, str] = {}
+    for w in words:
+        if "=" in w:
+            k, v = w.split("=", 1)
+            kv[k.strip().lstrip("-")] = v.strip()
+        elif w in TASKS:
+            task = w
+        elif w in MODES:
+            mode = w
+        elif w == "resume":
+            kv["resume"] = "True"
+    return task, mode, kv
+
+
+def _model_task(model: str | None) -> str | None:
+    if not model:
+        return None
+    from ultralytics.nn.tasks import guess_model_task
+
+    try:
+        return guess_model_task(model)
+    except Exception:  # noqa: BLE001 - Ultralytics reports a bad model path itself
+        return None
+
+
+def _requested_config(args: argparse.Namespace) -> AdvConfig | None:
+    if args.adv_mode is None:
+        given = [f for f, v in (("--adv-step", args.adv_step), ("--adv-eps", args.adv_eps),
+                                ("--adv-xi", args.adv_xi), ("--adv-xi-file", args.adv_xi_file)) if v is not None]
+        if given:
+            raise AdvConfigError(f"{', '.join(given)} given without --adv; add --adv amat or --adv sat")
+        return None
+    cfg = AdvConfig.from_args(args)
+    if args.adv_xi_file:
+        from ...io import read_json
+
+        try:
+            data = read_json(args.adv_xi_file)
+            cfg.xi = [float(v) for v in data["xi"]]
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            raise AdvConfigError(f"--adv-xi-file {args.adv_xi_file}: cannot read xi ({e}); "
+                                 f"write it with `amat calibrate yolo ... --out FILE`") from None
+    return cfg.validate()
+
+
+def _yolo_command(args: argparse.Namespace) -> int:
+    from .offline import prepare_offline
+
+    words = list(args.extra)
+    try:
+        cfg = _requested_config(args)
+        task, mode, kv = _parse_yolo_words(words)
+        prepare_offline()
+        from .trainer import CONFIG_ENV, ValAttack, settings_env_value, unsupported_task
+
+        val = ValAttack(levels=list(args.adv_val_eps or []), attack=args.adv_val_attack,
+                        steps=args.adv_val_steps or 10).validate()
+        task = task or _model_task(kv.get("model"))
+        adversarial = cfg is not None and cfg.mode != "none"
+        if mode not in (None, "train") and adversarial:
+            raise AdvConfigError(f"--adv {cfg.mode} applies to training; for mode={mode} drop it "
+                                 f"(use --adv-val-eps to validate under attack)")
+        if task is not None and task != "detect" and (adversarial or val.levels):
+            raise unsupported_task(task)
+    except AdvConfigError as e:
+        return _fail(str(e))
+    if not words:
+        return _fail("no Ultralytics arguments; e.g. amat yolo detect train model=yolov5n.yaml data=data.yaml")
+    os.environ[CONFIG_ENV] = settings_env_value(cfg, val)
+    return _run_ultralytics(words, val if mode == "val" else None)
+
+
+def _run_ultralytics(words: Sequence[str], val) -> int:
+    """Ultralytics' own entry point, with our trainer (and validator) as the detect classes."""
+    from functools import partial
+
+    import ultralytics.models.yolo.detect as detect
+    from ultralytics.cfg import entrypoint
+
+    from .trainer import AMATDetectionTrainer
+
+    saved = (detect.DetectionTrainer, detect.DetectionValidator, list(sys.argv))
+    detect.DetectionTrainer = AMATDetectionTrainer
+    if val is not None and val.levels:
+        from .validator import AdversarialDetectionValidator
+
+        if len(val.levels) > 1:
+            return _fail("in mode=val give one --adv-val-eps level per run (or use `amat eval yolo --levels`)")
+        detect.DetectionValidator = partial(AdversarialDetectionValidator, eps=val.levels[0],
+                                            attack=val.attack, steps=val.steps)
+    sys.argv[:] = ["yolo", *words]  # Ultralytics reads its module-level ARGV (this same list)
+    try:
+        entrypoint()
+    except AdvConfigError as e:
+        return _fail(str(e))
+    finally:
+        detect.DetectionTrainer, detect.DetectionValidator = saved[0], saved[1]
+        sys.argv[:] = saved[2]
+    return 0
+
+
+def _ultralytics_overrides(words: Sequence[str]) -> dict[str, Any]:
+    from ultralytics.cfg import parse_key_value_pair
+
+    out: dict[str, Any] = {}
+    for w in words:
+        if "=" not in w:
+            raise AdvConfigError(f"unexpected argument {w!r}; give Ultralytics arguments as key=value")
+        k, v = parse_key_value_pair(w)
+        out[k] = v
+    for key in ("model", "data"):
+        if key not in out:
+            raise AdvConfigError(f"missing {key}=...; e.g. model=runs/detect/train/weights/best.pt data=data.yaml")
+    return out
+
+
+def _calibrate_command(args: argparse.Namespace) -> int:
+    try:
+        overrides = _ultralytics_overrides(args.extra)
+    except AdvConfigError as e:
+        return _fail(str(e))
+    from .calibrate import calibrate
+
+    result = calibrate(rule=args.rule, out=args.out, **overrides)
+    xi = ",".join(f"{v:.6g}" for v in result["xi"])
+    print(f"xi ({args.rule}) over {result['n']} images: box={result['xi'][0]:.6g} cls={result['xi'][1]:.6g} "
+          f"dfl={result['xi'][2]:.6g}\nwritten to {args.out}; train with --adv-xi {xi} "
+          f"(or --adv-xi-file {args.out})")
+    return 0
+
+
+def _eval_command(args: argparse.Namespace) -> int:
+    try:
+        overrides = _ultralytics_overrides(args.extra)
+    except AdvConfigError as e:
+        return _fail(str(e))
+    from .offline import prepare_offline
+
+    prepare_offline()
+    from .validator import evaluate_levels, level_tag
+
+    model = overrides.pop("model")
+    res = evaluate_levels(model, args.levels, attack=args.attack, steps=args.steps, **overrides)
+    print("\n| level | mAP50 | mAP50-95 |\n|---|---|---|")
+    for eps, m in res.items():
+        name = "clean" if eps == 0 else level_tag(args.attack, eps)
+        print(f"| {name} | {m['mAP50']:.4f} | {m['mAP50-95']:.4f} |")
+    if args.out:
+        from ...io import atomic_write_json
+
+        atomic_write_json(args.out, {"model": str(model), "attack": args.attack, "steps": args.steps,
+                                     "results": {str(k): v for k, v in res.items()}})
+    return 0

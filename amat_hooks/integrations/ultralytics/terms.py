@@ -1,0 +1,134 @@
+"""Per-image (box, cls, dfl) loss terms from Ultralytics' own detection criterion.
+
+Why not re-implement the YOLO loss: the criterion (task-aligned assignment, CIoU, DFL,
+BCE, gains, class weights) changes between Ultralytics releases. Instead the trainer's own
+criterion object is called exactly as Ultralytics calls it, while its two reductions are
+observed: ``criterion.bce`` (unreduced BCE, ``[B, anchors, nc]``) and
+``criterion.bbox_loss`` (Ultralytics' ``BboxLoss`` module, re-called on each image's slice
+of the assigned targets). One assignment pass serves the whole batch.
+
+Definition: term ``k`` of image ``i`` is the loss Ultralytics would report for image ``i``
+as a batch of one, i.e. ``gain_k * numerator_k(i) / max(sum(target_scores(i)), 1)``.
+The batch loss is the same numerators over the batch-wide normaliser, so
+``sum_i terms[i, k] * max(tss_i, 1) / max(tss, 1) == loss[k]`` (see :func:`batch_weights`).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor
+
+
+class UnsupportedCriterionError(TypeError):
+    """The model's criterion is not built from Ultralytics' v8DetectionLoss."""
+
+
+@dataclass
+class _Record:
+    bce: list[Tensor] = field(default_factory=list)
+    box: list[Tensor] = field(default_factory=list)   # per-image numerators [B]
+    dfl: list[Tensor] = field(default_factory=list)
+    tss: list[Tensor] = field(default_factory=list)   # per-image sum of target scores [B]
+    tss_batch: list[Tensor] = field(default_factory=list)
+
+
+def detection_parts(criterion: Any) -> list[tuple[Any, str | None]]:
+    """The v8DetectionLoss objects inside ``criterion`` and the attribute holding each one's
+    weight in the total (``None`` = weight 1). Supports v8DetectionLoss and E2ELoss."""
+    from ultralytics.utils.loss import E2ELoss, v8DetectionLoss
+
+    if type(criterion) is v8DetectionLoss:
+        return [(criterion, None)]
+    if isinstance(criterion, E2ELoss) and type(criterion.one2many) is v8DetectionLoss:
+        return [(criterion.one2many, "o2m"), (criterion.one2one, "o2o")]
+    raise UnsupportedCriterionError(
+        f"per-sample loss terms need Ultralytics' detection criterion (v8DetectionLoss or E2ELoss), "
+        f"got {type(criterion).__name__}; adversarial training supports the 'detect' task only "
+        f"(segment/pose/obb/classify are not supported yet)")
+
+
+@contextlib.contextmanager
+def _observe(part: Any, rec: _Record) -> Iterator[None]:
+    """Temporarily wrap ``part.bce`` and ``part.bbox_loss`` to record per-image numerators."""
+    bce, bbox = part.bce, part.bbox_loss
+
+    def bce_observed(pred: Tensor, target: Tensor) -> Tensor:
+        out = bce(pred, target)
+        rec.bce.append(out)  # class weights are applied in place afterwards: read later
+        return out
+
+    def bbox_observed(pred_dist, pred_bboxes, anchor_points, target_bboxes, target_scores,
+                      target_scores_sum, fg_mask, imgsz, stride):
+        result = bbox(pred_dist, pred_bboxes, anchor_points, target_bboxes, target_scores,
+                      target_scores_sum, fg_mask, imgsz, stride)
+        one = torch.ones((), device=target_scores.device, dtype=target_scores.dtype)
+        box, dfl = [], []
+        for i in range(pred_dist.shape[0]):  # the same module on image i alone: its numerators
+            b, d = bbox(pred_dist[i:i + 1], pred_bboxes[i:i + 1], anchor_points, target_bboxes[i:i + 1],
+                        target_scores[i:i + 1], one, fg_mask[i:i + 1], imgsz, stride)
+            box.append(b)
+            dfl.append(d)
+        rec.box.append(torch.stack(box))
+        rec.dfl.append(torch.stack(dfl))
+        rec.tss.append(target_scores.sum(dim=(1, 2)))
+        rec.tss_batch.append(target_scores_sum)
+        return result
+
+    part.bce, part.bbox_loss = bce_observed, bbox_observed
+    try:
+        yield
+    finally:
+        part.bce, part.bbox_loss = bce, bbox
+
+
+@dataclass
+class DetectionLossWithTerms:
+    """Ultralytics' loss for a batch (``loss`` = criterion's first output, ``items`` = its
+    loss-item dict) plus per-image terms ``[B, 3]`` and the per-image normalisers."""
+
+    loss: Tensor
+    items: dict[str, Tensor]
+    terms: Tensor
+    weights: Tensor  # [B]: sum_i weights[i] * terms[i] == loss / batch_size (per term)
+
+
+def criterion_with_terms(criterion: Any, preds: Any, batch: dict[str, Any]) -> DetectionLossWithTerms:
+    """Call ``criterion(preds, batch)`` exactly as Ultralytics does and return its loss
+    together with the per-image terms it is made of."""
+    parts = detection_parts(criterion)
+    recs = [_Record() for _ in parts]
+    with contextlib.ExitStack() as stack:
+        for (part, _), rec in zip(parts, recs):
+            stack.enter_context(_observe(part, rec))
+        loss, items = criterion(preds, batch)
+    terms = None
+    weights = None
+    for (part, weight_attr), rec in zip(parts, recs):
+        if len(rec.bce) != 1 or len(rec.box) != 1:
+            raise UnsupportedCriterionError(
+                f"{type(part).__name__} did not call bce/bbox_loss once per loss evaluation "
+                f"(this Ultralytics version changed the criterion); per-sample terms unavailable")
+        tss = rec.tss[0].clamp(min=1)
+        bce = rec.bce[0]
+        cls = bce.reshape(bce.shape[0], -1).sum(1)
+        hyp = part.hyp
+        t = torch.stack([rec.box[0] / tss * hyp.box, cls / tss * hyp.cls, rec.dfl[0] / tss * hyp.dfl], 1)
+        w = 1.0 if weight_attr is None else float(getattr(criterion, weight_attr))
+        terms = t * w if terms is None else terms + t * w
+        if weights is None:
+            weights = (tss / rec.tss_batch[0].clamp(min=1)).detach()
+    return DetectionLossWithTerms(loss=loss, items=items, terms=terms.float(), weights=weights.float())
+
+
+def batch_weights(result: DetectionLossWithTerms) -> Tensor:
+    """``[B]`` weights that turn per-image terms back into Ultralytics' batch loss."""
+    return result.weights
+
+
+def term_names(criterion: Any) -> list[str]:
+    """Names of the three terms, from the criterion (``dfl`` becomes ``l1`` when reg_max=1)."""
+    part = detection_parts(criterion)[0][0]
+    return [n.removesuffix("_loss") for n in part.loss_names]

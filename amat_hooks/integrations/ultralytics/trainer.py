@@ -1,0 +1,337 @@
+"""``AMATDetectionTrainer``: Ultralytics' DetectionTrainer with STD/SAT/AMAT training steps.
+
+Injection without editing Ultralytics: after Ultralytics' own ``_setup_train`` (model,
+DDP wrap, EMA, dataloaders) the model's ``criterion`` is wrapped. ``DetectionModel.loss``
+runs the clean forward and calls the criterion; the wrapper hands the clean predictions
+to the core engine, which attacks with the core PGD, runs the noisy forward and returns
+``(L_clean + L_noisy) / 2`` in Ultralytics' own convention (loss x batch size, summed).
+Backward, optimizer step, EMA, logging and checkpoints stay Ultralytics'.
+
+Adversarial settings, in order of precedence: the ``adv=`` argument; the class attribute
+set by :meth:`AMATDetectionTrainer.with_config` (for ``YOLO(...).train(trainer=...)``);
+the JSON in env ``AMAT_YOLO_CONFIG`` (set by ``amat yolo`` and before a DDP launch, so
+the trainers Ultralytics re-creates in DDP subprocesses read the same settings); the
+``AMAT_*`` variables of :meth:`AdvConfig.from_env`; on ``resume``, the sidecar.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Hashable, Sequence
+
+import torch
+
+from .offline import offline_amp_check, prepare_offline
+
+prepare_offline()  # before Ultralytics is imported: YOLO_OFFLINE decides its ONLINE flag at import
+
+from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK  # noqa: E402
+from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
+
+from ...config import AdvConfig, AdvConfigError  # noqa: E402
+from ...engine import AdversarialEngine  # noqa: E402
+from ...io import atomic_write_json, read_json  # noqa: E402
+from ...margins import MarginMismatchError  # noqa: E402
+from ...policies import AMAT, StepOutput  # noqa: E402
+
+SIDECAR_NAME = "amat_state.json"
+CONFIG_ENV = "AMAT_YOLO_CONFIG"
+SIDECAR_FORMAT = 1
+#: Pixel range of the normalised image the attack runs on (``img / 255``).
+PIXEL_BOUNDS = (0.0, 1.0)
+
+
+class UnsupportedTaskError(AdvConfigError):
+    """Adversarial training was asked for a task other than ``detect``."""
+
+
+def unsupported_task(task: str) -> UnsupportedTaskError:
+    return UnsupportedTaskError(
+        f"task '{task}' is not supported yet by amat-hooks' adversarial training (only 'detect' is); "
+        f"run it with --adv none (plain Ultralytics), or use a detection model such as "
+        f"model=yolov5s.yaml")
+
+
+@dataclass
+class ValAttack:
+    """Noise levels (L2, on the [0, 1] image) at which validation also reports mAP50-95."""
+
+    levels: list[float] = field(default_factory=list)
+    attack: str = "pgd"
+    steps: int = 10
+
+    def validate(self) -> "ValAttack":
+        if self.attack not in ("pgd", "ifgsm"):
+            raise AdvConfigError(f"unknown --adv-val-attack {self.attack!r}; choose pgd or ifgsm")
+        if any(not (e >= 0) for e in self.levels):
+            raise AdvConfigError(f"--adv-val-eps levels must be >= 0, got {self.levels}")
+        if self.steps < 1:
+            raise AdvConfigError(f"--adv-val-steps must be >= 1, got {self.steps}")
+        return self
+
+
+class AdversarialCriterion:
+    """Stands in for ``model.criterion`` during training; never serialised.
+
+    Outside a training forward (eval mode, no grad, foreign batch) it is the plain
+    Ultralytics criterion. ``deepcopy``/``pickle`` yield ``None`` so EMA copies and
+    checkpoints never carry it (Ultralytics re-creates a plain criterion lazily).
+    """
+
+    def __init__(self, base: Any, trainer: "AMATDetectionTrainer") -> None:
+        self.base = base
+        self.trainer = trainer
+
+    def __call__(self, preds: Any, batch: dict[str, Any]):
+        model = unwrap_model(self.trainer.model)
+        if torch.is_grad_enabled() and model.training and "im_file" in batch:
+            return self.trainer.adversarial_loss(preds, batch)
+        return self.base(preds, batch)
+
+    def __getattr__(self, name: str) -> Any:  # update(), loss_names, hyp ... of the base
+        if name in ("base", "trainer"):
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def __deepcopy__(self, memo: dict) -> None:
+        return None
+
+    def __reduce__(self):
+        return (type(None), ())
+
+
+def _config_from(value: Any) -> AdvConfig | None:
+    if value is None or isinstance(value, AdvConfig):
+        return value
+    if isinstance(value, dict):
+        return AdvConfig.from_dict(value)
+    if isinstance(value, str):
+        return AdvConfig(mode=value)
+    raise AdvConfigError(f"adv must be an AdvConfig, a dict or a mode string, got {type(value).__name__}")
+
+
+def _env_settings() -> tuple[AdvConfig | None, ValAttack | None]:
+    raw = os.environ.get(CONFIG_ENV)
+    if raw:
+        try:
+            d = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise AdvConfigError(f"environment variable {CONFIG_ENV} is not valid JSON: {e}") from None
+        cfg = None if d.get("config") is None else AdvConfig.from_dict(d["config"])
+        val = None if d.get("val") is None else ValAttack(**d["val"])
+        return cfg, val
+    if os.environ.get("AMAT_MODE"):
+        return AdvConfig.from_env(), None
+    return None, None
+
+
+def settings_env_value(cfg: AdvConfig | None, val: ValAttack | None) -> str:
+    """The JSON that :data:`CONFIG_ENV` carries to re-created (DDP) trainers."""
+    return json.dumps({"config": None if cfg is None else cfg.to_dict(),
+                       "val": None if val is None else asdict(val)}, sort_keys=True)
+
+
+class AMATDetectionTrainer(DetectionTrainer):
+    """DetectionTrainer + adversarial training (``--adv none|sat|amat``)."""
+
+    #: Set by :meth:`with_config`; survives DDP because cloudpickle pickles that class by value.
+    adv_config: AdvConfig | None = None
+    adv_val: ValAttack | None = None
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks=None,
+                 adv: AdvConfig | dict | str | None = None, val: ValAttack | None = None) -> None:
+        prepare_offline()
+        env_cfg, env_val = _env_settings()
+        requested = _config_from(adv) or type(self).adv_config or env_cfg
+        self.adv_val = (val or type(self).adv_val or env_val or ValAttack()).validate()
+        if requested is not None:
+            requested = replace(requested, bounds=requested.bounds or PIXEL_BOUNDS).validate()
+        self.adv_requested = requested
+        self.amat: AdversarialEngine | None = None
+        self.amat_base_criterion: Any = None
+        self._amat_cached: tuple[torch.Tensor, Any] | None = None
+        self._amat_items: list[dict[str, torch.Tensor]] = []
+        self.amat_last: StepOutput | None = None
+        super().__init__(cfg, overrides, _callbacks)
+        if self.args.task != "detect" and requested is not None and requested.mode != "none":
+            raise unsupported_task(self.args.task)
+
+    # -- configuration for the Python API --------------------------------------------------
+    @classmethod
+    def with_config(cls, adv: AdvConfig | None = None, *, val: ValAttack | None = None,
+                    **adv_fields: Any) -> type["AMATDetectionTrainer"]:
+        """A trainer class carrying its settings, for ``YOLO(...).train(trainer=...)``::
+
+            YOLO("yolov5s.yaml").train(data="bccd.yaml", pretrained=False,
+                trainer=AMATDetectionTrainer.with_config(mode="amat", step=3.5, xi_rule="mean+2std"))
+        """
+        cfg = adv if adv is not None else AdvConfig(**adv_fields)
+        cfg = replace(cfg, bounds=cfg.bounds or PIXEL_BOUNDS).validate()
+        attrs = {"adv_config": cfg, "adv_val": (val or ValAttack()).validate(),
+                 "__module__": cls.__module__, "__doc__": cls.__doc__}
+        return type(f"{cls.__name__}_{cfg.label}", (cls,), attrs)
+
+    @property
+    def adv(self) -> AdvConfig | None:
+        """The settings in effect (after resume resolution), or the requested ones."""
+        return self.amat_config if self.amat is not None else self.adv_requested
+
+    # -- Ultralytics overrides ---------------------------------------------------------------
+    def train(self):
+        if self.world_size > 1 and RANK == -1:
+            # Ultralytics re-creates this trainer in DDP subprocesses from its arguments only;
+            # they inherit the environment, so the settings travel there.
+            os.environ[CONFIG_ENV] = settings_env_value(self.adv_requested, self.adv_val)
+        return super().train()
+
+    def _setup_train(self):
+        with offline_amp_check():
+            super()._setup_train()
+        self._setup_adversarial()
+
+    def get_validator(self):
+        if self.adv_val is not None and self.adv_val.levels:
+            from copy import copy
+
+            from .validator import AdversarialDetectionValidator
+
+            return AdversarialDetectionValidator(
+                self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks,
+                levels=self.adv_val.levels, attack=self.adv_val.attack, steps=self.adv_val.steps)
+        return super().get_validator()
+
+    def run_callbacks(self, event: str):
+        if event == "on_train_epoch_end" and self.amat is not None:
+            summary = self.amat.epoch_end(self.epoch)  # MarginStore.sync(): every rank runs this
+            if RANK in {-1, 0} and isinstance(self.amat.policy, AMAT):
+                LOGGER.info(f"AMAT epoch {self.epoch + 1}: {self.amat.policy.margins.format_summary()}"
+                            + "".join(f" {k}={v:.4g}" for k, v in summary.items() if k.startswith("xi_")))
+        super().run_callbacks(event)
+
+    def save_metrics(self, metrics):
+        super().save_metrics({**metrics, **self.amat_metrics()})
+
+    def save_model(self):
+        result = super().save_model()
+        if self.amat is not None:
+            self.write_sidecar()
+        return result
+
+    # -- adversarial state ----------------------------------------------------------------------
+    @property
+    def sidecar_path(self) -> Path:
+        return Path(self.wdir) / SIDECAR_NAME
+
+    def dataset_id(self) -> str:
+        """Stable id of the training set: hash of its sample ids (resume refuses another set)."""
+        ids = sorted(self.sample_ids(self.train_loader.dataset.im_files))
+        digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
+        return f"yolo:{len(ids)}:{digest}"
+
+    def sample_ids(self, im_files: Sequence[str]) -> list[Hashable]:
+        """Sample id = image path relative to the dataset root (absolute when outside it), so
+        margins survive moving the dataset folder. Under mosaic it is the first image's path."""
+        root = self.data.get("path") if isinstance(self.data, dict) else None
+        out = []
+        for f in im_files:
+            f = str(f)
+            if root:
+                rel = os.path.relpath(f, root)
+                out.append(f if rel.startswith("..") else rel.replace(os.sep, "/"))
+            else:
+                out.append(f)
+        return out
+
+    def _check_labels(self) -> None:
+        ds = self.train_loader.dataset
+        missing = [im for im, lb in zip(ds.im_files, getattr(ds, "label_files", [])) if not os.path.isfile(lb)]
+        if missing:
+            example = missing[0]
+            raise AdvConfigError(
+                f"{len(missing)} training image(s) have no label file, e.g. {example} (expected "
+                f"{ds.label_files[ds.im_files.index(example)]}). Adversarial training needs every image's "
+                f"targets; fix the labels path, or mark intentional background images with an EMPTY .txt file")
+
+    def _setup_adversarial(self) -> None:
+        saved = None
+        if self.resume and self.sidecar_path.is_file():
+            saved = read_json(self.sidecar_path)
+            if saved.get("format") != SIDECAR_FORMAT:
+                raise AdvConfigError(f"{self.sidecar_path} has unknown format {saved.get('format')!r}")
+        cfg = self.adv_requested
+        if cfg is None:
+            cfg = AdvConfig.from_dict(saved["config"]) if saved else AdvConfig(mode="none")
+        self.amat_config = cfg
+        if cfg.mode == "none":
+            return
+        if self.args.task != "detect":
+            raise unsupported_task(self.args.task)
+        self._check_labels()
+        engine = AdversarialEngine(cfg.build_policy(dataset_id=self.dataset_id()), host=self)
+        if saved is not None:
+            try:
+                engine.load_state_dict(saved["engine"])
+            except (MarginMismatchError, ValueError) as e:
+                raise AdvConfigError(f"cannot resume the adversarial state in {self.sidecar_path}: {e}") from None
+            if saved.get("epoch") is not None and saved["epoch"] != self.start_epoch - 1 and RANK in {-1, 0}:
+                LOGGER.warning(f"AMAT: margins in {self.sidecar_path} are from epoch {saved['epoch'] + 1}, "
+                               f"the weights from epoch {self.start_epoch}; training continues with them")
+        elif self.resume and RANK in {-1, 0}:
+            LOGGER.warning(f"AMAT: resuming without {self.sidecar_path}: margins start again at Delta")
+        model = unwrap_model(self.model)
+        base = getattr(model, "criterion", None) or model.init_criterion()
+        from .terms import detection_parts
+
+        detection_parts(base)  # clear error now if this criterion has no per-sample terms
+        self.amat_base_criterion = base
+        model.criterion = AdversarialCriterion(base, self)
+        self.amat = engine
+        if RANK in {-1, 0}:
+            policy = engine.policy
+            extra = f", {policy.margins.format_summary()}" if isinstance(policy, AMAT) else ""
+            LOGGER.info(f"amat-hooks: {cfg.label} ({cfg.to_json()}){extra}")
+
+    def amat_state(self) -> dict[str, Any]:
+        assert self.amat is not None
+        return {"format": SIDECAR_FORMAT, "config": self.amat_config.to_dict(), "epoch": self.epoch,
+                "weights": str(self.last.name), "engine": self.amat.state_dict(),
+                "summary": self.amat.policy.summary()}
+
+    def write_sidecar(self) -> Path:
+        """Margins, xi and settings next to ``last.pt`` (atomic: never a truncated file)."""
+        return atomic_write_json(self.sidecar_path, self.amat_state())
+
+    def amat_metrics(self) -> dict[str, float]:
+        if self.amat is None or not isinstance(self.amat.policy, AMAT):
+            return {}
+        s = self.amat.policy.margins.summary()
+        return {"amat/margin_mean": round(s["mean"], 5), "amat/margin_max": round(s["max"], 5)}
+
+    # -- one adversarial step (called by AdversarialCriterion) ----------------------------------
+    def adversarial_loss(self, preds: Any, batch: dict[str, Any]):
+        """Clean predictions come from DetectionModel.loss; the engine does the rest."""
+        self._amat_cached = (batch["img"], preds)
+        self._amat_items = []
+        try:
+            out = self.amat.step(unwrap_model(self.model), batch)
+        finally:
+            self._amat_cached = None
+        self.amat_last = out
+        items = self._amat_items
+        loss_items = {k: sum(d[k] for d in items) / len(items) for k in items[0]}
+        return out.loss, loss_items
+
+    def amat_forward(self, model: torch.nn.Module, x: torch.Tensor) -> Any:
+        """Predictions for x: the clean ones already computed, else a forward pass."""
+        if self._amat_cached is not None and self._amat_cached[0] is x:
+            preds = self._amat_cached[1]
+            self._amat_cached = None
+            return preds
+        return model(x)
+
+    def amat_record_items(self, items: dict[str, torch.Tensor]) -> None:
+        self._amat_items.append(items)
