@@ -281,12 +281,20 @@ def _plot_margins(log: dict, output_folder: str) -> None:
     if n == 0:
         return
     x = list(range(n))
+    small = {"font.size": 10, "axes.labelsize": 10, "legend.fontsize": 9, "xtick.labelsize": 9,
+             "ytick.labelsize": 9}  # nnU-Net's progress plot sets a global seaborn font scale of 2.5
+    with matplotlib.rc_context(small):
+        _draw_margins(plt, log, x, n, output_folder)
+
+
+def _draw_margins(plt, log: dict, x: list[int], n: int, output_folder: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(x, log["amat_margin_mean"][:n], label="margin mean", color="b")
     ax.fill_between(x, log["amat_margin_min"][:n], log["amat_margin_max"][:n], color="b", alpha=0.15,
                     label="margin min..max")
     ax.set_xlabel("epoch")
     ax.set_ylabel("AMAT margin E (L2)")
+    ax.set_title("amat-hooks: per-sample margins and threshold xi per epoch")
     ax2 = ax.twinx()
     ax2.plot(x, log["amat_xi"][:n], color="r", ls="--", label="xi")
     ax2.set_ylabel("xi (nnU-Net loss scale)")

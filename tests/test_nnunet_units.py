@@ -1,0 +1,226 @@
+"""nnU-Net integration, fast checks: settings, xi files, per-sample loss, converter, DDP merge.
+
+The real nnU-Net processes are in tests/test_nnunet.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nnunetv2")
+
+from amat_hooks.config import AdvConfigError  # noqa: E402
+from amat_hooks.integrations.nnunet import settings as st  # noqa: E402
+from amat_hooks.integrations.nnunet.losses import collectives_off, per_sample_terms  # noqa: E402
+
+
+# -- settings -------------------------------------------------------------------------------
+def test_paper_step_per_dataset_name():
+    assert st.paper_step("Dataset002_Heart") == 5.0
+    assert st.paper_step("Dataset004_Hippocampus") == 0.5
+    assert st.paper_step("Dataset005_Prostate") == 3.0
+    assert st.paper_step("Dataset990_AMATShapes") == st.DEFAULT_STEP == 1.0
+
+
+def test_read_settings_defaults_and_overrides():
+    s = st.read_settings("amat", "Dataset004_Hippocampus", env={})
+    assert (s.config.mode, s.config.step, s.config.xi_rule, s.xi_source) == ("amat", 0.5, "mean", "auto")
+    assert s.epochs is None and s.iters is None
+    env = {"AMAT_STEP": "2", "AMAT_STEPS": "4", "AMAT_XI_RULE": "mean+2std", "AMAT_EPOCHS": "3",
+           "AMAT_ITERS": "5", "AMAT_VAL_ITERS": "2", "AMAT_XI_FILE": "/x/xi.json"}
+    s = st.read_settings("amat", "Dataset004_Hippocampus", env=env)
+    assert (s.config.step, s.config.steps, s.config.xi_rule) == (2.0, 4, "mean+2std")
+    assert (s.epochs, s.iters, s.val_iters, s.xi_source, s.xi_file) == (3, 5, 2, "file", "/x/xi.json")
+
+
+@pytest.mark.parametrize("mode,env,needle", [
+    ("sat", {}, "AMAT_EPS"),
+    ("amat", {"AMAT_MODE": "sat", "AMAT_EPS": "5"}, "-tr nnUNetTrainerSAT"),
+    ("amat", {"AMAT_EPOCHS": "0"}, "AMAT_EPOCHS"),
+    ("amat", {"AMAT_ITERS": "ten"}, "AMAT_ITERS"),
+    ("amat", {"AMAT_XI_SOURCE": "sometimes"}, "AMAT_XI_SOURCE"),
+    ("amat", {"AMAT_STEP": "-1"}, "must be > 0"),
+    ("amat", {"AMAT_XI_SOURCE": "online", "AMAT_XI_FILE": "a.json"}, "unset one"),
+])
+def test_read_settings_bad_input_names_the_variable(mode, env, needle):
+    with pytest.raises(AdvConfigError, match=None) as e:
+        st.read_settings(mode, "Dataset990_AMATShapes", env=env)
+    assert needle in str(e.value)
+
+
+def _xi_record(**over):
+    rec = {"kind": st.XI_FILE_KIND, "dataset": "Dataset990_AMATShapes", "configuration": "2d",
+           "plans": "nnUNetPlans", "fold": "0", "xi": {"mean": [-0.25], "mean+2std": [0.1]}}
+    rec.update(over)
+    return rec
+
+
+def test_xi_file_round_trip_and_errors(tmp_path):
+    kw = dict(dataset="Dataset990_AMATShapes", configuration="2d", plans="nnUNetPlans", fold=0, n_terms=1)
+    path = tmp_path / "xi.json"
+    path.write_text(json.dumps(_xi_record()))
+    assert st.load_xi_file(path, rule="mean", **kw) == [-0.25]
+    assert st.load_xi_file(path, rule="mean+2std", **kw) == [0.1]
+    fix = "amat calibrate nnunet 990 2d 0"
+    with pytest.raises(AdvConfigError, match="no xi calibration file") as e:
+        st.load_xi_file(tmp_path / "missing.json", rule="mean", **kw)
+    assert fix in str(e.value)
+    path.write_text(json.dumps(_xi_record(dataset="Dataset004_Hippocampus")))
+    with pytest.raises(AdvConfigError, match="calibrated for another run") as e:
+        st.load_xi_file(path, rule="mean", **kw)
+    assert fix in str(e.value)
+    path.write_text(json.dumps(_xi_record(xi={"mean": [0.1, 0.2]})))
+    with pytest.raises(AdvConfigError, match="no valid 1-term xi"):
+        st.load_xi_file(path, rule="mean", **kw)
+    path.write_text("{not json")
+    with pytest.raises(AdvConfigError, match="unreadable"):
+        st.load_xi_file(path, rule="mean", **kw)
+    assert st.default_xi_path("/pre/D", "2d", "nnUNetPlans", 0).name == "amat_xi__nnUNetPlans__2d__fold_0.json"
+
+
+# -- per-sample loss from nnU-Net's own loss objects -------------------------------------------
+def _nnunet_loss(batch_dice: bool, ddp: bool = False, ignore_label=None):
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    base = DC_and_CE_loss({"batch_dice": batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": ddp}, {},
+                          weight_ce=1, weight_dice=1, ignore_label=ignore_label,
+                          dice_class=MemoryEfficientSoftDiceLoss)
+    return DeepSupervisionWrapper(base, [4 / 7, 2 / 7, 1 / 7])
+
+
+def _outputs_targets(b=5, c=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    outs = [torch.randn(b, c, s, s, generator=g) for s in (16, 8, 4)]
+    tgts = [torch.randint(0, c, (b, 1, s, s), generator=g).float() for s in (16, 8, 4)]
+    return outs, tgts
+
+
+def test_per_sample_terms_average_to_nnunet_batch_loss():
+    """Without batch Dice, nnU-Net's loss is the mean over samples of CE (equal pixel
+    counts) and of Dice, so the mean of the per-sample terms must equal the batch loss."""
+    loss = _nnunet_loss(batch_dice=False)
+    outs, tgts = _outputs_targets()
+    terms = per_sample_terms(loss, outs, tgts, deep_supervision=True)
+    assert terms.shape == (5, 1)
+    assert torch.allclose(terms.mean(), loss(outs, tgts), atol=1e-5)
+    # and sample i's term is exactly the loss of the one-sample batch i
+    assert torch.allclose(terms[2, 0], loss([o[2:3] for o in outs], [t[2:3] for t in tgts]))
+
+
+def test_per_sample_terms_are_negative_for_good_predictions_and_differentiable():
+    loss = _nnunet_loss(batch_dice=True)
+    outs, tgts = _outputs_targets(b=2)
+    perfect = [torch.nn.functional.one_hot(t[:, 0].long(), 3).permute(0, 3, 1, 2).float() * 20 for t in tgts]
+    perfect = [p.requires_grad_(True) for p in perfect]
+    terms = per_sample_terms(loss, perfect, tgts, deep_supervision=True)
+    assert (terms < -0.9).all()  # CE ~ 0, Dice ~ 1: the nnU-Net loss lives on [-1, inf)
+    terms.sum().backward()
+    assert perfect[0].grad is not None
+
+
+def test_collectives_off_avoids_all_gather_and_restores_flags():
+    loss = _nnunet_loss(batch_dice=True, ddp=True)
+    outs, tgts = _outputs_targets(b=2)
+    assert not torch.distributed.is_initialized()
+    with pytest.raises(Exception):  # ddp=True + batch Dice all-gathers: needs a process group
+        loss([o[:1] for o in outs], [t[:1] for t in tgts])
+    terms = per_sample_terms(loss, outs, tgts, deep_supervision=True)
+    assert torch.isfinite(terms).all()
+    assert loss.loss.dc.ddp is True  # restored
+
+
+def test_per_sample_terms_with_ignore_label_matches_per_sample_calls():
+    loss = _nnunet_loss(batch_dice=False, ignore_label=3)
+    outs, tgts = _outputs_targets(b=3, c=3)
+    tgts = [t.clone() for t in tgts]
+    for t in tgts:
+        t[0, :, :2] = 3  # ignored pixels in sample 0
+    terms = per_sample_terms(loss, outs, tgts, deep_supervision=True)
+    for i in range(3):
+        assert torch.allclose(terms[i, 0], loss([o[i:i + 1] for o in outs], [t[i:i + 1] for t in tgts]))
+
+
+# -- the raw-format converter ------------------------------------------------------------------
+def _fake_msd(root: Path, n: int) -> Path:
+    import SimpleITK as sitk
+
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True)
+    for i in range(n):
+        arr = np.full((3, 4, 5), i, np.float32)
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(root / "imagesTr" / f"hippocampus_{i:03d}.nii.gz"))
+        sitk.WriteImage(sitk.GetImageFromArray(arr.astype(np.uint8) % 3),
+                        str(root / "labelsTr" / f"hippocampus_{i:03d}.nii.gz"))
+    return root
+
+
+def test_convert_hippocampus_layout_and_split(tmp_path):
+    from amat_hooks.integrations.nnunet.datasets import convert_hippocampus
+
+    src = _fake_msd(tmp_path / "msd", 10)
+    info = convert_hippocampus(src, tmp_path / "raw", dataset_id=4, preprocessed_root=tmp_path / "pre",
+                               split=(6, 2, 2))
+    folder = Path(info["folder"])
+    assert folder.name == "Dataset004_Hippocampus"
+    dj = json.loads((folder / "dataset.json").read_text())
+    assert dj["numTraining"] == 8 and dj["labels"] == {"background": 0, "Anterior": 1, "Posterior": 2}
+    splits = json.loads((tmp_path / "pre" / "Dataset004_Hippocampus" / "splits_final.json").read_text())
+    train, val = splits[0]["train"], splits[0]["val"]
+    tests = sorted(p.name[:-len(".nii.gz")] for p in (folder / "labelsTs").glob("*.nii.gz"))
+    assert (len(train), len(val), len(tests)) == (6, 2, 2)
+    assert len(set(train) | set(val) | set(tests)) == 10
+    assert sorted(p.name for p in (folder / "imagesTr").glob("*.nii.gz")) == \
+        sorted(f"{c}_0000.nii.gz" for c in train + val)
+    # seeded: the same split again
+    info2 = convert_hippocampus(src, tmp_path / "raw2", dataset_id=4, split=(6, 2, 2))
+    assert json.loads(Path(info2["splits"][0]).read_text()) == splits
+
+
+def test_convert_hippocampus_bad_input(tmp_path):
+    from amat_hooks.integrations.nnunet.datasets import convert_hippocampus
+
+    with pytest.raises(FileNotFoundError, match="imagesTr/ and labelsTr/"):
+        convert_hippocampus(tmp_path / "nothing", tmp_path / "raw")
+    src = _fake_msd(tmp_path / "msd", 4)
+    with pytest.raises(ValueError, match="expected 260 cases"):
+        convert_hippocampus(src, tmp_path / "raw")
+
+
+# -- DDP: margins merged at the core with gloo (nnU-Net's own DDP needs CUDA) ------------------
+def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from amat_hooks.margins import MarginStore
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    store = MarginStore(init=1.0, step=1.0, dataset_id="Dataset990_AMATShapes/2d")
+    if rank == 0:  # (case, slice) ids exactly as nnUNetTrainerAMAT produces them
+        store.update([("shapes_001", 0), ("shapes_002", 4)], torch.tensor([True, True]), torch.tensor([0.9, 1.0]))
+    else:
+        store.update([("shapes_001", 0), ("shapes_003", 1)], torch.tensor([False, True]), torch.tensor([0.4, 1.0]))
+    store.sync()
+    torch.save(store.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_margin_tables_merge_across_gloo_ranks(tmp_path):
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    tables = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    merged = [dict(zip(map(tuple, t["ids"]), t["values"])) for t in tables]
+    assert merged[0] == merged[1]
+    # rank order replay: shapes_001/0 grows to 2 (rank 0), then refines to (0.4 + 2) / 2 (rank 1)
+    assert merged[0] == pytest.approx({("shapes_001", 0): 1.2, ("shapes_002", 4): 2.0, ("shapes_003", 1): 2.0})
