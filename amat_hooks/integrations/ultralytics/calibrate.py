@@ -20,7 +20,7 @@ def per_image_terms(model: str, data: str, split: str = "train", imgsz: int | No
     from ultralytics.cfg import get_cfg
     from ultralytics.data import build_dataloader, build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
-    from ultralytics.nn.tasks import attempt_load_one_weight
+    from ultralytics.nn.tasks import load_checkpoint
     from ultralytics.utils import DEFAULT_CFG_KEYS
     from ultralytics.utils.torch_utils import select_device
 
@@ -31,7 +31,7 @@ def per_image_terms(model: str, data: str, split: str = "train", imgsz: int | No
     if split not in data_dict or not data_dict[split]:
         raise ValueError(f"split {split!r} not found in {data}; it has: "
                          f"{[k for k in ('train', 'val', 'test') if data_dict.get(k)]}")
-    net, ckpt = attempt_load_one_weight(model)
+    net, ckpt = load_checkpoint(model)
     train_args = {k: v for k, v in (ckpt.get("train_args") or {}).items() if k in DEFAULT_CFG_KEYS}
     size = imgsz or train_args.get("imgsz", 640)
     cfg = get_cfg(overrides={**train_args, "imgsz": size, "batch": batch, "rect": False, "mode": "val",

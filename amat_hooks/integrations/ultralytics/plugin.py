@@ -124,6 +124,16 @@ def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_val_arguments(p)
     p.set_defaults(func=_yolo_command, accepts_extra=True)
 
+    p = subparsers.add_parser("bccd", help="convert BCCD (VOC XML) to YOLO format with a data YAML",
+                              description="Convert the BCCD dataset to Ultralytics' layout (degenerate boxes "
+                                          "dropped and counted).")
+    p.add_argument("src", help="BCCD folder (holding Annotations/ JPEGImages/ ImageSets/), e.g. ../shared/data/bccd")
+    p.add_argument("out", help="output folder (gets images/, labels/ and bccd.yaml)")
+    p.add_argument("--split", default="official", choices=["official", "random"],
+                   help="official ImageSets split (205/87/72) or the paper's seeded random 294/33/37")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_bccd_command)
+
 
 @hookimpl
 def amat_add_task_commands(command: str, subparsers: argparse._SubParsersAction) -> None:
@@ -208,6 +218,10 @@ def _yolo_command(args: argparse.Namespace) -> int:
 
     words = list(args.extra)
     try:
+        import ultralytics  # noqa: F401
+    except ImportError:
+        return _fail("Ultralytics is not installed; pip install 'amat-hooks[yolo]'")
+    try:
         cfg = _requested_config(args)
         task, mode, kv = _parse_yolo_words(words)
         prepare_offline()
@@ -256,6 +270,18 @@ def _run_ultralytics(words: Sequence[str], val) -> int:
     finally:
         detect.DetectionTrainer, detect.DetectionValidator = saved[0], saved[1]
         sys.argv[:] = saved[2]
+    return 0
+
+
+def _bccd_command(args: argparse.Namespace) -> int:
+    from .bccd import BCCDError, convert
+
+    try:
+        report = convert(args.src, args.out, split=args.split, seed=args.seed)
+    except BCCDError as e:
+        print(f"amat bccd: error: {e}", file=sys.stderr)
+        return 2
+    print(report.format())
     return 0
 
 

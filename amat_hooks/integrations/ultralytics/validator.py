@@ -116,9 +116,9 @@ class AdversarialDetectionValidator(DetectionValidator):
         if self._net is None:
             raise RuntimeError("AdversarialDetectionValidator.perturb called before init_metrics(model)")
         net = self._net
-        if self._criterion is None:
-            self._criterion = build_criterion(net)
         with torch.inference_mode(False), torch.enable_grad():
+            if self._criterion is None:  # its constant tensors must not be inference tensors
+                self._criterion = build_criterion(net)
             # Validation runs under inference mode: work on ordinary copies.
             x = batch["img"].clone().float()
             targets = {k: batch[k].clone() for k in _TARGET_KEYS}
