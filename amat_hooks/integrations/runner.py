@@ -169,6 +169,7 @@ class Runner:
         self.script: str | None = None
         self.noise_norm_sum = 0.0
         self.noise_rows = 0
+        self.resumed_from: str | None = None
 
     # -- model / loss discovery ---------------------------------------------------------------
     def find_model(self) -> nn.Module | None:
@@ -311,6 +312,7 @@ class Runner:
             term_names = list(TERM_NAMES)
         return {
             "format": "amat-hooks runner state", "version": 1, "script": self.script,
+            "resumed_from": self.resumed_from,
             "config": self.config.to_dict(), "label": self.config.label, "epochs": self.epoch,
             "checkpoint": self.last_checkpoint, "term_names": term_names,
             "heatmap_loss": self.landmark_heatmap_loss if self._landmark else None,
@@ -340,6 +342,7 @@ class Runner:
         except ValueError as e:
             raise RunnerError(f"--adv-resume: {e}") from None
         self.epoch = int(state.get("epochs", 0))
+        self.resumed_from = str(path)
         pol = self.engine.policy
         n = len(pol.margins) if pol.name == "amat" else 0
         self._say(f"resumed from {path}: epoch {self.epoch}, {n} margins")
@@ -527,7 +530,7 @@ def run_script(runner: Runner, command: Sequence[str]) -> int:
     if code == 0 and runner.engine.policy.name != "none" and runner.batches_perturbed == 0 and runner.steps == 0:
         print("amat run: warning: the script finished without a single training step from a DataLoader; "
               "nothing was trained", file=sys.stderr)
-    if runner.batches_seen or runner.steps:
+    if runner.batches_seen or runner.steps or runner.resumed_from:
         where = runner.checkpoint_dir or runner.out_dir or Path.cwd()
         path = runner.write_state(Path(where) / STATE_NAME)
         runner._say(f"{runner.describe()}; state written to {path} ({time.perf_counter() - t0:.0f} s)")

@@ -60,6 +60,7 @@ def main():
     dataloader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers)
     val_set = Cephalometric(args.data, parse_ids(args.val_ids), num_landmark=args.num_landmarks, size=args.size)
     val_loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, num_workers=0)
+    print(f"train set: {len(dataset)} images ({dataset.annotation}); val set: {len(val_set)} images", flush=True)
 
     net = UNet_Pretrained(3, args.num_landmarks)
     optimizer = optim.Adam(params=net.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-08, weight_decay=1e-4)
