@@ -1,0 +1,98 @@
+"""The unmodified Multi-Task U-Net example script (examples/landmark/train.py) run directly
+and through `amat run`, in subprocesses, on generated landmarks (tiny 64x48 images) and,
+where present, on the real ISBI 2015 data."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from amat_hooks.integrations.multitask_unet.data import write_generated_isbi
+
+from test_runner import amat_cmd, run
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "examples" / "landmark" / "train.py"
+ISBI = REPO.parent / "shared" / "data" / "isbi2015_ceph"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_generated_isbi(tmp_path_factory.mktemp("lm") / "ceph", n=6, height=96, width=72,
+                                num_landmarks=3, seed=0)
+
+
+def script_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["python", str(SCRIPT), "--data", str(data), "--train-ids", "1-4", "--val-ids", "5",
+            "--size", "64", "48", "--num-landmarks", "3", "--batch-size", "2", "--epochs", "1",
+            "--save-every", "1", "--out", str(out), *extra]
+
+
+def test_example_direct_none_and_amat(data, tmp_path):
+    out = {k: tmp_path / k for k in ("direct", "none", "amat")}
+    # 1. the script on its own: an ordinary clean run (it does not import amat_hooks)
+    for f in ("train.py", "network.py", "data_loader.py"):
+        assert not re.search(r"^\s*(import|from)\s+amat_hooks", (SCRIPT.parent / f).read_text(), re.M)
+    r = run([sys.executable] + script_args(data, out["direct"], "--heatmap-loss", "dice")[1:], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Epoch 0 train rows 4 " in r.stdout and "[amat]" not in r.stdout
+    assert "mean of points.csv and senior_csv for 4/4 images" in r.stdout
+    # 2. --adv none through the runner: the very same training
+    r = run(amat_cmd() + ["run", "--adv", "none", "--"] + script_args(data, out["none"], "--heatmap-loss", "dice"),
+            tmp_path)
+    assert r.returncode == 0, r.stderr
+    direct = torch.load(out["direct"] / "model_epoch_0.pth")
+    none = torch.load(out["none"] / "model_epoch_0.pth")
+    assert all(torch.equal(direct[k], none[k]) for k in direct)
+    # 3. AMAT: noisy rows reach the script's loss, margins move, state next to the checkpoint
+    guard = tmp_path / "network_attempts.txt"
+    r = run(amat_cmd() + ["run", "--adv", "amat", "--adv-step", "1", "--adv-xi-rule", "mean+2std",
+                          "--adv-steps", "2", "--adv-refine-steps", "2", "--heatmap-loss", "dice", "--"]
+            + script_args(data, out["amat"], "--heatmap-loss", "dice"), tmp_path, guard)
+    assert r.returncode == 0, r.stderr
+    assert not guard.exists()
+    assert "Epoch 0 train rows 8 " in r.stdout  # 4 clean + 4 noisy rows through the script's loop
+    assert "adapter: Multi-Task U-Net (heatmap term: dice)" in r.stdout
+    amat = torch.load(out["amat"] / "model_epoch_0.pth")
+    assert not all(torch.allclose(direct[k], amat[k]) for k in direct)  # trained on noisy rows too
+    side = json.loads((out["amat"] / "model_epoch_0.pth.amat.json").read_text())
+    assert side["term_names"] == ["heatmap", "offset_x", "offset_y"] and len(side["xi"]) == 3
+    margins = side["engine"]["policy"]["margins"]
+    assert sorted(margins["ids"]) == [0, 1, 2, 3]
+    assert margins["updates"] == 4 and any(abs(v - 1.0) > 1e-9 for v in margins["values"])
+    assert side["config"]["xi_rule"] == "mean+2std"
+    assert re.search(r"\[amat\] epoch 0: AMAT, batches 2, rows fed 8, .*margins n=4", r.stdout)
+
+
+def test_example_sat_with_bce_and_the_heatmap_loss_check(data, tmp_path):
+    r = run(amat_cmd() + ["run", "--adv", "sat", "--adv-eps", "1", "--adv-steps", "2", "--heatmap-loss", "bce",
+                          "--"] + script_args(data, tmp_path / "sat", "--heatmap-loss", "bce", "--num-workers", "2"),
+            tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Epoch 0 train rows 8 " in r.stdout
+    assert json.loads((tmp_path / "sat" / "amat_state.json").read_text())["label"] == "SAT1"
+    # the script trains with BCE but the runner was told dice: refused after the first step
+    r = run(amat_cmd() + ["run", "--adv", "sat", "--adv-eps", "1", "--adv-steps", "1", "--"]
+            + script_args(data, tmp_path / "bad", "--heatmap-loss", "bce"), tmp_path)
+    assert r.returncode == 3 and "pass --heatmap-loss bce" in r.stderr
+
+
+@pytest.mark.realdata
+def test_real_isbi_smoke_through_amat_run(tmp_path):
+    if not (ISBI / "dataset" / "benchmark" / "points.csv").is_file():
+        pytest.skip(f"ISBI 2015 data not found at {ISBI} (opt-in real-data test)")
+    r = run(amat_cmd() + ["run", "--adv", "amat", "--adv-step", "1", "--adv-xi-rule", "mean+2std", "--adv-steps", "2",
+                          "--adv-refine-steps", "2", "--", "python", str(SCRIPT), "--data", str(ISBI),
+                          "--train-ids", "1-2", "--val-ids", "151", "--size", "64", "48", "--batch-size", "2",
+                          "--epochs", "1", "--heatmap-loss", "dice", "--out", str(tmp_path / "isbi")], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "train set: 2 images (mean of points.csv and senior_csv for 2/2 images)" in r.stdout
+    assert "Epoch 0 train rows 4 " in r.stdout
+    st = json.loads((tmp_path / "isbi" / "amat_state.json").read_text())
+    assert sorted(st["engine"]["policy"]["margins"]["ids"]) == [0, 1]
