@@ -74,6 +74,12 @@ class ValAttack:
         return self
 
 
+def margin_digest(margins_state: dict[str, Any]) -> str:
+    """Short fingerprint of a margin table (ids and exact values), logged on resume."""
+    blob = json.dumps({"ids": margins_state["ids"], "values": margins_state["values"]}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
 class AdversarialCriterion:
     """Stands in for ``model.criterion`` during training; never serialised.
 
@@ -277,6 +283,10 @@ class AMATDetectionTrainer(DetectionTrainer):
                 engine.load_state_dict(saved["engine"])
             except (MarginMismatchError, ValueError) as e:
                 raise AdvConfigError(f"cannot resume the adversarial state in {self.sidecar_path}: {e}") from None
+            if isinstance(engine.policy, AMAT) and RANK in {-1, 0}:
+                margins = engine.policy.margins.state_dict()
+                LOGGER.info(f"amat-hooks: restored {len(margins['ids'])} margins from {self.sidecar_path} "
+                            f"(epoch {saved.get('epoch', -1) + 1}, digest {margin_digest(margins)})")
             if saved.get("epoch") is not None and saved["epoch"] != self.start_epoch - 1 and RANK in {-1, 0}:
                 LOGGER.warning(f"AMAT: margins in {self.sidecar_path} are from epoch {saved['epoch'] + 1}, "
                                f"the weights from epoch {self.start_epoch}; training continues with them")

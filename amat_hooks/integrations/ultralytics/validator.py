@@ -119,6 +119,9 @@ class AdversarialDetectionValidator(DetectionValidator):
         with torch.inference_mode(False), torch.enable_grad():
             if self._criterion is None:  # its constant tensors must not be inference tensors
                 self._criterion = build_criterion(net)
+            for m in net.modules():  # the head caches anchors made under inference mode: remake them
+                if hasattr(m, "anchors") and hasattr(m, "shape"):
+                    m.shape = None
             # Validation runs under inference mode: work on ordinary copies.
             x = batch["img"].clone().float()
             targets = {k: batch[k].clone() for k in _TARGET_KEYS}

@@ -1,0 +1,137 @@
+"""Seconds per training iteration of Ultralytics YOLO under STD, SAT and AMAT, same data,
+one process, modes interleaved round by round (so CPU contention hits all alike).
+
+One iteration = what Ultralytics' ``_do_train`` does per batch: ``model(batch)`` (clean
+forward + our criterion wrapper: attack, noisy forward, combined loss), backward,
+optimizer step (+EMA). Also times the per-image loss terms against Ultralytics' plain
+criterion call on the same predictions.
+
+    python bench/bench_yolo.py                       # generated data, yolov5n, imgsz 128, batch 8
+    python bench/bench_yolo.py --data ../shared/data/bccd_yolo/bccd.yaml --imgsz 320 --model yolov5s.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None, help="data YAML (default: generated dataset)")
+    ap.add_argument("--model", default="yolov5n.yaml")
+    ap.add_argument("--imgsz", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=4, help="rounds; each times --iters iterations per mode")
+    ap.add_argument("--iters", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=10, help="PGD steps for SAT and AMAT")
+    ap.add_argument("--refine-steps", type=int, default=10, help="AMAT bisection steps")
+    ap.add_argument("--sat-eps", type=float, default=10.0)
+    ap.add_argument("--amat-step", type=float, default=3.5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", default=None, help="write the numbers here")
+    args = ap.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_yolo_"))
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(tmp / "cfg"))
+    import torch
+
+    from amat_hooks.integrations.ultralytics.synth import make_dataset
+    from amat_hooks.integrations.ultralytics.terms import criterion_with_terms
+    from amat_hooks.integrations.ultralytics.trainer import AMATDetectionTrainer
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    data = args.data or str(make_dataset(tmp / "ds", n_train=4 * args.batch, n_val=4, size=args.imgsz, seed=0))
+    modes = {
+        "STD": dict(mode="none"),
+        f"SAT{args.sat_eps:g}": dict(mode="sat", eps=args.sat_eps, steps=args.steps),
+        "AMAT": dict(mode="amat", step=args.amat_step, steps=args.steps, refine_steps=args.refine_steps),
+    }
+    trainers = {}
+    for name, adv in modes.items():
+        tr = AMATDetectionTrainer.with_config(**adv)(overrides=dict(
+            model=args.model, data=data, epochs=1, imgsz=args.imgsz, batch=args.batch, workers=0,
+            device=args.device, pretrained=False, project=str(tmp / "runs"), name=name, plots=False,
+            verbose=False, seed=0, amp=False))
+        tr.model = tr.get_model(cfg=args.model, verbose=False)
+        tr._setup_train()
+        trainers[name] = tr
+    first = next(iter(trainers.values()))
+    it = iter(first.train_loader)
+    batches = [first.preprocess_batch(next(it)) for _ in range(min(len(first.train_loader), 4))]
+
+    def iteration(tr, batch):
+        loss, _ = tr.model(batch)
+        tr.scaler.scale(loss).backward()
+        tr.optimizer_step()
+
+    times: dict[str, list[float]] = {n: [] for n in trainers}
+    for name, tr in trainers.items():  # warm-up (also makes AMAT's online xi ready)
+        iteration(tr, copy.copy(batches[0]))
+    k = 0
+    for _ in range(args.rounds):
+        for name, tr in trainers.items():
+            t0 = time.perf_counter()
+            for j in range(args.iters):
+                iteration(tr, copy.copy(batches[(k + j) % len(batches)]))
+            times[name].append((time.perf_counter() - t0) / args.iters)
+        k += args.iters
+    amat = trainers["AMAT"].amat_last
+
+    # per-image terms vs the plain criterion, same predictions
+    tr = trainers["STD"]
+    model = tr.model
+    model.train()
+    b = batches[0]
+    crit = model.init_criterion()
+    n = 10
+    t0 = time.perf_counter()
+    for _ in range(n):
+        preds = model(b["img"])
+    t_fwd = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    for _ in range(n):
+        crit(preds, b)
+    t_plain = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    for _ in range(n):
+        criterion_with_terms(crit, preds, b)
+    t_terms = (time.perf_counter() - t0) / n
+
+    med = {n_: statistics.median(v) for n_, v in times.items()}
+    sat = next(k_ for k_ in med if k_.startswith("SAT"))
+    res = {"model": args.model, "imgsz": args.imgsz, "batch": args.batch, "device": args.device,
+           "threads": torch.get_num_threads(), "steps": args.steps, "refine_steps": args.refine_steps,
+           "s_per_iter_median": med, "s_per_iter_all": times,
+           "ratio_SAT_STD": med[sat] / med["STD"], "ratio_AMAT_STD": med["AMAT"] / med["STD"],
+           "ratio_AMAT_SAT": med["AMAT"] / med[sat],
+           "amat_last_batch": {"pgd_steps_run": amat.attack.steps_run,
+                               "crossed": float(amat.attack.crossed.float().mean()),
+                               "eps_mean": float(amat.eps.mean())},
+           "terms_ms": {"forward": 1e3 * t_fwd, "criterion": 1e3 * t_plain, "criterion_with_terms": 1e3 * t_terms,
+                        "terms_over_criterion": t_terms / t_plain,
+                        "extra_over_forward": (t_terms - t_plain) / t_fwd}}
+    print(f"\n{args.model} imgsz={args.imgsz} batch={args.batch} {args.device} threads={res['threads']} "
+          f"PGD steps={args.steps} refine={args.refine_steps}")
+    print("| mode | s/iter (median) | x STD |\n|---|---|---|")
+    for n_, v in med.items():
+        print(f"| {n_} | {v:.3f} | {v / med['STD']:.2f} |")
+    print(f"AMAT/SAT = {res['ratio_AMAT_SAT']:.3f}   (AMAT last batch: {amat.attack.steps_run} PGD steps, "
+          f"{res['amat_last_batch']['crossed']:.0%} crossed xi)")
+    tm = res["terms_ms"]
+    print(f"per-image terms: criterion {tm['criterion']:.2f} ms -> with terms {tm['criterion_with_terms']:.2f} ms "
+          f"(x{tm['terms_over_criterion']:.2f}); extra = {tm['extra_over_forward']:.1%} of one forward "
+          f"({tm['forward']:.1f} ms)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
