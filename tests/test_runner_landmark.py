@@ -96,3 +96,42 @@ def test_real_isbi_smoke_through_amat_run(tmp_path):
     assert "Epoch 0 train rows 4 " in r.stdout
     st = json.loads((tmp_path / "isbi" / "amat_state.json").read_text())
     assert sorted(st["engine"]["policy"]["margins"]["ids"]) == [0, 1]
+
+
+def test_calibrate_and_eval_landmark_commands(data, tmp_path):
+    """xi = mean + 2 std of the per-sample terms of a clean model; eval's clean MRE equals
+    voting + radial error computed here."""
+    from amat_hooks.integrations.multitask_unet.data import LandmarkDataset
+    from amat_hooks.integrations.multitask_unet.losses import landmark_terms
+    from amat_hooks.integrations.multitask_unet.model import MultiTaskUNet
+    from amat_hooks.integrations.multitask_unet.voting import voting
+
+    torch.manual_seed(0)
+    model = MultiTaskUNet(num_landmarks=3).eval()
+    ckpt = tmp_path / "std.pth"
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, ckpt)  # DataParallel-style keys
+    r = run(amat_cmd() + ["calibrate", "landmark", "--checkpoint", str(ckpt), "--data", str(data),
+                          "--size", "64", "48", "--out", str(tmp_path / "xi.json")], tmp_path)
+    assert r.returncode == 0, r.stderr
+    xi = json.loads((tmp_path / "xi.json").read_text())["xi"]
+    ds = LandmarkDataset(data, "train", size=(64, 48), num_landmarks=3)
+    items = [ds[i] for i in range(len(ds))]
+    cols = [torch.stack([it[k] for it in items]) for k in range(6)]
+    with torch.no_grad():
+        out = model(cols[0])
+        t = landmark_terms(out, cols[1], cols[2], cols[3], cols[4], "dice").double()
+    expect = t.mean(0) + 2 * t.std(0, unbiased=False)
+    assert xi == pytest.approx(expect.tolist(), rel=1e-4)
+    assert f"--adv-xi {','.join(f'{v:.6g}' for v in xi)}" in r.stdout
+
+    r = run(amat_cmd() + ["eval", "landmark", "--checkpoint", str(ckpt), "--data", str(data), "--split", "train",
+                          "--size", "64", "48", "--levels", "1", "--pgd-steps", "2", "--ifgsm-steps", "2",
+                          "--out", str(tmp_path / "rep")], tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "rep" / "std.json").read_text())
+    pred = voting(out[0], out[1], out[2], ds.radius)
+    err = ((pred - cols[5]) * torch.tensor([72 / 48, 96 / 64])).norm(dim=2) * 0.1
+    assert res["clean"]["MRE"] == pytest.approx(float(err.mean()), rel=1e-4)
+    assert set(res["noisy"]) == {"pgd", "ifgsm"} and "SDR2mm" in res["clean"]
+    r = run(amat_cmd() + ["eval", "landmark", "--checkpoint", str(tmp_path / "none.pth"), "--data", str(data)], tmp_path)
+    assert r.returncode == 2 and "checkpoint not found" in r.stderr

@@ -140,3 +140,10 @@ def _make_data(args: argparse.Namespace) -> int:
                                 num_landmarks=args.landmarks, seed=args.seed)
     print(f"wrote {args.n} generated images with {args.landmarks} landmarks to {root}")
     return 0
+
+
+@hookimpl
+def amat_add_task_commands(command: str, subparsers: argparse._SubParsersAction) -> None:
+    from .commands import add_task_commands
+
+    add_task_commands(command, subparsers)
