@@ -65,9 +65,10 @@ def bench_pgd_vs_torchattacks(batch: int, size: int, rounds: int, steps: int = 1
         t_ours += timed(ours, 1)
         t_theirs += timed(theirs, 1)
     # sanity: both reach a similar loss
+    xa_ours, xa_theirs = ours().x_adv, theirs()
     with torch.no_grad():
-        l_ours = F.cross_entropy(model(ours().x_adv), y).item()
-        l_theirs = F.cross_entropy(model(theirs()), y).item()
+        l_ours = F.cross_entropy(model(xa_ours), y).item()
+        l_theirs = F.cross_entropy(model(xa_theirs), y).item()
     mo, mt = statistics.median(t_ours), statistics.median(t_theirs)
     return {"ours_s": mo, "torchattacks_s": mt, "ratio": mo / mt, "loss_ours": l_ours, "loss_torchattacks": l_theirs}
 

@@ -1,0 +1,135 @@
+"""Paper-style robustness reports: tables (Markdown, CSV, JSON) shaped like Tables 1-7,
+curves of metric vs noise level (PNG) and the margin histogram of an AMAT run."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .evaluation import EvalResult
+from .io import atomic_write_json, atomic_write_text
+
+_SHORT = {"pgd": "P", "ifgsm": "IF"}
+
+
+def table_rows(results: Mapping[str, EvalResult], metric: str | None = None) -> tuple[list[str], list[list]]:
+    """Header and rows: Method, clean, P.eps..., Avg., IF.eps..., Avg., AUC_robust."""
+    first = next(iter(results.values()))
+    m = metric or first.metric
+    levels = first.levels
+    for name, r in results.items():
+        if r.levels != levels:
+            raise ValueError(f"model {name} was evaluated at levels {r.levels}, others at {levels}")
+    attacks = [a for a in ("pgd", "ifgsm") if a in first.noisy]
+    head = ["Method", m]
+    for a in attacks:
+        head += [f"{_SHORT[a]}.{lv:g}" for lv in levels] + ["Avg."]
+    head.append("AUC_robust")
+    rows = []
+    for name, r in results.items():
+        row: list = [name, r.clean[m]]
+        for a in attacks:
+            c = r.curve(a, m)
+            row += c + [sum(c) / len(c)]
+        row.append(r.auc_robust("pgd" if "pgd" in attacks else attacks[0], m))
+        rows.append(row)
+    return head, rows
+
+
+def _best(rows: list[list], higher: bool) -> list[int]:
+    cols = len(rows[0])
+    pick = max if higher else min
+    return [pick(range(len(rows)), key=lambda i: rows[i][c]) for c in range(1, cols)]
+
+
+def to_markdown(results: Mapping[str, EvalResult], metric: str | None = None, digits: int = 4) -> str:
+    head, rows = table_rows(results, metric)
+    higher = next(iter(results.values())).higher_is_better
+    best = _best(rows, higher)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, row in enumerate(rows):
+        cells = [str(row[0])] + [(f"**{v:.{digits}f}**" if best[c] == i else f"{v:.{digits}f}")
+                                 for c, v in enumerate(row[1:])]
+        lines.append("| " + " | ".join(cells) + " |")
+    note = "higher is better" if higher else "lower is better"
+    return "\n".join(lines) + f"\n\nBest per column in bold ({note})."
+
+
+def to_csv(results: Mapping[str, EvalResult], metric: str | None = None) -> str:
+    head, rows = table_rows(results, metric)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(head)
+    for row in rows:
+        w.writerow([row[0]] + [f"{v:.6f}" for v in row[1:]])
+    return buf.getvalue()
+
+
+def plot_curves(results: Mapping[str, EvalResult], path: str | os.PathLike, metric: str | None = None,
+                title: str = "") -> Path:
+    """Metric vs noise level, one panel per attack, one line per model (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = next(iter(results.values()))
+    m = metric or first.metric
+    attacks = [a for a in ("pgd", "ifgsm") if a in first.noisy]
+    fig, axes = plt.subplots(1, len(attacks), figsize=(5 * len(attacks), 3.8), squeeze=False)
+    for ax, a in zip(axes[0], attacks):
+        for name, r in results.items():
+            ax.plot([0.0] + r.levels, [r.clean[m]] + r.curve(a, m), marker="o", label=name)
+        ax.set_xlabel("L2 noise level")
+        ax.set_ylabel(m)
+        ax.set_title(f"{'100-step PGD' if a == 'pgd' else '10-step IFGSM'}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_margin_histogram(values: Sequence[float], path: str | os.PathLike, title: str = "AMAT margins") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(list(values), bins=30, color="#4477aa")
+    ax.set_xlabel("margin E(i) (L2)")
+    ax.set_ylabel("training samples")
+    ax.set_title(f"{title} (n={len(values)})")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike, name: str = "robustness",
+                 title: str = "", margins: Sequence[float] | None = None) -> dict[str, Path]:
+    """Write ``<name>.md/.csv/.json/.png`` (+ ``<name>_margins.png``) into ``out_dir``."""
+    out = Path(out_dir)
+    paths = {
+        "md": atomic_write_text(out / f"{name}.md", (f"# {title}\n\n" if title else "") + to_markdown(results) + "\n"),
+        "csv": atomic_write_text(out / f"{name}.csv", to_csv(results)),
+        "json": atomic_write_json(out / f"{name}.json", {k: r.to_dict() for k, r in results.items()}),
+        "png": plot_curves(results, out / f"{name}.png", title=title),
+    }
+    if margins is not None and len(margins):
+        paths["margins_png"] = plot_margin_histogram(margins, out / f"{name}_margins.png")
+    return paths
