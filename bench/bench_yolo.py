@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=4, help="rounds; each times --iters iterations per mode")
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10, help="PGD steps for SAT and AMAT")
-    ap.add_argument("--refine-steps", type=int, default=10, help="AMAT bisection steps")
+    ap.add_argument("--refine-steps", default="10,3",
+                    help="AMAT bisection steps; a comma list times one AMAT variant each (first = 'AMAT')")
     ap.add_argument("--sat-eps", type=float, default=10.0)
     ap.add_argument("--amat-step", type=float, default=3.5)
     ap.add_argument("--device", default="cpu")
@@ -51,8 +52,11 @@ def main(argv=None) -> int:
     modes = {
         "STD": dict(mode="none"),
         f"SAT{args.sat_eps:g}": dict(mode="sat", eps=args.sat_eps, steps=args.steps),
-        "AMAT": dict(mode="amat", step=args.amat_step, steps=args.steps, refine_steps=args.refine_steps),
     }
+    refines = [int(v) for v in str(args.refine_steps).split(",") if v.strip()]
+    for j, r in enumerate(refines):
+        modes["AMAT" if j == 0 else f"AMAT_refine{r}"] = dict(mode="amat", step=args.amat_step, steps=args.steps,
+                                                              refine_steps=r)
     trainers = {}
     for name, adv in modes.items():
         tr = AMATDetectionTrainer.with_config(**adv)(overrides=dict(
@@ -111,6 +115,7 @@ def main(argv=None) -> int:
            "s_per_iter_median": med, "s_per_iter_all": times,
            "ratio_SAT_STD": med[sat] / med["STD"], "ratio_AMAT_STD": med["AMAT"] / med["STD"],
            "ratio_AMAT_SAT": med["AMAT"] / med[sat],
+           "ratio_variants_SAT": {k_: v / med[sat] for k_, v in med.items() if k_.startswith("AMAT")},
            "amat_last_batch": {"pgd_steps_run": amat.attack.steps_run,
                                "crossed": float(amat.attack.crossed.float().mean()),
                                "eps_mean": float(amat.eps.mean())},
@@ -118,10 +123,10 @@ def main(argv=None) -> int:
                         "terms_over_criterion": t_terms / t_plain,
                         "extra_over_forward": (t_terms - t_plain) / t_fwd}}
     print(f"\n{args.model} imgsz={args.imgsz} batch={args.batch} {args.device} threads={res['threads']} "
-          f"PGD steps={args.steps} refine={args.refine_steps}")
-    print("| mode | s/iter (median) | x STD |\n|---|---|---|")
+          f"PGD steps={args.steps} AMAT refine steps={refines}")
+    print("| mode | s/iter (median) | x STD | x SAT |\n|---|---|---|---|")
     for n_, v in med.items():
-        print(f"| {n_} | {v:.3f} | {v / med['STD']:.2f} |")
+        print(f"| {n_} | {v:.3f} | {v / med['STD']:.2f} | {v / med[sat]:.2f} |")
     print(f"AMAT/SAT = {res['ratio_AMAT_SAT']:.3f}   (AMAT last batch: {amat.attack.steps_run} PGD steps, "
           f"{res['amat_last_batch']['crossed']:.0%} crossed xi)")
     tm = res["terms_ms"]

@@ -191,10 +191,10 @@ def test_calibrate_eval_and_xi_file(work):
         assert abs(x - (m + 2 * s)) < 1e-4 * max(1.0, x) and s > 0
     res_file = work["root"] / "eval.json"
     amat(["eval", "yolo", f"model={best}", f"data={work['d3']}", "imgsz=64", "batch=8", "plots=False",
-          "--levels", "0,1,4", "--steps", "5", "--out", res_file], work["root"])
+          "--levels", "0,0.1,0.3", "--steps", "5", "--out", res_file], work["root"])
     res = {float(k): v["mAP50-95"] for k, v in json.loads(res_file.read_text())["results"].items()}
     assert res[0.0] > 0.05, f"the STD model learned nothing: {res}"
-    assert res[0.0] > res[1.0] > res[4.0], res
+    assert res[0.0] > res[0.1] > res[0.3], res  # stronger noise, lower mAP
 
     xi_run = work["root"] / "runs" / "xi"
     amat(["yolo", "detect", "train", "model=yolov5n.yaml", f"data={work['d3']}", "epochs=1", *COMMON,
