@@ -40,11 +40,13 @@ def make_model(classes: int = 10) -> nn.Module:
 
 
 def timed(fn, rounds: int) -> list[float]:
+    """CPU seconds of this process (robust to other load on a shared machine; with one
+    torch thread it equals the work done)."""
     out = []
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        out.append(time.perf_counter() - t0)
+        out.append(time.process_time() - t0)
     return out
 
 
@@ -114,7 +116,6 @@ from bench.bench_core import make_model
 from amat_hooks import pgd
 torch.manual_seed(0)
 model = make_model(); x = torch.rand({batch}, 3, {size}, {size}); y = torch.randint(0, 10, ({batch},))
-with torch.no_grad(): model(x)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 mode = {mode!r}
 if mode == "train_step":
@@ -139,10 +140,12 @@ def bench_memory(batch: int, size: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: stable CPU time)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "perf_core.md"))
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
     t0 = time.time()
     res = {
         "pgd_vs_torchattacks": bench_pgd_vs_torchattacks(a.batch, a.size, a.rounds),
@@ -154,7 +157,9 @@ def main() -> None:
     p, h, m = res["pgd_vs_torchattacks"], res["hooks_overhead"], res["memory"]
     md = f"""# Core performance (bench/bench_core.py)
 
-Measured {time.strftime('%Y-%m-%d')} on {env}; medians of {a.rounds} alternating rounds, one process.
+Measured {time.strftime('%Y-%m-%d')} on {env}; medians of {a.rounds} alternating rounds, one process,
+timed in CPU seconds of the process (`time.process_time`, one torch thread), so other load on the
+shared 2-core machine does not bias the ratios.
 Re-run: `.venv/bin/python bench/bench_core.py`.
 
 | what | ours | reference | ratio | target |
