@@ -4,8 +4,6 @@ progress, resumable state and report for every task; an integration only builds
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence

@@ -120,3 +120,37 @@ def test_report_files_parse_and_png_is_valid(tmp_path):
     assert EvalResult.from_dict(data["AMAT"]).noisy == res.noisy
     for key in ("png", "margins_png"):
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[key].stat().st_size > 2000
+
+
+def test_grid_trains_each_delta_once_and_picks_the_best_auc(tmp_path):
+    import argparse
+
+    from amat_hooks.commands import run_grid
+    from amat_hooks.config import AdvConfig
+    from amat_hooks.demo import TinySegNet, seg_loss_terms, train_one
+    from amat_hooks.synthetic import shapes_segmentation
+
+    xtr, ytr = shapes_segmentation(16, 16, seed=0)
+    xva, yva = shapes_segmentation(8, 16, seed=5)
+    trained = []
+
+    def train(delta, folder):
+        trained.append(delta)
+        model, _, _ = train_one(AdvConfig(mode="amat", step=delta, steps=2), xtr, ytr, 1, 8, 0, lambda s: None)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), folder / "model.pt")
+        return folder / "model.pt"
+
+    def task_for(path):
+        m = TinySegNet()
+        m.load_state_dict(torch.load(path))
+        return SegmentationEvalTask(m, xva, yva, seg_loss_terms, batch_size=8)
+
+    args = argparse.Namespace(out=str(tmp_path), levels=[0.5, 1.0], pgd_steps=3, no_progress=True, seed=0)
+    res = run_grid([0.5, 0.1], train, task_for, args)
+    assert trained == [0.1, 0.5] and sorted(res) == [0.1, 0.5]
+    table = (tmp_path / "grid.md").read_text()
+    best = max(res, key=lambda d: res[d].auc_robust("pgd"))
+    assert f"best Delta = {best:g}" in table and f"**{res[best].auc_robust('pgd'):.4f}**" in table
+    run_grid([0.5, 0.1], train, task_for, args)  # resumed: nothing retrained
+    assert trained == [0.1, 0.5]
