@@ -43,7 +43,12 @@ if a.mode == "nodl":  # hand-made batches, no DataLoader
         loss = crit(model(x[i:i + 4]), y[i:i + 4]); opt.zero_grad(); loss.backward(); opt.step()
     print("trained without a DataLoader"); sys.exit(0)
 ds = TensorDataset(x) if a.mode == "xonly" else TensorDataset(x, y)
-loader = DataLoader(ds, batch_size=4, shuffle=True, num_workers=a.workers)
+if a.mode == "iterable":
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(zip(x, y))
+    ds = Stream()
+loader = DataLoader(ds, batch_size=4, shuffle=a.mode != "iterable", num_workers=a.workers)
 for epoch in range(a.epochs):
     model.train()
     rows = 0
@@ -89,17 +94,19 @@ def _state(path: Path) -> dict:
 
 
 # -- sample ids ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("workers,in_order", [(0, True), (2, True), (2, False)])
-def test_indices_travel_with_the_samples_under_shuffle_and_workers(workers, in_order):
+@pytest.mark.parametrize("workers,in_order,persistent", [(0, True, False), (2, True, False), (2, False, True)])
+def test_indices_travel_with_the_samples_under_shuffle_and_workers(workers, in_order, persistent):
     ds = TensorDataset(torch.arange(23).float().unsqueeze(1) * 10)
     loader = DataLoader(IndexedDataset(ds), batch_size=4, shuffle=True, num_workers=workers,
-                        collate_fn=IndexCollate(default_collate), in_order=in_order)
-    seen = []
-    for b in loader:
-        assert isinstance(b, IndexedBatch)
-        assert (b.data[0].squeeze(1) / 10).long().tolist() == b.ids
-        seen += b.ids
-    assert sorted(seen) == list(range(23))
+                        collate_fn=IndexCollate(default_collate), in_order=in_order,
+                        persistent_workers=persistent)
+    for _ in range(2):  # two epochs (persistent workers are reused)
+        seen = []
+        for b in loader:
+            assert isinstance(b, IndexedBatch)
+            assert (b.data[0].squeeze(1) / 10).long().tolist() == b.ids
+            seen += b.ids
+        assert sorted(seen) == list(range(23))
 
 
 def test_patched_dataloader_yields_the_scripts_own_batches_outside_training():
@@ -200,6 +207,16 @@ def test_refuses_an_unknown_batch_structure(tiny, tmp_path):
     assert r.returncode == 3, r.stderr
     assert "structure no adapter knows" in r.stderr and "entry-point group" in r.stderr
     assert "epoch 0" not in r.stdout
+
+
+def test_iterable_dataset_works_for_sat_and_is_refused_for_amat(tiny, tmp_path):
+    r = run(amat_cmd() + ["run", "--adv", "sat", "--adv-eps", "0.5", "--adv-steps", "2", "--", "python", str(tiny),
+                          "--mode", "iterable", "--epochs", "1", "--out", str(tmp_path)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "epoch 0 rows 24" in r.stdout
+    r = run(amat_cmd() + ["run", "--adv", "amat", "--adv-step", "0.3", "--", "python", str(tiny),
+                          "--mode", "iterable", "--epochs", "1", "--out", str(tmp_path)], tmp_path)
+    assert r.returncode == 3 and "IterableDataset, which has no sample indices" in r.stderr
 
 
 def test_missing_crashing_and_exiting_scripts_give_their_exit_code(tiny, tmp_path):

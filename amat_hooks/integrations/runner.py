@@ -214,7 +214,7 @@ class Runner:
         model = self.find_model()
         return model is not None and model.training and torch.is_grad_enabled()
 
-    def process(self, data: Any, ids: list) -> Any:
+    def process(self, data: Any, ids: list | None) -> Any:
         """Clean batch of B rows -> the batch the script sees (2B rows for SAT/AMAT)."""
         from ..engine import AdapterError
 
@@ -222,6 +222,10 @@ class Runner:
         if self.engine.policy.name == "none":
             self._since_step += 1
             return data
+        if ids is None and self.engine.policy.name == "amat":
+            raise RunnerError("AMAT keeps one margin per sample, but the training DataLoader reads an "
+                              "IterableDataset, which has no sample indices; use a map-style Dataset "
+                              "(__getitem__/__len__) or train with --adv sat")
         if self._landmark is None:
             from .multitask_unet.plugin import is_landmark_batch
 
@@ -230,7 +234,7 @@ class Runner:
                                      f"{self.landmark_heatmap_loss})" if self._landmark else
                                      f"generic (x, y) with the script's loss "
                                      f"{type(self.criterion).__name__ if self.criterion else '(none found)'}"))
-        batch = RunnerBatch(data, list(ids))
+        batch = RunnerBatch(data, None if ids is None else list(ids))
         try:
             with torch.enable_grad():
                 x = self.engine.inputs(batch)
@@ -389,7 +393,7 @@ class Patches:
                 loader.collate_fn = IndexCollate(loader.collate_fn)
 
         def dl_iter(loader):
-            return _iterate(runner, orig_iter(loader))
+            return _iterate(runner, orig_iter(loader), isinstance(loader.dataset, IterableDataset))
 
         DataLoader.__init__, DataLoader.__iter__ = dl_init, dl_iter
         self._undo.append(lambda: (setattr(DataLoader, "__init__", orig_init),
@@ -440,20 +444,23 @@ class Patches:
         self.remove()
 
 
-def _iterate(runner: Runner, it: Iterator) -> Iterator:
-    """The patched DataLoader iteration: ids stripped, training batches attacked."""
+def _iterate(runner: Runner, it: Iterator, iterable: bool = False) -> Iterator:
+    """The patched DataLoader iteration: ids stripped, training batches attacked.
+    Batches of an IterableDataset carry no ids (``None``): SAT works, AMAT refuses."""
     attacked = 0
     try:
         for item in it:
-            if not isinstance(item, IndexedBatch):
+            if isinstance(item, IndexedBatch):
+                data, ids = item.data, item.ids
+            elif iterable:
+                data, ids = item, None
+            else:  # a loader built before the runner patched DataLoader
                 yield item
                 continue
             if runner.training_batch():
-                data = runner.process(item.data, item.ids)
+                data = runner.process(data, ids)
                 attacked += 1
-                yield data
-            else:
-                yield item.data
+            yield data
     finally:
         if attacked:
             runner.end_of_pass()
@@ -568,6 +575,8 @@ def amat_batch_with_inputs(batch: Any, inputs: Tensor, host: Any) -> Any:
     inner = host.pm.hook.amat_batch_with_inputs(batch=batch.data, inputs=inputs, host=host)
     if inner is None:
         return None
+    if batch.ids is None:
+        return RunnerBatch(inner, None)
     k = max(1, inputs.shape[0] // max(1, len(batch.ids)))
     return RunnerBatch(inner, list(batch.ids) * k)
 
