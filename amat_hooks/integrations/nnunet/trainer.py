@@ -260,14 +260,14 @@ def _replace_non_finite_rows(data: Tensor, target) -> tuple[Tensor, Any, Tensor]
         data[bad] = 0.0
         return data, target, bad
     src = int(good[0])
-    data[bad] = data[src]
+    data[bad] = data[src].clone()
     if isinstance(target, list):
         target = [t.clone() for t in target]
         for t in target:
-            t[bad] = t[src]
+            t[bad] = t[src].clone()
     else:
         target = target.clone()
-        target[bad] = target[src]
+        target[bad] = target[src].clone()
     return data, target, bad
 
 

@@ -1,0 +1,293 @@
+"""nnU-Net v2 integration with real nnU-Net processes (CPU, generated data).
+
+One generated 2D dataset is planned/preprocessed once per session (``nnU-Net`` fixture);
+every training runs the real ``nnUNetv2_train`` console script in a subprocess with a few
+iterations, ``nnUNet_def_n_proc=1`` and no data-augmentation workers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("nnunetv2")
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DATA = REPO.parent / "shared" / "data"
+DATASET_ID = 990
+DATASET = "Dataset990_AMATShapes"
+TRAINER_FOLDER = REPO / "amat_hooks" / "integrations" / "nnunet" / "trainers"
+
+pytestmark = pytest.mark.slow
+
+
+def _env(root: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AMAT_", "nnUNet_"))}
+    env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"),
+               nnUNet_results=str(root / "res"), nnUNet_def_n_proc="1", nnUNet_n_proc_DA="0",
+               nnUNet_compile="false", OMP_NUM_THREADS="2", MPLBACKEND="Agg",
+               AMAT_NETWORK_GUARD=str(root / "network_attempts.txt"))
+    env.update(extra)
+    return env
+
+
+def _run(cmd: list[str], env: dict[str, str], timeout: int = 400, ok: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
+    if ok and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}")
+    return p
+
+
+def _train(root: Path, trainer: str, *args: str, ok: bool = True, **env: str) -> subprocess.CompletedProcess:
+    return _run([str(BIN / "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", trainer, "-device", "cpu",
+                 *args], _env(root, **env), ok=ok)
+
+
+def _fold(root: Path, trainer: str) -> Path:
+    return root / "res" / DATASET / f"{trainer}__nnUNetPlans__2d" / "fold_0"
+
+
+def _amat_state(ckpt: Path) -> dict:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["amat_hooks"]
+
+
+def _margins(state: dict) -> dict:
+    m = state["engine"]["policy"]["margins"]
+    return dict(zip(map(tuple, m["ids"]), m["values"]))
+
+
+@pytest.fixture(scope="session")
+def nnunet(tmp_path_factory) -> Path:
+    """Generated raw dataset (12 cases x 6 slices of 32x32) planned and preprocessed for 2d."""
+    root = tmp_path_factory.mktemp("nnunet")
+    env = _env(root, nnUNet_n_proc_DA="1")  # the planner refuses 0 DA processes
+    _run([str(BIN / "amat"), "nnunet-generate", "--id", str(DATASET_ID)], env)
+    _run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", "1"], env)
+    assert (root / "pre" / DATASET / "nnUNetPlans_2d").is_dir()
+    return root
+
+
+@pytest.fixture(scope="session")
+def calibrated(nnunet) -> Path:
+    """A clean STD model (1 epoch) and xi calibrated from it with `amat calibrate nnunet`."""
+    _train(nnunet, "nnUNetTrainerSTD", AMAT_EPOCHS="1", AMAT_ITERS="4", AMAT_VAL_ITERS="1")
+    p = _run([str(BIN / "amat"), "calibrate", "nnunet", str(DATASET_ID), "2d", "0"], _env(nnunet))
+    xi_file = nnunet / "pre" / DATASET / "amat_xi__nnUNetPlans__2d__fold_0.json"
+    assert xi_file.is_file(), p.stdout + p.stderr
+    return xi_file
+
+
+@pytest.fixture(scope="session")
+def amat_run(nnunet, calibrated) -> Path:
+    """nnUNetTrainerAMAT, 2 epochs x 3 iterations, xi from the calibration file."""
+    _train(nnunet, "nnUNetTrainerAMAT", AMAT_EPOCHS="2", AMAT_ITERS="3", AMAT_VAL_ITERS="1", AMAT_STEPS="3",
+           AMAT_XI_SOURCE="file")
+    return _fold(nnunet, "nnUNetTrainerAMAT")
+
+
+def test_calibration_xi_is_mean_of_clean_slice_losses(nnunet, calibrated):
+    rec = json.loads(calibrated.read_text())
+    split = json.loads((nnunet / "pre" / DATASET / "splits_final.json").read_text())[0]
+    assert rec["n_cases"] == len(split["train"]) and rec["n_samples"] == 6 * len(split["train"])
+    assert rec["xi"]["mean"][0] == pytest.approx(rec["loss_stats"]["mean"], rel=1e-6)
+    assert rec["xi"]["mean+2std"][0] == pytest.approx(rec["loss_stats"]["mean"] + 2 * rec["loss_stats"]["std"],
+                                                      rel=1e-5)
+    assert rec["loss_stats"]["min"] < rec["loss_stats"]["max"]
+
+
+def test_amat_training_moves_margins_keyed_by_case_and_slice(nnunet, calibrated, amat_run):
+    state = _amat_state(amat_run / "checkpoint_final.pth")
+    assert state["dataset_id"] == f"{DATASET}/2d" and state["mode"] == "amat"
+    xi = json.loads(calibrated.read_text())["xi"]["mean"]
+    assert state["xi"] == pytest.approx(xi) and state["xi_origin"] == str(calibrated)
+    margins = _margins(state)
+    assert 3 <= len(margins) <= 24  # 2 epochs x 3 iterations x batch 4, duplicates merged
+    split = json.loads((nnunet / "pre" / DATASET / "splits_final.json").read_text())[0]
+    for case, z in margins:
+        assert case in split["train"] and 0 <= z < 6
+    step = state["config"]["step"]
+    assert step == 1.0  # documented default for datasets the paper does not name
+    values = torch.tensor(list(margins.values()), dtype=torch.float64)
+    assert (values != step).any(), "no margin moved away from its start"
+    log = next(amat_run.glob("training_log_*.txt")).read_text()
+    assert log.count("AMAT margins n=") == 2 and "xi from " + str(calibrated) in log
+    assert (amat_run / "progress.png").stat().st_size > 0 and (amat_run / "progress_amat.png").stat().st_size > 0
+    logging = torch.load(amat_run / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
+    assert len(logging["amat_margin_mean"]) == len(logging["train_losses"]) == 2
+    assert logging["amat_margin_mean"][-1] == pytest.approx(float(values.mean()))
+    assert not (nnunet / "network_attempts.txt").exists()
+
+
+def test_continue_restores_margins_exactly(nnunet, amat_run):
+    saved = _amat_state(amat_run / "checkpoint_final.pth")
+    backup = nnunet / "amat_final_before_resume.pth"
+    shutil.copyfile(amat_run / "checkpoint_final.pth", backup)
+    # --c with one more epoch of 1 iteration: the table is restored, then one batch trains
+    _train(nnunet, "nnUNetTrainerAMAT", "--c", AMAT_EPOCHS="3", AMAT_ITERS="1", AMAT_VAL_ITERS="1",
+           AMAT_STEPS="3", AMAT_XI_SOURCE="file")
+    after = _amat_state(amat_run / "checkpoint_final.pth")
+    old, new = _margins(saved), _margins(after)
+    assert set(old) <= set(new)
+    changed = [k for k in new if k not in old or new[k] != old[k]]
+    assert 1 <= len(changed) <= 4  # at most one batch; every other margin is bit-identical
+    m_old, m_new = saved["engine"]["policy"]["margins"], after["engine"]["policy"]["margins"]
+    assert m_new["updates"] == m_old["updates"] + 4
+    assert after["xi"] == saved["xi"]
+    log = sorted(amat_run.glob("training_log_*.txt"))[-1].read_text()
+    from amat_hooks.margins import MarginStore
+
+    restored = MarginStore(init=1.0, step=1.0)
+    restored.load_state_dict(m_old)
+    assert f"restored AMAT state from {amat_run / 'checkpoint_final.pth'}: {restored.format_summary()}" in log
+    shutil.copyfile(backup, amat_run / "checkpoint_final.pth")
+
+
+def test_predict_with_amat_trainer(nnunet, amat_run):
+    out = nnunet / "pred"
+    _run([str(BIN / "nnUNetv2_predict"), "-i", str(nnunet / "raw" / DATASET / "imagesTr"), "-o", str(out),
+          "-d", str(DATASET_ID), "-c", "2d", "-f", "0", "-tr", "nnUNetTrainerAMAT", "-device", "cpu",
+          "--disable_tta", "-npp", "1", "-nps", "1"], _env(nnunet))
+    preds = sorted(out.glob("*.nii.gz"))
+    assert len(preds) == 12
+    import SimpleITK as sitk
+
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(preds[0])))
+    assert arr.shape == (6, 32, 32) and set(map(int, set(arr.ravel()))) <= {0, 1}
+
+
+def test_sat_training(nnunet):
+    _train(nnunet, "nnUNetTrainerSAT", AMAT_EPS="2", AMAT_EPOCHS="1", AMAT_ITERS="2", AMAT_VAL_ITERS="1",
+           AMAT_STEPS="2")
+    fold = _fold(nnunet, "nnUNetTrainerSAT")
+    state = _amat_state(fold / "checkpoint_final.pth")
+    assert state["mode"] == "sat" and state["config"]["eps"] == 2.0 and "margins" not in state["engine"]["policy"]
+    assert "SAT eps=2" in next(fold.glob("training_log_*.txt")).read_text()
+
+
+def test_sat_without_eps_fails_clearly(nnunet):
+    p = _train(nnunet, "nnUNetTrainerSAT", ok=False, AMAT_EPOCHS="1")
+    assert p.returncode != 0 and "set AMAT_EPS" in p.stderr
+
+
+def test_missing_xi_file_names_the_calibration_command(nnunet):
+    p = _train(nnunet, "nnUNetTrainerAMAT_50epochs", ok=False, AMAT_XI_FILE=str(nnunet / "nope.json"))
+    assert p.returncode != 0
+    assert "no xi calibration file" in p.stderr and "amat calibrate nnunet 990 2d 0" in p.stderr
+
+
+def test_continue_with_margins_of_another_dataset_fails_clearly(nnunet, amat_run):
+    other = nnunet / "res_other"
+    shutil.copytree(nnunet / "res", other)
+    ckpt = other / DATASET / "nnUNetTrainerAMAT__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
+    c = torch.load(ckpt, map_location="cpu", weights_only=False)
+    c["amat_hooks"]["dataset_id"] = "Dataset004_Hippocampus/2d"
+    c["amat_hooks"]["engine"]["policy"]["margins"]["dataset_id"] = "Dataset004_Hippocampus/2d"
+    torch.save(c, ckpt)
+    p = _run([str(BIN / "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", "nnUNetTrainerAMAT", "-device", "cpu",
+              "--c"], _env(nnunet, nnUNet_results=str(other), AMAT_EPOCHS="2", AMAT_XI_SOURCE="online"), ok=False)
+    assert p.returncode != 0
+    assert "holds the AMAT margin table of 'Dataset004_Hippocampus/2d'" in p.stderr
+    assert f"'{DATASET}/2d'" in p.stderr
+
+
+def test_nan_sample_skipped_in_real_trainer_step(nnunet, tmp_path, monkeypatch):
+    """A batch from nnU-Net's own loader with one NaN sample: no crash, finite weights,
+    that sample's margin untouched, the others updated."""
+    for k, v in _env(nnunet, nnUNet_results=str(tmp_path / "res"), AMAT_STEPS="2",
+                     AMAT_XI_SOURCE="online").items():
+        monkeypatch.setenv(k, v)
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    trainer = get_trainer_from_args(str(DATASET_ID), "2d", 0, "nnUNetTrainerAMAT", device=torch.device("cpu"))
+    trainer.initialize()
+    dl_train, _ = trainer.get_dataloaders()
+    batch = next(dl_train)
+    ids = trainer.sample_ids(batch)
+    assert all(isinstance(c, str) and 0 <= z < 6 for c, z in ids)
+    batch["data"][1] = float("nan")
+    with pytest.warns(RuntimeWarning, match="NaN/inf input"):
+        out = trainer.train_step(batch)
+    assert torch.isfinite(torch.as_tensor(out["loss"]))
+    assert all(torch.isfinite(p).all() for p in trainer.network.parameters())
+    store = trainer.amat_engine.policy.margins
+    others = [i for j, i in enumerate(ids) if j != 1]
+    if ids[1] not in others:
+        assert ids[1] not in store
+    assert all(i in store for i in others)
+    assert trainer.amat_last.updated.tolist() == [j != 1 for j in range(len(ids))]
+
+
+def test_user_ext_trainer_folders_are_kept(tmp_path):
+    user = tmp_path / "my_trainers"
+    user.mkdir()
+    (user / "nnUNetTrainerMine.py").write_text(
+        "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer\n"
+        "class nnUNetTrainerMine(nnUNetTrainer):\n    pass\n")
+    code = ("import os; from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f;"
+            "print('R:' + os.environ['nnUNet_extTrainer']); print('R:' + f('nnUNetTrainerMine').__name__);"
+            "print('R:' + f('nnUNetTrainerAMAT').__name__, f('nnUNetTrainerSTD_50epochs').amat_epochs)")
+    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
+    env["nnUNet_extTrainer"] = f"{user}{os.pathsep}{tmp_path / 'missing'}"
+    p = _run([sys.executable, "-c", code], env)
+    lines = [ln[2:] for ln in p.stdout.splitlines() if ln.startswith("R:")]  # nnU-Net prints too
+    folders = lines[0].split(os.pathsep)
+    assert folders[:2] == [str(user), str(tmp_path / "missing")]
+    assert Path(folders[2]).resolve() == TRAINER_FOLDER.resolve() and len(folders) == 3
+    assert lines[-2:] == ["nnUNetTrainerMine", "nnUNetTrainerAMAT 50"]
+    # a child process inherits the extended value and does not append twice
+    env["nnUNet_extTrainer"] = lines[0]
+    p = _run([sys.executable, "-c", "import os; print(os.environ['nnUNet_extTrainer'])"], env)
+    assert p.stdout.strip() == lines[0]
+
+
+def test_wheel_install_registers_trainer_folder(tmp_path):
+    """A normal (non-editable) install: the wheel carries the .pth at its root, and a
+    fresh environment that has it finds the trainer folder inside its own site-packages."""
+    src = tmp_path / "src"  # build from a copy: pip builds in-tree and must not touch the checkout
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "runs", "*.egg-info",
+                                                             "__pycache__", ".pytest_cache", ".hypothesis"))
+    wheels = tmp_path / "wheels"
+    _run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q", "-w",
+          str(wheels)], dict(os.environ), timeout=300)
+    whl = next(wheels.glob("amat_hooks-*.whl"))
+    names = zipfile.ZipFile(whl).namelist()
+    assert "amat_hooks_nnunet.pth" in names
+    assert "amat_hooks/integrations/nnunet/trainers/nnUNetTrainerAMAT.py" in names
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], dict(os.environ))
+    site = next((venv / "lib").glob("python*/site-packages"))
+    zipfile.ZipFile(whl).extractall(site)
+    env = {k: v for k, v in os.environ.items() if k not in ("nnUNet_extTrainer", "PYTHONPATH")}
+    p = _run([str(venv / "bin" / "python"), "-c", "import os; print(os.environ.get('nnUNet_extTrainer'))"], env)
+    assert Path(p.stdout.strip()) == site / "amat_hooks" / "integrations" / "nnunet" / "trainers"
+
+
+@pytest.mark.realdata
+def test_hippocampus_smoke(tmp_path):
+    """MSD Hippocampus in the paper's 208/17/35 split: convert, plan, AMAT for a few iterations."""
+    src = DATA / "msd_hippocampus"
+    if not (src / "imagesTr").is_dir():
+        pytest.skip(f"MSD Hippocampus not found at {src} (real-data test)")
+    env = _env(tmp_path, nnUNet_n_proc_DA="1")
+    p = _run([str(BIN / "amat"), "nnunet-hippocampus", "--src", str(src), "--id", "4"], env)
+    assert "208 train / 17 val / 35 test" in p.stdout
+    _run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", "4", "-c", "2d", "-np", "1"], env, timeout=500)
+    split = json.loads((tmp_path / "pre" / "Dataset004_Hippocampus" / "splits_final.json").read_text())
+    assert len(split) == 1 and (len(split[0]["train"]), len(split[0]["val"])) == (208, 17)
+    _run([str(BIN / "nnUNetv2_train"), "4", "2d", "0", "-tr", "nnUNetTrainerAMAT", "-device", "cpu"],
+         _env(tmp_path, AMAT_EPOCHS="1", AMAT_ITERS="1", AMAT_VAL_ITERS="1", AMAT_STEPS="1",
+              AMAT_REFINE_STEPS="2"), timeout=500)
+    fold = tmp_path / "res" / "Dataset004_Hippocampus" / "nnUNetTrainerAMAT__nnUNetPlans__2d" / "fold_0"
+    state = _amat_state(fold / "checkpoint_final.pth")
+    assert state["config"]["step"] == 0.5  # the paper's Delta for Hippocampus
+    margins = _margins(state)
+    assert margins and all(c in split[0]["train"] for c, _ in margins)
+    assert "This split has 208 training and 17 validation cases" in next(fold.glob("training_log_*.txt")).read_text()
