@@ -72,7 +72,7 @@ def main(argv=None) -> int:
 
     def iteration(tr, batch):
         loss, _ = tr.model(batch)
-        tr.scaler.scale(loss).backward()
+        tr.scaler.scale(loss.sum()).backward()  # as _do_train: self.loss = loss.sum()
         tr.optimizer_step()
 
     times: dict[str, list[float]] = {n: [] for n in trainers}
