@@ -238,9 +238,15 @@ class Runner:
         try:
             with torch.enable_grad():
                 x = self.engine.inputs(batch)
+                src, dev = x.device, _model_device(self.model)
+                if dev is not None and dev != src:  # the script moves batches later (img.cuda())
+                    batch = RunnerBatch(_move(data, dev), batch.ids)
+                    x = self.engine.inputs(batch)
                 x_adv, attack = self.engine.perturb(self.model, batch)
                 both = torch.cat([x, x_adv.to(dtype=x.dtype, device=x.device)], dim=0)
                 out = self.engine.with_inputs(batch, both)
+                if dev is not None and dev != src:  # hand the script its batch where it was
+                    out = RunnerBatch(_move(out.data if isinstance(out, RunnerBatch) else out, src), None)
         except AdapterError as e:
             raise RunnerError(
                 f"cannot patch this script: the training batch has a structure no adapter knows "
@@ -366,6 +372,22 @@ class Runner:
     def _say(self, text: str) -> None:
         if self.verbose:
             print(f"[amat] {text}", flush=True)
+
+
+def _model_device(model: nn.Module | None) -> torch.device | None:
+    p = next(model.parameters(), None) if model is not None else None
+    return None if p is None else p.device
+
+
+def _move(v: Any, device: torch.device) -> Any:
+    """Tensors (also nested in tuples/lists/dicts) to ``device``."""
+    if isinstance(v, Tensor):
+        return v.to(device)
+    if isinstance(v, dict):
+        return {k: _move(x, device) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(_move(x, device) for x in v)
+    return v
 
 
 # -- patching -------------------------------------------------------------------------------------------

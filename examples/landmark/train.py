@@ -49,6 +49,7 @@ def main():
     parser.add_argument("--save-every", type=int, default=10)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="runs/landmark")
     args = parser.parse_args()
 
@@ -62,7 +63,8 @@ def main():
     val_loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, num_workers=0)
     print(f"train set: {len(dataset)} images ({dataset.annotation}); val set: {len(val_set)} images", flush=True)
 
-    net = UNet_Pretrained(3, args.num_landmarks)
+    device = torch.device(args.device)
+    net = UNet_Pretrained(3, args.num_landmarks).to(device)
     optimizer = optim.Adam(params=net.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-08, weight_decay=1e-4)
     scheduler = StepLR(optimizer, 100, gamma=0.5)
     loss_logic_fn = BCELoss()
@@ -73,6 +75,8 @@ def main():
         net.train()
         rows, logic_sum, regression_sum = 0, 0.0, 0.0
         for img, mask, guassian_mask, offset_y, offset_x, landmark_list in dataloader:
+            img, mask, guassian_mask = img.to(device), mask.to(device), guassian_mask.to(device)
+            offset_y, offset_x = offset_y.to(device), offset_x.to(device)
             heatmap, regression_y, regression_x = net(img)
             if args.heatmap_loss == "bce":
                 logic_loss = loss_logic_fn(heatmap, guassian_mask)
@@ -96,6 +100,8 @@ def main():
         val_rows, val_loss = 0, 0.0
         with torch.no_grad():
             for img, mask, guassian_mask, offset_y, offset_x, landmark_list in val_loader:
+                img, mask, guassian_mask = img.to(device), mask.to(device), guassian_mask.to(device)
+                offset_y, offset_x = offset_y.to(device), offset_x.to(device)
                 heatmap, regression_y, regression_x = net(img)
                 logic_loss = (loss_logic_fn(heatmap, guassian_mask) if args.heatmap_loss == "bce"
                               else dice_loss(heatmap, guassian_mask))

@@ -28,6 +28,8 @@ from .targets import check_landmarks, landmark_targets, radius_for
 PAPER_SPLIT = {"train": (1, 150), "val": (151, 200), "test": (201, 300)}
 ANNOTATIONS = ("mean", "points", "senior")
 PAPER_SIZE = (200, 160)  # (H, W) used for training in the paper
+_ANNOTATION_TEXT = {"mean": "mean of points.csv and senior_csv", "points": "points.csv only",
+                    "senior": "senior_csv only"}
 
 
 class LandmarkDataError(ValueError):
@@ -244,9 +246,8 @@ class LandmarkDataset(Dataset):
             used[kind] += 1
             self.landmarks_original.append(lm)
         self.annotation = annotation
-        self.annotation_used = ", ".join(
-            f"{ {'mean': 'mean of points.csv and senior_csv', 'points': 'points.csv only', 'senior': 'senior_csv only'}[k]} "
-            f"for {v}/{len(names)} images" for k, v in used.items() if v)
+        self.annotation_used = ", ".join(f"{_ANNOTATION_TEXT[k]} for {v}/{len(names)} images"
+                                         for k, v in used.items() if v)
         self.scale = (self.size[0] / h0, self.size[1] / w0)  # resized / original, (y, x)
         self._cache: dict[int, Tensor] | None = {} if cache else None
 
