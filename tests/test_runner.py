@@ -232,3 +232,28 @@ def test_missing_crashing_and_exiting_scripts_give_their_exit_code(tiny, tmp_pat
     assert r.returncode == 7
     r = run(amat_cmd() + ["run", "--adv", "amat", "--", "python", str(tiny)], tmp_path)
     assert r.returncode == 2 and "--adv-step" in r.stderr
+
+
+def test_generic_adapter_uses_the_scripts_own_loss_module_per_sample():
+    """Segmentation-shaped (x, y): per-image terms from the script's CrossEntropyLoss object
+    (unreduced copy); their mean is the script's batch loss; the object is left as it was."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from amat_hooks.integrations.runner import RunnerBatch
+
+    runner = Runner(AdvConfig(mode="sat", eps=1.0), verbose=False)
+    runner.criterion = nn.CrossEntropyLoss()
+    torch.manual_seed(0)
+    model = nn.Conv2d(1, 3, 1)
+    x, y = torch.randn(2, 1, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    batch = RunnerBatch((x, y), [7, 9])
+    bl = runner.engine.bound_loss(batch, model)
+    t = bl.terms(x)
+    assert t.shape == (2,)
+    assert t.tolist() == pytest.approx([F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).item() for i in range(2)])
+    assert t.mean().item() == pytest.approx(nn.CrossEntropyLoss()(model(x), y).item())
+    assert runner.criterion.reduction == "mean"
+    assert runner.engine.sample_ids(batch) == [7, 9]
+    out = runner.engine.with_inputs(batch, torch.cat([x, x + 1]))
+    assert out.ids == [7, 9, 7, 9] and torch.equal(out.data[1], torch.cat([y, y]))
