@@ -7,7 +7,7 @@ import pluggy
 import torch
 from torch import Tensor, nn
 
-from .attacks import AttackResult
+from .attacks import AttackResult, preserved_state
 from .policies import AMAT, BoundLoss, Policy, StepOutput
 
 
@@ -78,7 +78,7 @@ class AdversarialEngine:
         ids = self.sample_ids(batch) if self.policy.name == "amat" else self._ids_or_none(batch)
         bl = self.bound_loss(batch, model)
         if getattr(self.policy, "online", None) is not None:  # online xi needs clean losses
-            with torch.no_grad():
+            with torch.no_grad(), preserved_state(model):  # this extra forward must not move BN stats
                 self.policy.observe_clean(bl.terms(x).detach())
         attack = self.policy.perturb(model, x, ids, bl.terms)
         if attack is None:

@@ -257,3 +257,25 @@ def test_generic_adapter_uses_the_scripts_own_loss_module_per_sample():
     assert runner.engine.sample_ids(batch) == [7, 9]
     out = runner.engine.with_inputs(batch, torch.cat([x, x + 1]))
     assert out.ids == [7, 9, 7, 9] and torch.equal(out.data[1], torch.cat([y, y]))
+
+
+def test_runner_path_leaves_batchnorm_statistics_to_the_script():
+    """The attack (and AMAT's online-xi clean forward) must not move BN running stats: only
+    the script's own forward on the 2B rows may."""
+    from torch import nn
+
+    from amat_hooks.integrations.runner import RunnerBatch
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 2)).train()
+    runner = Runner(AdvConfig(mode="amat", step=0.5, steps=3, xi_rule="mean+2std"), verbose=False)
+    runner.model, runner.criterion = model, nn.CrossEntropyLoss()
+    bn = model[1]
+    before = [b.clone() for b in (bn.running_mean, bn.running_var, bn.num_batches_tracked)]
+    x, y = torch.randn(4, 1, 6, 6), torch.tensor([0, 1, 0, 1])
+    out = runner.process((x, y), [0, 1, 2, 3])
+    after = [bn.running_mean, bn.running_var, bn.num_batches_tracked]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert out[0].shape == (8, 1, 6, 6) and torch.equal(out[0][:4], x) and not torch.equal(out[0][4:], x)
+    assert torch.equal(out[1], torch.cat([y, y]))

@@ -291,13 +291,14 @@ class Runner:
 
     def end_of_pass(self) -> None:
         """A training pass over a DataLoader ended: one epoch."""
-        summary = self.engine.epoch_end(self.epoch)
-        self._say(f"epoch {self.epoch}: {self.describe(summary)}")
+        self.engine.epoch_end(self.epoch)  # margin sync across ranks + amat_epoch_end observers
+        self._say(f"epoch {self.epoch}: {self.describe()}")
         self.epoch += 1
         if self.checkpoint_dir is not None:
             self.write_state(self.checkpoint_dir / STATE_NAME)
 
-    def describe(self, summary: dict[str, float] | None = None) -> str:
+    def describe(self) -> str:
+        """One line: mode, batches, rows fed, mean noise, margin summary and xi."""
         pol = self.engine.policy
         parts = [f"{self.config.label}", f"batches {self.batches_perturbed}", f"rows fed {self.rows_fed}"]
         if self.noise_rows:
@@ -385,6 +386,8 @@ def _move(v: Any, device: torch.device) -> Any:
         return v.to(device)
     if isinstance(v, dict):
         return {k: _move(x, device) for k, x in v.items()}
+    if isinstance(v, tuple) and hasattr(v, "_fields"):  # namedtuple
+        return type(v)(*(_move(x, device) for x in v))
     if isinstance(v, (list, tuple)):
         return type(v)(_move(x, device) for x in v)
     return v
