@@ -300,6 +300,8 @@ class AMATDetectionTrainer(DetectionTrainer):
         self.amat_base_criterion = base
         model.criterion = AdversarialCriterion(base, self)
         self.amat = engine
+        if cfg.mode == "amat" and cfg.xi is not None:
+            engine.hook.amat_threshold_set(xi=torch.tensor(cfg.xi), source="--adv-xi/--adv-xi-file", host=self)
         if RANK in {-1, 0}:
             policy = engine.policy
             extra = f", {policy.margins.format_summary()}" if isinstance(policy, AMAT) else ""
