@@ -83,12 +83,18 @@ def amat_bind_loss(batch: Any, model: Any, host: Any):
         host.amat_record_items(r.items)
         return r.loss.sum(), r.terms  # Ultralytics' convention: loss x batch size, summed
 
-    return BoundLoss(terms=terms, training=training, term_names=TERM_NAMES)
+    return BoundLoss(terms=terms, training=training, term_names=amat_loss_term_names(host=host))
 
 
 @hookimpl
 def amat_loss_term_names(host: Any):
-    return list(TERM_NAMES) if _is_yolo_host(host) else None
+    if not _is_yolo_host(host):
+        return None
+    if host.amat_base_criterion is None:
+        return list(TERM_NAMES)
+    from .terms import term_names
+
+    return term_names(host.amat_base_criterion)  # "l1" instead of "dfl" for reg_max=1 heads
 
 
 # -- command line ---------------------------------------------------------------------------
