@@ -78,7 +78,7 @@ def nnunet(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def calibrated(nnunet) -> Path:
     """A clean STD model (1 epoch) and xi calibrated from it with `amat calibrate nnunet`."""
-    _train(nnunet, "nnUNetTrainerSTD", AMAT_EPOCHS="1", AMAT_ITERS="4", AMAT_VAL_ITERS="1")
+    _train(nnunet, "nnUNetTrainerSTD", AMAT_EPOCHS="1", AMAT_ITERS="3", AMAT_VAL_ITERS="1")
     p = _run([str(BIN / "amat"), "calibrate", "nnunet", str(DATASET_ID), "2d", "0"], _env(nnunet))
     xi_file = nnunet / "pre" / DATASET / "amat_xi__nnUNetPlans__2d__fold_0.json"
     assert xi_file.is_file(), p.stdout + p.stderr
@@ -280,8 +280,18 @@ def test_hippocampus_smoke(tmp_path):
     p = _run([str(BIN / "amat"), "nnunet-hippocampus", "--src", str(src), "--id", "4"], env)
     assert "208 train / 17 val / 35 test" in p.stdout
     _run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", "4", "-c", "2d", "-np", "1"], env, timeout=500)
-    split = json.loads((tmp_path / "pre" / "Dataset004_Hippocampus" / "splits_final.json").read_text())
+    pre = tmp_path / "pre" / "Dataset004_Hippocampus"
+    split = json.loads((pre / "splits_final.json").read_text())
     assert len(split) == 1 and (len(split[0]["train"]), len(split[0]["val"])) == (208, 17)
+    tests = {p.name[:-len(".nii.gz")] for p in (tmp_path / "raw" / "Dataset004_Hippocampus" / "labelsTs").iterdir()}
+    assert len(tests) == 35 and not tests & (set(split[0]["train"]) | set(split[0]["val"]))
+    # CPU smoke run only: batch 8 instead of the planned ~316 slices, and nnU-Net's end-of-training
+    # validation on 1 of the 17 validation cases (training still draws from all 208 cases)
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    assert plans["configurations"]["2d"]["batch_size"] > 8
+    plans["configurations"]["2d"]["batch_size"] = 8
+    (pre / "nnUNetPlans.json").write_text(json.dumps(plans))
+    (pre / "splits_final.json").write_text(json.dumps([{"train": split[0]["train"], "val": split[0]["val"][:1]}]))
     _run([str(BIN / "nnUNetv2_train"), "4", "2d", "0", "-tr", "nnUNetTrainerAMAT", "-device", "cpu"],
          _env(tmp_path, AMAT_EPOCHS="1", AMAT_ITERS="1", AMAT_VAL_ITERS="1", AMAT_STEPS="1",
               AMAT_REFINE_STEPS="2"), timeout=500)
@@ -290,4 +300,5 @@ def test_hippocampus_smoke(tmp_path):
     assert state["config"]["step"] == 0.5  # the paper's Delta for Hippocampus
     margins = _margins(state)
     assert margins and all(c in split[0]["train"] for c, _ in margins)
-    assert "This split has 208 training and 17 validation cases" in next(fold.glob("training_log_*.txt")).read_text()
+    assert "This split has 208 training and 1 validation cases" in next(fold.glob("training_log_*.txt")).read_text()
+    assert len(margins) <= 8 and all(0 <= z < 64 for _, z in margins)
