@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def yolo_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("yolo_unit")
-    os.environ["YOLO_CONFIG_DIR"] = str(root / "cfg")  # must precede the first Ultralytics import
+    os.environ["YOLO_CONFIG_DIR"] = str(root / "cfg")  # for the subprocesses (fresh config dir)
     from amat_hooks.integrations.ultralytics.synth import make_dataset
 
     return {"root": root, "data": make_dataset(root / "ds", n_train=12, n_val=4, size=64, seed=1)}
@@ -259,3 +259,55 @@ def test_fonts_are_provided_from_matplotlib(tmp_path):
     for name in FONT_NAMES:
         assert (tmp_path / name).read_bytes() == matplotlib_font().read_bytes()
     assert provide_fonts(tmp_path) == []  # idempotent, never overwrites a user's font
+
+
+_RANK_SCRIPT = '''
+import json, sys
+import torch.distributed as dist
+dist.init_process_group("gloo")
+from amat_hooks.integrations.ultralytics.trainer import AMATDetectionTrainer
+data, out = sys.argv[1], sys.argv[2]
+T = AMATDetectionTrainer.with_config(mode="amat", step=0.5, steps=2, refine_steps=2)
+tr = T(overrides=dict(model="yolov5n.yaml", data=data, epochs=1, imgsz=64, batch=4, workers=0, device="cpu",
+                      pretrained=False, project=out, name=f"r{dist.get_rank()}", exist_ok=True, plots=False,
+                      verbose=False, seed=0))
+tr.model = tr.get_model(cfg="yolov5n.yaml", verbose=False)
+tr._setup_train()  # RANK set: Ultralytics gives each rank its own DistributedSampler shard
+tr.model(tr.preprocess_batch(next(iter(tr.train_loader))))
+before = tr.amat.policy.margins.state_dict()
+tr.epoch = 0
+tr.run_callbacks("on_train_epoch_end")  # what every DDP rank runs at epoch end
+after = tr.amat.policy.margins.state_dict()
+print("RESULT " + json.dumps({"before": dict(zip(before["ids"], before["values"])),
+                              "after": dict(zip(after["ids"], after["values"]))}))
+dist.destroy_process_group()
+'''
+
+
+def test_epoch_end_merges_margins_across_ranks(yolo_env, tmp_path):
+    """Two gloo ranks (CPU) each run a real adversarial step on their own shard, then the
+    trainer's epoch end: both must hold the same table with every rank's updates."""
+    import socket
+
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # create Ultralytics' settings file once, so the two ranks do not race to write it
+    subprocess.run([sys.executable, "-c", "import ultralytics"], check=True, timeout=120, capture_output=True)
+    procs = []
+    for rank in (0, 1):
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("AMAT_")}, "RANK": str(rank),
+               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, str(script), str(yolo_env["data"]), str(tmp_path / "runs")],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
+    results = []
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out[-3000:]
+        results.append(json.loads([ln for ln in out.splitlines() if ln.startswith("RESULT ")][0][7:]))
+    r0, r1 = results
+    assert set(r0["before"]).isdisjoint(r1["before"]) and len(r0["before"]) == len(r1["before"]) == 4
+    assert r0["after"] == r1["after"] == {**r0["before"], **r1["before"]}
+    assert any(v != 0.5 for v in r0["after"].values())

@@ -9,7 +9,9 @@ not on disk, exactly as Ultralytics does when a download fails (AMP stays on).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -43,9 +45,11 @@ def provide_fonts(config_dir: Path | None = None) -> list[Path]:
         dst = config_dir / name
         if not dst.exists():
             src = src or matplotlib_font()
-            tmp = dst.with_suffix(".tmp")
+            # unique temp name + rename: DDP ranks / parallel runs may do this at the same time
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=config_dir)
+            os.close(fd)
             shutil.copyfile(src, tmp)
-            tmp.replace(dst)
+            os.replace(tmp, dst)
             created.append(dst)
     return created
 
