@@ -311,3 +311,22 @@ def test_epoch_end_merges_margins_across_ranks(yolo_env, tmp_path):
     assert set(r0["before"]).isdisjoint(r1["before"]) and len(r0["before"]) == len(r1["before"]) == 4
     assert r0["after"] == r1["after"] == {**r0["before"], **r1["before"]}
     assert any(v != 0.5 for v in r0["after"].values())
+
+
+def test_adversarial_step_under_autocast(amat_trainer):
+    """Ultralytics runs the forward inside autocast when amp is on (fp16 on GPU). No GPU here:
+    CPU bf16 autocast stands in. Attack, per-image terms, loss and margin update must work."""
+    tr = amat_trainer
+    batch = _batch(tr)
+    ids = tr.sample_ids(batch["im_file"])
+    updates = tr.amat.policy.margins.summary()["updates"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # Ultralytics' own wrapper allows bf16 on CUDA only
+        loss, items = tr.model(batch)
+    out = tr.amat_last
+    assert torch.isfinite(loss) and loss.dtype == torch.float32 and loss.requires_grad
+    loss.sum().backward()
+    assert out.clean_terms.dtype == torch.float32 and torch.isfinite(out.noisy_terms).all()
+    assert float(out.attack.x_adv.min()) >= 0 and float(out.attack.x_adv.max()) <= 1
+    assert out.attack.x_adv.dtype == batch["img"].dtype
+    assert tr.amat.policy.margins.summary()["updates"] == updates + len(ids)
+    tr.optimizer.zero_grad()
