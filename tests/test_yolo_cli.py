@@ -123,6 +123,17 @@ def test_amat_training_is_offline_with_plots_and_margins_move(work, tmp_path):
 
 
 @pytest.mark.slow
+def test_sat_training_runs(work):
+    run = work["root"] / "runs" / "sat"
+    amat(["yolo", "detect", "train", "model=yolov5n.yaml", f"data={work['d2']}", "epochs=1", *COMMON,
+          f"project={run.parent}", f"name={run.name}", "val=False", "plots=False",
+          "--adv", "sat", "--adv-eps", "2", "--adv-steps", "3"], work["root"])
+    side = _sidecar(run)
+    assert side["config"]["mode"] == "sat" and side["engine"]["policy"]["config"]["eps"] == 2.0
+    assert "margins" not in side["engine"]["policy"]
+
+
+@pytest.mark.slow
 def test_resume_restores_margins_exactly_and_refuses_foreign_sidecar(work):
     run = work["root"] / "runs" / "resume"
     cmd = [str(AMAT), "yolo", "detect", "train", "model=yolov5n.yaml", f"data={work['d1']}", "epochs=4", *COMMON,
