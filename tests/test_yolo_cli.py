@@ -70,6 +70,9 @@ def test_bad_adv_settings_are_reported(work):
     assert rc == 2 and "needs a step size" in out and "--adv-step" in out
     rc, out = amat([*base, "--adv-step", "1"], work["root"], check=False)
     assert rc == 2 and "without --adv" in out
+    rc, out = amat(["yolo", "detect", "train", "model=yolov5s.pt", f"data={work['d1']}", "--adv", "none"],
+                   work["root"], check=False)  # Ultralytics would download yolov5su.pt
+    assert rc == 2 and "never downloads weights" in out
     assert "Traceback" not in out
 
 

@@ -199,6 +199,23 @@ def _model_task(model: str | None) -> str | None:
         return None
 
 
+def _check_model_offline(model: str | None, mode: str | None) -> None:
+    """Ultralytics downloads weights it cannot find (and picks yolo26n.pt when model= is
+    missing); amat-hooks runs offline, so say so before any download starts."""
+    from pathlib import Path
+
+    if mode not in (None, "train", "val", "predict", "export", "benchmark", "track"):
+        return
+    hint = "build from a model YAML (e.g. model=yolov5s.yaml pretrained=False) or give a local .pt path"
+    if not model:
+        raise AdvConfigError(f"model=... is missing (Ultralytics would download yolo26n.pt); {hint}")
+    if model.endswith((".pt", ".pth")) and not Path(model).is_file():
+        from ultralytics.utils import SETTINGS
+
+        if not (Path(SETTINGS["weights_dir"]) / Path(model).name).is_file():
+            raise AdvConfigError(f"model={model} is not on disk and amat-hooks never downloads weights; {hint}")
+
+
 def _requested_config(args: argparse.Namespace) -> AdvConfig | None:
     if args.adv_mode is None:
         given = [f for f, v in (("--adv-step", args.adv_step), ("--adv-eps", args.adv_eps),
@@ -235,6 +252,7 @@ def _yolo_command(args: argparse.Namespace) -> int:
 
         val = ValAttack(levels=list(args.adv_val_eps or []), attack=args.adv_val_attack,
                         steps=args.adv_val_steps or 10).validate()
+        _check_model_offline(kv.get("model"), mode)
         task = task or _model_task(kv.get("model"))
         adversarial = cfg is not None and cfg.mode != "none"
         if mode not in (None, "train") and adversarial:
