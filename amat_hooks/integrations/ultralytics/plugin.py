@@ -253,6 +253,10 @@ def _yolo_command(args: argparse.Namespace) -> int:
         val = ValAttack(levels=list(args.adv_val_eps or []), attack=args.adv_val_attack,
                         steps=args.adv_val_steps or 10).validate()
         _check_model_offline(kv.get("model"), mode)
+        data = kv.get("data")
+        if data and not os.path.isfile(data):
+            raise AdvConfigError(f"data={data} is not a local file; amat-hooks never downloads datasets "
+                                 f"(Ultralytics would): give the path of a data YAML, e.g. from `amat bccd`")
         task = task or _model_task(kv.get("model"))
         adversarial = cfg is not None and cfg.mode != "none"
         if mode not in (None, "train") and adversarial:
