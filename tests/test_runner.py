@@ -279,3 +279,10 @@ def test_runner_path_leaves_batchnorm_statistics_to_the_script():
     assert all(torch.equal(a, b) for a, b in zip(before, after))
     assert out[0].shape == (8, 1, 6, 6) and torch.equal(out[0][:4], x) and not torch.equal(out[0][4:], x)
     assert torch.equal(out[1], torch.cat([y, y]))
+
+
+def test_python_dash_m_form(tiny, tmp_path):
+    r = run(amat_cmd() + ["run", "--adv", "sat", "--adv-eps", "0.5", "--adv-steps", "1", "--", "python", "-m",
+                          "tiny_train", "--epochs", "1", "--out", str(tmp_path)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "epoch 0 rows 24" in r.stdout
