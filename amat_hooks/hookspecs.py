@@ -104,6 +104,12 @@ def amat_add_commands(subparsers: "argparse._SubParsersAction") -> None:
 
 
 @hookspec
+def amat_demo_backends() -> "dict[str, Any]":
+    """Return ``{name: (description, run(args) -> int)}`` for ``amat demo --backend NAME``.
+    Results of all plugins are merged; the core supplies ``loop``."""
+
+
+@hookspec
 def amat_add_task_commands(command: str, subparsers: "argparse._SubParsersAction") -> None:
     """Add a task target under a shared command: ``command`` is ``"calibrate"``, ``"eval"``
     or ``"grid"``; add e.g. ``nnunet``/``yolo``/``landmark`` parsers to ``subparsers``

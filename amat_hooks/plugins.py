@@ -19,6 +19,7 @@ BUILTIN_PLUGINS = (
 OPTIONAL_PLUGINS = (
     "amat_hooks.integrations.multitask_unet.plugin",
     "amat_hooks.integrations.nnunet.plugin",
+    "amat_hooks.integrations.nnunet.eval_plugin",
     "amat_hooks.integrations.ultralytics.plugin",
     "amat_hooks.integrations.runner",
 )

@@ -1,0 +1,173 @@
+"""``amat eval nnunet`` / ``amat grid nnunet``: robustness of 2D nnU-Net models.
+
+A sample is one 2D slice (the paper's nnU-Net models are 2D and their samples are
+slices), prepared as nnU-Net's validation pipeline prepares it: nnU-Net's preprocessing
+(z-scored intensities: the L2 noise lives in that space, no [0, 1] clamp), centre crop/pad
+to the patch size, deep-supervision targets. The attack objective is the trainer's own
+loss per slice (:func:`per_sample_terms`). ADI averages per-slice Dice over the slices
+whose label has foreground (Dice of an empty slice is undefined; ``--include-empty``
+scores them 1 when nothing is predicted); TVDI sums TP/FP/FN over all evaluated slices.
+Pixels added by padding are ignored.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ...evaluation import EvalBatch, EvalTask
+from ...metrics import adi, dice_counts, tvdi
+from .losses import per_sample_terms
+
+
+class NnUNetEvalError(RuntimeError):
+    """A results folder, checkpoint or test split needed for evaluation is missing."""
+
+
+def load_trainer(dataset: str, configuration: str, fold: str, trainer_name: str, plans: str = "nnUNetPlans",
+                 checkpoint: str = "checkpoint_final.pth", device: str = "cpu"):
+    """The trained model exactly as nnU-Net builds it (network, loss, plans), from its results folder."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    fold_arg: Any = fold if fold == "all" else int(fold)
+    trainer = get_trainer_from_args(str(dataset), configuration, fold_arg, trainer_name, plans,
+                                    device=torch.device(device))
+    ckpt = Path(trainer.output_folder) / checkpoint
+    if not ckpt.is_file():
+        raise NnUNetEvalError(f"no checkpoint {ckpt}; train the model first: nnUNetv2_train {dataset} "
+                              f"{configuration} {fold} -tr {trainer_name}")
+    trainer.initialize()
+    trainer.load_checkpoint(str(ckpt))
+    trainer.network.eval()
+    return trainer
+
+
+def _centre_bbox(shape, patch):
+    return [[(s - p) // 2, (s - p) // 2 + p] for s, p in zip(shape, patch)]
+
+
+def split_cases(trainer, split: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(case, data [C, Z, Y, X], seg [1, Z, Y, X]) of the fold's ``val`` split (preprocessed)
+    or of the raw ``test`` split (``imagesTs``/``labelsTs``, preprocessed here by nnU-Net's
+    own preprocessor)."""
+    if split == "val":
+        _, val = trainer.do_split()
+        ds = trainer.dataset_class(trainer.preprocessed_dataset_folder, sorted(val),
+                                   folder_with_segs_from_previous_stage=trainer.folder_with_segs_from_previous_stage)
+        for key in sorted(val):
+            data, seg, _, _ = ds.load_case(key)
+            yield str(key), np.asarray(data), np.asarray(seg)
+        return
+    if split != "test":
+        raise NnUNetEvalError(f"unknown split {split!r}; use val or test")
+    from nnunetv2.paths import nnUNet_raw
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+    raw = Path(nnUNet_raw or "") / trainer.plans_manager.dataset_name
+    ending = trainer.dataset_json["file_ending"]
+    labels = sorted((raw / "labelsTs").glob(f"*{ending}"))
+    if not labels:
+        raise NnUNetEvalError(f"no test labels in {raw / 'labelsTs'}; the test split needs imagesTs/ and "
+                              f"labelsTs/ (amat nnunet-hippocampus writes them), or use --split val")
+    n_ch = len(trainer.dataset_json.get("channel_names", trainer.dataset_json.get("modality", {"0": ""})))
+    pp = DefaultPreprocessor(verbose=False)
+    for lab in labels:
+        case = lab.name[:-len(ending)]
+        images = [str(raw / "imagesTs" / f"{case}_{c:04d}{ending}") for c in range(n_ch)]
+        missing = [i for i in images if not os.path.isfile(i)]
+        if missing:
+            raise NnUNetEvalError(f"test case {case}: image(s) missing {missing}")
+        data, seg, _ = pp.run_case(images, str(lab), trainer.plans_manager, trainer.configuration_manager,
+                                   trainer.dataset_json)
+        yield case, data, seg
+
+
+class NnUNetSliceEvalTask(EvalTask):
+    """Slices of a split, batched; see the module docstring for what is measured."""
+
+    name = "nnunet"
+    metric = "ADI"
+    higher_is_better = True
+    bounds = None  # z-scored inputs: no clamp
+
+    def __init__(self, trainer, split: str = "val", batch_size: int = 16, include_empty: bool = False,
+                 max_cases: int | None = None, max_slices: int | None = None) -> None:
+        patch = tuple(int(p) for p in trainer.configuration_manager.patch_size)
+        if len(patch) != 2:
+            raise NnUNetEvalError(f"amat eval nnunet evaluates 2d configurations (samples = slices); "
+                                  f"{trainer.configuration_name!r} has a {len(patch)}D patch")
+        self.trainer, self.model, self.patch = trainer, trainer.network, patch
+        self.split, self.batch_size, self.include_empty = split, batch_size, include_empty
+        self.max_cases, self.max_slices = max_cases, max_slices
+        lm = trainer.label_manager
+        if lm.has_regions:
+            raise NnUNetEvalError("region-based nnU-Net models are not supported by amat eval nnunet yet")
+        self.labels = [int(v) for v in lm.foreground_labels]
+        self.ds = trainer.enable_deep_supervision
+        self.transforms = trainer.get_validation_transforms(
+            trainer._get_deep_supervision_scales(), is_cascaded=trainer.is_cascaded,
+            foreground_labels=lm.foreground_labels, regions=None, ignore_label=lm.ignore_label)
+        self._slices = self._prepare()
+
+    def _prepare(self) -> list[tuple[str, Tensor, list[Tensor], Tensor]]:
+        from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+
+        out = []
+        for n, (case, data, seg) in enumerate(split_cases(self.trainer, self.split)):
+            if self.max_cases is not None and n >= self.max_cases:
+                break
+            for z in range(data.shape[1]):
+                bbox = [[z, z + 1]] + _centre_bbox(data.shape[2:], self.patch)
+                img = torch.from_numpy(crop_and_pad_nd(data, bbox, 0)).float()[:, 0]
+                sg = torch.from_numpy(crop_and_pad_nd(seg, bbox, -1, cast_cropped_to=np.int16)).to(torch.int16)[:, 0]
+                valid = sg[0] != -1
+                if not self.include_empty and not bool(((sg[0] > 0) & valid).any()):
+                    continue
+                t = self.transforms(image=img, segmentation=sg)
+                segs = t["segmentation"] if isinstance(t["segmentation"], list) else [t["segmentation"]]
+                out.append((f"{case}:{z}", t["image"], segs, valid))
+        if self.max_slices is not None:
+            out = out[:self.max_slices]
+        if not out:
+            raise NnUNetEvalError(f"the {self.split} split has no slice with foreground to evaluate")
+        return out
+
+    def size(self) -> int:
+        return -(-len(self._slices) // self.batch_size)
+
+    def batches(self) -> Iterable[EvalBatch]:
+        dev = self.trainer.device
+        for s in range(0, len(self._slices), self.batch_size):
+            chunk = self._slices[s:s + self.batch_size]
+            x = torch.stack([c[1] for c in chunk]).to(dev)
+            segs = [torch.stack([c[2][i] for c in chunk]).to(dev) for i in range(len(chunk[0][2]))]
+            valid = torch.stack([c[3] for c in chunk]).to(dev)
+            yield EvalBatch(key=chunk[0][0], x=x, target=(segs, valid))
+
+    def loss_terms(self, x: Tensor, target, repeats: int) -> Tensor:
+        segs, _ = target
+        rep = [t.repeat(repeats, *([1] * (t.dim() - 1))) for t in segs]
+        return per_sample_terms(self.trainer.loss, self.model(x), rep if self.ds else rep[0], self.ds)
+
+    def measure(self, x: Tensor, target) -> list[list[float]]:
+        segs, valid = target
+        out = self.model(x)
+        logits = out[0] if isinstance(out, (list, tuple)) else out
+        pred = logits.argmax(1) * valid
+        return dice_counts(pred.cpu(), (segs[0][:, 0].long() * valid).cpu(), labels=self.labels).tolist()
+
+    def reduce(self, stats) -> dict[str, float]:
+        counts = torch.tensor([row for s in stats for row in s], dtype=torch.float64)
+        return {"ADI": adi(counts), "TVDI": tvdi(counts)}
+
+
+def margins_of(trainer) -> list[float] | None:
+    """The AMAT margin table of a loaded AMAT trainer (for the margin histogram)."""
+    eng = getattr(trainer, "amat_engine", None)
+    pol = getattr(eng, "policy", None)
+    margins = getattr(pol, "margins", None)
+    return None if margins is None or len(margins) == 0 else margins.values().tolist()
