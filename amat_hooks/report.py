@@ -67,6 +67,20 @@ def to_csv(results: Mapping[str, EvalResult], metric: str | None = None) -> str:
     return buf.getvalue()
 
 
+def _save_png(fig, path: str | os.PathLike) -> Path:
+    """Write a figure atomically (a half-written PNG never replaces a good one)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def plot_curves(results: Mapping[str, EvalResult], path: str | os.PathLike, metric: str | None = None,
                 title: str = "") -> Path:
     """Metric vs noise level, one panel per attack, one line per model (PNG)."""
@@ -89,14 +103,7 @@ def plot_curves(results: Mapping[str, EvalResult], path: str | os.PathLike, metr
     axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save_png(fig, path)
 
 
 def plot_margin_histogram(values: Sequence[float], path: str | os.PathLike, title: str = "AMAT margins") -> Path:
@@ -110,14 +117,7 @@ def plot_margin_histogram(values: Sequence[float], path: str | os.PathLike, titl
     ax.set_xlabel("margin E(i) (L2)")
     ax.set_ylabel("training samples")
     ax.set_title(f"{title} (n={len(values)})")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save_png(fig, path)
 
 
 def write_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike, name: str = "robustness",
