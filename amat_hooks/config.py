@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Sequence
 
-from .policies import AMAT, MODES, SAT, STD, AttackSettings, Policy
+from .policies import AMAT, MODES, SAT, STD, TRAIN_REFINE_STEPS, AttackSettings, Policy
 from .thresholds import RULES
 
 _ALIASES = {"std": "none", "off": "none", "clean": "none"}
@@ -34,7 +34,7 @@ class AdvConfig:
     xi: list[float] | None = None      # thresholds; None = online estimate
     xi_rule: str = "mean"              # mean | mean+2std
     xi_momentum: float | None = 0.01
-    refine_steps: int = 10             # bisection steps at the loss boundary
+    refine_steps: int = TRAIN_REFINE_STEPS  # bisection steps at the loss boundary
     max_margin: float | None = None
     bounds: tuple[float, float] | None = None
 
@@ -119,7 +119,9 @@ class AdvConfig:
         g.add_argument("--adv-norm", default="l2", choices=["l2", "linf"])
         g.add_argument("--adv-xi", type=_float_list, help="thresholds xi, comma-separated (default: online estimate)")
         g.add_argument("--adv-xi-rule", default="mean", help="xi rule: mean or mean+2std")
-        g.add_argument("--adv-refine-steps", type=int, default=10, help="bisection steps at the loss boundary")
+        g.add_argument("--adv-refine-steps", type=int, default=TRAIN_REFINE_STEPS,
+                       help=f"bisection steps at the loss boundary (default {TRAIN_REFINE_STEPS}: the bracket is "
+                            f"one PGD step wide, 3 halvings leave 1/8 of it)")
         g.add_argument("--adv-max-margin", type=float, help="cap on AMAT margins")
 
     @classmethod

@@ -61,6 +61,13 @@ class StepOutput:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: Bisection steps for TRAINING noise. The bracket around the boundary is one PGD step
+#: (2.5 E / steps) wide; 3 halvings place the point within 1/8 of that, and each halving
+#: costs a forward pass: measured AMAT/SAT time 1.32 with 10 vs 1.12 with 3 (docs/perf_yolo.md).
+#: ``attacks.pgd`` keeps 10 as its own default.
+TRAIN_REFINE_STEPS = 3
+
+
 @dataclass
 class AttackSettings:
     """PGD settings used to make training noise."""
@@ -70,7 +77,7 @@ class AttackSettings:
     norm: str = "l2"
     random_start: bool = True
     bounds: tuple[float, float] | None = None
-    refine_steps: int = 10
+    refine_steps: int = TRAIN_REFINE_STEPS
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
