@@ -153,15 +153,57 @@ def amat_add_task_commands(command: str, subparsers: argparse._SubParsersAction)
         p.add_argument("--out", required=True, help="JSON file to write (atomically)")
         p.set_defaults(func=_calibrate_command, accepts_extra=True)
     elif command == "eval":
+        from ...commands import add_eval_arguments
+
         p = subparsers.add_parser(
-            "yolo", help="mAP50-95 under L2 PGD / IFGSM at several noise levels",
-            description="Ultralytics arguments as key=value: model=best.pt data=bccd.yaml [split=test imgsz=320]")
-        p.add_argument("--levels", type=_float_list, default=[0.0, 5.0, 10.0, 15.0],
-                       help="L2 noise levels, 0 = clean (default 0,5,10,15 as the paper)")
-        p.add_argument("--attack", default="pgd", choices=["pgd", "ifgsm"])
-        p.add_argument("--steps", type=int, default=None, help="iterations (default 100 PGD, 10 IFGSM)")
-        p.add_argument("--out", default=None, help="JSON file for the results")
+            "yolo", help="mAP50-95 / avg IoU of YOLO models under L2 PGD and IFGSM (paper Table 7)",
+            description="Evaluate Ultralytics detection models side by side under 100-step L2 PGD and 10-step "
+                        "IFGSM at several noise levels (all levels of a batch in one attack call) and write a "
+                        "paper-style report. Ultralytics arguments as key=value: data=bccd.yaml [split=val|test "
+                        "imgsz=320 batch=16 device=cpu workers=0]",
+            epilog="e.g. amat eval yolo --models STD=std/weights/best.pt,AMAT=amat/weights/best.pt "
+                   "data=data/bccd/bccd.yaml split=test imgsz=320")
+        p.add_argument("--models", help="NAME=WEIGHTS.pt[,NAME=WEIGHTS.pt...] (a bare path is named after its "
+                                        "run folder)")
+        _add_yolo_metric_arguments(p, default_metric="mAP50-95")
+        add_eval_arguments(p, default_levels="bccd")
         p.set_defaults(func=_eval_command, accepts_extra=True)
+    elif command == "grid":
+        from ...commands import add_eval_arguments
+
+        p = subparsers.add_parser(
+            "yolo", help="choose AMAT's Delta for a YOLO model (train per Delta, avg IoU on the val split)",
+            description="Train `amat yolo detect train ... --adv amat --adv-step D` once per Delta (fixed budget, "
+                        "each into OUT/delta_D/train) and compare on the data YAML's val split under 100-step "
+                        "PGD (paper Appendix A, Table 12). Finished grid points are not retrained. Ultralytics "
+                        "training arguments as key=value and extra --adv-* training flags are passed on.",
+            epilog="e.g. amat grid yolo --deltas 2.5,3.5,4.5 data=data/bccd/bccd.yaml model=yolov5s.yaml "
+                   "imgsz=320 epochs=50 pretrained=False --adv-xi-rule mean+2std")
+        p.add_argument("--deltas", required=True, help="comma-separated AMAT step sizes, e.g. 0.5,1,2")
+        _add_yolo_metric_arguments(p, default_metric="IoU")
+        add_eval_arguments(p, default_levels="bccd")
+        p.set_defaults(func=_grid_command, accepts_extra=True, out="amat_out/grid_yolo")
+
+
+def _add_yolo_metric_arguments(p: argparse.ArgumentParser, default_metric: str) -> None:
+    g = p.add_argument_group("detection metrics")
+    g.add_argument("--metric", default=default_metric, choices=["mAP50-95", "mAP50", "IoU"],
+                   help=f"the table's metric (default {default_metric}; all are computed and kept in the JSON)")
+    g.add_argument("--det-conf", type=float, default=0.25,
+                   help="confidence above which a prediction counts as a detection for the avg IoU of "
+                        "detected objects (default 0.25, Ultralytics' predict default)")
+
+
+def _eval_command(args: argparse.Namespace) -> int:
+    from .eval_commands import eval_command
+
+    return eval_command(args)
+
+
+def _grid_command(args: argparse.Namespace) -> int:
+    from .eval_commands import grid_command
+
+    return grid_command(args)
 
 
 def _fail(msg: str) -> int:
@@ -340,28 +382,4 @@ def _calibrate_command(args: argparse.Namespace) -> int:
     print(f"xi ({args.rule}) over {result['n']} images: box={result['xi'][0]:.6g} cls={result['xi'][1]:.6g} "
           f"dfl={result['xi'][2]:.6g}\nwritten to {args.out}; train with --adv-xi {xi} "
           f"(or --adv-xi-file {args.out})")
-    return 0
-
-
-def _eval_command(args: argparse.Namespace) -> int:
-    try:
-        overrides = _ultralytics_overrides(args.extra)
-    except AdvConfigError as e:
-        return _fail(str(e))
-    from .offline import prepare_offline
-
-    prepare_offline()
-    from .validator import evaluate_levels, level_tag
-
-    model = overrides.pop("model")
-    res = evaluate_levels(model, args.levels, attack=args.attack, steps=args.steps, **overrides)
-    print("\n| level | mAP50 | mAP50-95 |\n|---|---|---|")
-    for eps, m in res.items():
-        name = "clean" if eps == 0 else level_tag(args.attack, eps)
-        print(f"| {name} | {m['mAP50']:.4f} | {m['mAP50-95']:.4f} |")
-    if args.out:
-        from ...io import atomic_write_json
-
-        atomic_write_json(args.out, {"model": str(model), "attack": args.attack, "steps": args.steps,
-                                     "results": {str(k): v for k, v in res.items()}})
     return 0

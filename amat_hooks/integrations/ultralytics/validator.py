@@ -2,11 +2,11 @@
 
 Standalone (one noise level per call, through Ultralytics' own ``model.val``)::
 
-    from functools import partial
-    YOLO("best.pt").val(data="bccd.yaml", validator=partial(AdversarialDetectionValidator,
+        YOLO("best.pt").val(data="bccd.yaml", validator=partial(AdversarialDetectionValidator,
                                                              eps=5.0, attack="pgd", steps=100))
 
-or :func:`evaluate_levels` for a whole curve. During training (``--adv-val-eps 5,10``) the
+For paper-style curves over several models use ``amat eval yolo`` (:mod:`.evaluate`: all
+levels of a batch in one attack call). During training (``--adv-val-eps 5,10``) the
 trainer's validator adds ``metrics/mAP50-95(P5)`` ... next to the clean metrics; fitness
 (and so ``best.pt``) stays the clean one.
 
@@ -15,7 +15,6 @@ loss with the ground-truth boxes (white box), on the normalised ``[0, 1]`` image
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Sequence
 
 import torch
@@ -138,17 +137,3 @@ class AdversarialDetectionValidator(DetectionValidator):
                 res = ifgsm(terms, x, self.eps, steps=self.steps, step_size=self.step_size, bounds=(0.0, 1.0),
                             model=net)
         return res.x_adv.to(batch["img"].dtype)
-
-
-def evaluate_levels(model: str | Any, levels: Sequence[float], attack: str = "pgd", steps: int | None = None,
-                    **val_args: Any) -> dict[float, dict[str, float]]:
-    """mAP50 and mAP50-95 at each noise level (0 = clean) via ``YOLO(model).val(...)``."""
-    from ultralytics import YOLO
-
-    yolo = model if hasattr(model, "val") else YOLO(model)
-    out: dict[float, dict[str, float]] = {}
-    for eps in levels:
-        metrics = yolo.val(validator=partial(AdversarialDetectionValidator, eps=float(eps), attack=attack,
-                                             steps=steps), **val_args)
-        out[float(eps)] = {"mAP50": float(metrics.box.map50), "mAP50-95": float(metrics.box.map)}
-    return out

@@ -1,0 +1,218 @@
+"""``amat eval yolo`` / ``amat grid yolo``: robustness of Ultralytics detection models.
+
+A sample is one image of the data YAML's split, loaded by Ultralytics' own dataset and
+dataloader in val mode (no augmentation) and letterboxed to ``imgsz x imgsz`` (``rect=False``,
+as the paper resizes BCCD to 320x320 and as training sees it), then scaled to ``[0, 1]``
+by Ultralytics' validator. The L2 noise lives on that ``[0, 1]`` image (clamped to it).
+The attack objective is the sum of the per-image terms of Ultralytics' own detection
+criterion with the ground-truth boxes (:mod:`.terms`), white box.
+
+Metrics (computed by Ultralytics' own code, never re-implemented here):
+
+- ``mAP50-95`` (primary, paper Table 7) and ``mAP50``, ``precision``, ``recall``: each image
+  goes through Ultralytics' ``DetectionValidator`` (NMS, ``match_predictions``,
+  ``update_metrics``); :meth:`YoloEvalTask.reduce` feeds the stored per-image stats to
+  Ultralytics' ``DetMetrics`` (``ap_per_class``).
+- ``IoU``, the paper's tuning metric "average IoU of all detected objects" (section 3.8,
+  Table 12): for every ground-truth object, the IoU (Ultralytics' ``box_iou``) of the best
+  prediction of its class with confidence >= ``det_conf`` (0.25, Ultralytics' predict
+  default), 0 when there is none (a missed object), averaged over all objects.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ...evaluation import EvalBatch, EvalTask
+from .offline import prepare_offline
+
+#: Ultralytics arguments ``amat eval yolo`` passes to the validator config, and defaults.
+EVAL_DEFAULTS = {"split": "val", "batch": 16, "workers": 0, "device": "cpu", "rect": False, "plots": False,
+                 "save_json": False, "save_txt": False, "verbose": False}
+METRICS = ("mAP50-95", "mAP50", "IoU", "precision", "recall")
+_TARGET_KEYS = ("batch_idx", "cls", "bboxes")
+
+
+class YoloEvalError(ValueError):
+    """A model file, data YAML or split needed for evaluation is missing or unusable."""
+
+
+def sidecar_margins(weights: str | Path) -> list[float] | None:
+    """AMAT margins from ``weights/amat_state.json`` next to ``weights`` (None if absent/not AMAT)."""
+    from ...io import read_json
+    from .trainer import SIDECAR_NAME
+
+    side = Path(weights).parent / SIDECAR_NAME
+    if not side.is_file():
+        return None
+    try:
+        values = read_json(side)["engine"]["policy"]["margins"]["values"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return [float(v) for v in values] or None
+
+
+def repeat_targets(target: dict[str, Any], x: Tensor) -> dict[str, Tensor]:
+    """Targets of a batch for inputs ``x`` that hold its images several times (level-major):
+    the adapter's own batch stretching (``batch_idx`` shifted per copy)."""
+    from .plugin import amat_batch_with_inputs
+
+    b = len(target["im_file"])
+    batch = {"img": x[:b], "im_file": target["im_file"], **{k: target[k] for k in _TARGET_KEYS}}
+    stretched = amat_batch_with_inputs(batch=batch, inputs=x, host=None)
+    return {k: stretched[k] for k in _TARGET_KEYS}
+
+
+def _encode_tp(tp: np.ndarray) -> list[int]:
+    """``[N, 10]`` bool -> one int per prediction (bit j = correct at IoU threshold j)."""
+    weights = 1 << np.arange(tp.shape[1], dtype=np.int64)
+    return (tp.astype(np.int64) * weights).sum(1).tolist()
+
+
+def _decode_tp(codes: list[int], niou: int) -> np.ndarray:
+    arr = np.asarray(codes, dtype=np.int64).reshape(-1, 1)
+    return ((arr >> np.arange(niou, dtype=np.int64)) & 1).astype(bool)
+
+
+class YoloEvalTask(EvalTask):
+    """One Ultralytics detection model on one split of a data YAML; see the module docstring."""
+
+    name = "yolo"
+    higher_is_better = True
+    bounds = (0.0, 1.0)
+
+    def __init__(self, weights: str | Path, data: str | Path, *, metric: str = "mAP50-95", det_conf: float = 0.25,
+                 workdir: str | Path | None = None, **overrides: Any) -> None:
+        prepare_offline()
+        from ultralytics.cfg import get_cfg
+        from ultralytics.data.utils import check_det_dataset
+        from ultralytics.models.yolo.detect import DetectionValidator
+        from ultralytics.nn.tasks import load_checkpoint
+        from ultralytics.utils import DEFAULT_CFG_KEYS
+        from ultralytics.utils.torch_utils import select_device
+
+        from .validator import build_criterion
+
+        if metric not in METRICS:
+            raise YoloEvalError(f"unknown metric {metric!r}; choose one of {METRICS}")
+        weights = Path(weights)
+        if not weights.is_file():
+            raise YoloEvalError(f"model weights {weights} not found; give the .pt an Ultralytics training "
+                                f"wrote (e.g. runs/detect/train/weights/best.pt); amat-hooks never downloads")
+        if not Path(data).is_file():
+            raise YoloEvalError(f"data={data} is not a local file; give the path of a data YAML "
+                                f"(e.g. from `amat bccd`); amat-hooks never downloads datasets")
+        self.metric = metric
+        self.det_conf = float(det_conf)
+        net, ckpt = load_checkpoint(weights)
+        train_args = {k: v for k, v in (ckpt.get("train_args") or {}).items() if k in DEFAULT_CFG_KEYS}
+        args = {**EVAL_DEFAULTS, "imgsz": train_args.get("imgsz", 640), **overrides,
+                "mode": "val", "data": str(data), "model": str(weights)}
+        try:
+            cfg = get_cfg(overrides=args)
+        except SyntaxError as e:  # Ultralytics' message for unknown keys
+            raise YoloEvalError(f"bad Ultralytics argument: {e}") from None
+        try:
+            data_dict = check_det_dataset(str(data), autodownload=False)
+        except Exception as e:  # noqa: BLE001 - Ultralytics raises several types for a bad YAML
+            raise YoloEvalError(f"cannot read data={data}: {e}") from None
+        split = cfg.split
+        if not data_dict.get(split):
+            have = [k for k in ("train", "val", "test") if data_dict.get(k)]
+            raise YoloEvalError(f"split={split} is not in {data} (it has {have}); use split=val or split=test")
+        self.device = select_device(cfg.device, verbose=False)
+        self.model = net.to(self.device).eval()
+        self.names = dict(net.names)
+        save_dir = Path(workdir) if workdir is not None else Path(weights).parent
+        validator = DetectionValidator(args=cfg, save_dir=save_dir)
+        validator.device, validator.data, validator.training = self.device, data_dict, False
+        validator.stride = max(int(net.stride.max()), 32)
+        validator.names = self.names
+        self.loader = validator.get_dataloader(data_dict[split], cfg.batch)
+        validator.dataloader = self.loader
+        validator.init_metrics(net)  # Ultralytics' own setup (max_det from the data, nc, end2end)
+        self.validator = validator
+        self.criterion = build_criterion(net)
+        self.split = split
+        self.weights = weights
+
+    # -- data ---------------------------------------------------------------------------------
+    def size(self) -> int:
+        return len(self.loader)
+
+    def batches(self) -> Iterable[EvalBatch]:
+        for i, raw in enumerate(self.loader):
+            batch = self.validator.preprocess(raw)  # Ultralytics': to device, float, / 255
+            key = f"{i}:{Path(batch['im_file'][0]).name}"
+            target = {k: batch[k] for k in (*_TARGET_KEYS, "im_file", "ori_shape", "ratio_pad")}
+            yield EvalBatch(key=key, x=batch["img"], target=target)
+
+    # -- attack objective ------------------------------------------------------------------------
+    def loss_terms(self, x: Tensor, target: dict[str, Any], repeats: int) -> Tensor:
+        from .terms import criterion_with_terms
+
+        targets = repeat_targets(target, x)
+        return criterion_with_terms(self.criterion, self.model(x), targets).terms
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def measure(self, x: Tensor, target: dict[str, Any]) -> list[dict[str, Any]]:
+        """Per-image stats exactly as Ultralytics' validator records them (``tp`` bit-packed)
+        plus the per-object IoU of the best confident same-class detection."""
+        from ultralytics.utils.metrics import box_iou
+
+        v = self.validator
+        batch = {**target, "img": x}
+        preds = v.postprocess(self.model(x))
+        metrics = v.metrics
+        metrics.clear_stats()
+        v.update_metrics(preds, batch)  # Ultralytics: _prepare_batch, _process_batch (matcher), update_stats
+        stats = {k: list(vals) for k, vals in metrics.stats.items()}
+        metrics.clear_stats()
+        metrics.clear_image_metrics()
+        out = []
+        for si, pred in enumerate(preds):
+            pb = v._prepare_batch(si, batch)
+            ious = np.zeros(len(pb["cls"]))
+            keep = pred["conf"] >= self.det_conf
+            if len(pb["cls"]) and bool(keep.any()):
+                iou = box_iou(pb["bboxes"], pred["bboxes"][keep]) * (pb["cls"][:, None] == pred["cls"][keep][None])
+                ious = iou.max(1).values.cpu().numpy()
+            out.append({"im": Path(pb["im_file"]).name, "tp": _encode_tp(stats["tp"][si]),
+                        "conf": [float(c) for c in stats["conf"][si]],
+                        "pred_cls": [int(c) for c in stats["pred_cls"][si]],
+                        "target_cls": [int(c) for c in stats["target_cls"][si]],
+                        "iou": [float(u) for u in ious]})
+        return out
+
+    def reduce(self, stats: list[list[dict[str, Any]]]) -> dict[str, float]:
+        try:
+            return detection_metrics([im for batch_stats in stats for im in batch_stats], self.names,
+                                     niou=int(self.validator.niou))
+        except ValueError as e:
+            raise YoloEvalError(f"the {self.split} split: {e}") from None
+
+
+def detection_metrics(images: list[dict[str, Any]], names: dict[int, str], niou: int = 10) -> dict[str, float]:
+    """mAP etc. by Ultralytics' ``DetMetrics``/``ap_per_class`` over per-image stats (as
+    :meth:`YoloEvalTask.measure` writes them); ``IoU`` averaged over all ground-truth objects."""
+    from ultralytics.utils.metrics import DetMetrics
+
+    dm = DetMetrics(names=names)
+    ious: list[float] = []
+    for im in images:
+        target_cls = np.asarray(im["target_cls"], dtype=np.float64)
+        dm.update_stats({"tp": _decode_tp(im["tp"], niou), "conf": np.asarray(im["conf"], dtype=np.float64),
+                         "pred_cls": np.asarray(im["pred_cls"], dtype=np.float64),
+                         "target_cls": target_cls, "target_img": np.unique(target_cls), "im_name": im["im"]})
+        ious.extend(im["iou"])
+    if not ious:
+        raise ValueError("no labelled object: mAP and the average IoU are undefined")
+    dm.process(plot=False)
+    r = dm.results_dict
+    out = {"mAP50-95": r["metrics/mAP50-95(B)"], "mAP50": r["metrics/mAP50(B)"], "IoU": float(np.mean(ious)),
+           "precision": r["metrics/precision(B)"], "recall": r["metrics/recall(B)"]}
+    return {k: float(v) for k, v in out.items()}
