@@ -1,9 +1,12 @@
 """Real Ultralytics runs through the real `amat` console script, in subprocesses, on
 generated detection data (CPU, imgsz 64): offline training with plots, resume, bad input,
-calibration, the adversarial validator, and a BCCD smoke test."""
+calibration, `amat eval yolo` (paper-style report, batched levels == per-level), `amat grid
+yolo` (resume does not retrain), and a BCCD smoke test."""
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -185,30 +188,33 @@ def test_resume_restores_margins_exactly_and_refuses_foreign_sidecar(work):
     assert final["engine"]["policy"]["margins"]["updates"] > margins["updates"]
 
 
-@pytest.mark.slow
-def test_calibrate_eval_and_xi_file(work):
-    """STD model -> `amat calibrate yolo` (xi) -> `amat eval yolo` (mAP falls as eps grows)
-    -> training with --adv-xi-file uses exactly that xi."""
+@pytest.fixture(scope="module")
+def std_model(work) -> Path:
+    """A clean (STD) YOLOv5n trained through `amat yolo ... --adv none` (learns the shapes a bit)."""
     run = work["root"] / "runs" / "std"
     amat(["yolo", "detect", "train", "model=yolov5n.yaml", f"data={work['d3']}", "epochs=25", *COMMON,
           "nbs=8", "warmup_epochs=1", f"project={run.parent}", f"name={run.name}", "val=False", "plots=False",
           "close_mosaic=0",
           "--adv", "none"], work["root"], timeout=500)
-    best = run / "weights" / "best.pt"
     assert not (run / "weights" / "amat_state.json").exists()  # --adv none is plain Ultralytics
+    return run / "weights" / "best.pt"
+
+
+EVAL_FAST = ["--levels", "0.1,0.3", "--pgd-steps", "5", "--ifgsm-steps", "3", "--det-conf", "0.01", "--no-progress"]
+
+
+@pytest.mark.slow
+def test_calibrate_xi_file_and_eval_report(work, std_model):
+    """STD model -> `amat calibrate yolo` (xi) -> AMAT training with --adv-xi-file uses exactly
+    that xi -> `amat eval yolo` of both side by side: mAP falls as eps grows, the report
+    files parse, AMAT's margin histogram is drawn, --resume reuses the results."""
     xi_file = work["root"] / "xi.json"
-    rc, out = amat(["calibrate", "yolo", f"model={best}", f"data={work['d3']}", "imgsz=64", "--out", xi_file],
+    rc, out = amat(["calibrate", "yolo", f"model={std_model}", f"data={work['d3']}", "imgsz=64", "--out", xi_file],
                    work["root"])
     cal = json.loads(xi_file.read_text())
     assert cal["n"] == 32 and cal["rule"] == "mean+2std"
     for x, m, s in zip(cal["xi"], cal["mean"], cal["std"]):
         assert abs(x - (m + 2 * s)) < 1e-4 * max(1.0, x) and s > 0
-    res_file = work["root"] / "eval.json"
-    amat(["eval", "yolo", f"model={best}", f"data={work['d3']}", "imgsz=64", "batch=8", "plots=False",
-          "--levels", "0,0.1,0.3", "--steps", "5", "--out", res_file], work["root"])
-    res = {float(k): v["mAP50-95"] for k, v in json.loads(res_file.read_text())["results"].items()}
-    assert res[0.0] > 0.05, f"the STD model learned nothing: {res}"
-    assert res[0.0] > res[0.1] > res[0.3], res  # stronger noise, lower mAP
 
     xi_run = work["root"] / "runs" / "xi"
     amat(["yolo", "detect", "train", "model=yolov5n.yaml", f"data={work['d3']}", "epochs=1", *COMMON,
@@ -217,6 +223,117 @@ def test_calibrate_eval_and_xi_file(work):
     side = _sidecar(xi_run)
     assert side["config"]["xi"] == pytest.approx(cal["xi"])
     assert [side["summary"][f"xi_{k}"] for k in range(3)] == pytest.approx(cal["xi"])
+
+    report = work["root"] / "eval"
+    cmd = ["eval", "yolo", "--models", f"STD={std_model},AMAT={xi_run / 'weights' / 'last.pt'}",
+           f"data={work['d3']}", "imgsz=64", "batch=8", *EVAL_FAST, "--out", report]
+    rc, out = amat(cmd, work["root"])
+    res = json.loads((report / "robustness.json").read_text())
+    assert set(res) == {"STD", "AMAT"}
+    std = res["STD"]
+    assert std["metric"] == "mAP50-95" and std["levels"] == [0.1, 0.3] and std["batches"] == 2
+    for attack in ("pgd", "ifgsm"):
+        curve = [std["clean"]["mAP50-95"]] + [std["noisy"][attack][lv]["mAP50-95"] for lv in ("0.1", "0.3")]
+        assert curve[0] > 0.05, f"the STD model learned nothing: {curve}"
+        assert curve[0] > curve[1] > curve[2], (attack, curve)  # stronger noise, lower mAP
+        assert set(std["noisy"][attack]["0.1"]) >= {"mAP50", "IoU", "precision", "recall"}
+    rows = list(csv.reader(io.StringIO((report / "robustness.csv").read_text())))
+    assert rows[0] == ["Method", "mAP50-95", "P.0.1", "P.0.3", "Avg.", "IF.0.1", "IF.0.3", "Avg.", "AUC_robust"]
+    assert [r[0] for r in rows[1:]] == ["STD", "AMAT"]
+    assert float(rows[1][1]) == pytest.approx(std["clean"]["mAP50-95"], abs=1e-6)
+    md = (report / "robustness.md").read_text()
+    assert "| Method | mAP50-95 | P.0.1 |" in md and "| STD |" in md and "| AMAT |" in md
+    for png in ("robustness.png", "robustness_AMAT_margins.png"):
+        assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert not (report / "robustness_STD_margins.png").exists()  # STD has no sidecar
+    assert "margin histogram" in out
+
+    before = (report / "robustness.json").read_text()
+    rc, out = amat([*cmd, "--resume"], work["root"])
+    assert "STD: already evaluated" in out and "AMAT: already evaluated" in out
+    assert (report / "robustness.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_batched_levels_equal_per_level_and_ultralytics_val(work, std_model, tmp_path):
+    """All levels of a batch in one IFGSM call == one evaluation per level (no random
+    start, same seed); the clean mAP equals Ultralytics' own `val` on the same images."""
+    from ultralytics import YOLO
+
+    from amat_hooks.evaluation import robustness_eval
+    from amat_hooks.integrations.ultralytics.evaluate import YoloEvalTask
+
+    task = YoloEvalTask(std_model, work["d3"], imgsz=64, batch=8, det_conf=0.01, workdir=tmp_path)
+    levels = [0.1, 0.3]
+    batched = robustness_eval(task, levels, attacks=("ifgsm",), ifgsm_steps=3, progress=False)
+    for lv in levels:
+        single = robustness_eval(task, [lv], attacks=("ifgsm",), ifgsm_steps=3, progress=False)
+        assert single.clean == batched.clean
+        assert batched.noisy["ifgsm"][lv] == pytest.approx(single.noisy["ifgsm"][lv], abs=1e-6)
+    maps = [batched.clean["mAP50-95"]] + batched.curve("ifgsm")
+    assert maps[0] > maps[1] > maps[2] > 0, maps  # a real, falling curve (not 0 == 0)
+    assert batched.clean["IoU"] > batched.noisy["ifgsm"][0.3]["IoU"] > 0
+
+    m = YOLO(str(std_model)).val(data=str(work["d3"]), imgsz=64, batch=8, rect=False, workers=0, device="cpu",
+                                 plots=False, verbose=False, project=str(tmp_path), name="val")
+    assert batched.clean["mAP50-95"] == pytest.approx(float(m.box.map), abs=1e-9)
+    assert batched.clean["mAP50"] == pytest.approx(float(m.box.map50), abs=1e-9)
+
+
+def test_eval_bad_input_is_reported(work, tmp_path):
+    base = ["eval", "yolo", f"data={work['d1']}", "imgsz=64"]
+    rc, out = amat([*base, "--models", f"STD={tmp_path / 'missing.pt'}"], work["root"], check=False)
+    assert rc == 2 and "missing.pt not found" in out
+    fake = tmp_path / "w.pt"
+    fake.write_bytes(b"x")
+    rc, out = amat([*base, "--models", f"STD={fake}", "split=test"], work["root"], check=False)
+    assert rc == 2 and "split=test is not in" in out and "use split=val or split=test" in out
+    rc, out = amat([*base, "--models", f"STD={fake}", "--levels", "0,5"], work["root"], check=False)
+    assert rc == 2 and "noise levels must be finite and > 0" in out
+    rc, out = amat([*base, f"model={fake}"], work["root"], check=False)
+    assert rc == 2 and "--models NAME=PATH" in out
+    rc, out = amat(["grid", "yolo", "--deltas", "1", "model=yolov5n.yaml", f"data={work['d1']}", "name=x"],
+                   work["root"], check=False)
+    assert rc == 2 and "name: the grid sets these itself" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_grid_trains_each_delta_once_and_resumes(work):
+    """`amat grid yolo`: one real `amat yolo detect train` per Delta, avg IoU and mAP tables
+    on the val split; a second run retrains nothing, and a point that was trained but not
+    evaluated (interrupted) is evaluated without retraining."""
+    from amat_hooks.integrations.ultralytics.synth import make_dataset
+
+    data = make_dataset(work["root"] / "dgrid", n_train=8, n_val=4, seed=4)
+    out = work["root"] / "grid"
+    cmd = ["grid", "yolo", "--deltas", "1,0.5", f"data={data}", "model=yolov5n.yaml", "epochs=1", *COMMON,
+           "val=False", "plots=False", *FAST_ADV, "--levels", "0.1,0.3", "--pgd-steps", "2", "--det-conf", "0.01",
+           "--no-progress", "--out", out]
+    rc, text = amat(cmd, work["root"])
+    assert "Delta=0.5: training" in text and "Delta=1: training" in text
+    weights = {d: out / f"delta_{d}" / "train" / "weights" / "last.pt" for d in ("0.5", "1")}
+    for d, w in weights.items():
+        side = json.loads((w.parent / "amat_state.json").read_text())
+        assert side["config"]["mode"] == "amat" and side["config"]["step"] == float(d)
+        assert side["config"]["steps"] == 3  # the extra --adv-steps reached the training
+    state = json.loads((out / "grid.json").read_text())
+    assert set(state) == {"0.5", "1"}
+    for d in state.values():
+        assert d["result"]["metric"] == "IoU" and d["result"]["levels"] == [0.1, 0.3]
+        assert set(d["result"]["clean"]) >= {"IoU", "mAP50-95", "mAP50"}
+    assert "| Delta | 0 | 0.1 | 0.3 | AUC_robust |" in (out / "grid.md").read_text()
+    assert "mAP50-95 on the validation split" in (out / "grid_mAP50-95.md").read_text()
+
+    stamps = {d: w.stat().st_mtime_ns for d, w in weights.items()}
+    dropped = state["1"].pop("result")  # as if interrupted after training Delta=1, before its evaluation
+    (out / "grid.json").write_text(json.dumps(state))
+    rc, text = amat(cmd, work["root"])
+    assert "training" not in text, text[-2000:]
+    assert "Delta=0.5: done earlier" in text and "Delta=1: evaluating" in text
+    assert {d: w.stat().st_mtime_ns for d, w in weights.items()} == stamps
+    again = json.loads((out / "grid.json").read_text())
+    assert again["1"]["result"]["clean"] == pytest.approx(dropped["clean"])  # same weights, same numbers
 
 
 @pytest.mark.slow
