@@ -28,7 +28,7 @@ def data(tmp_path_factory) -> Path:
                                 num_landmarks=3, seed=0)
 
 
-def script_args(data: Path, out: Path, *extra: str) -> list[str]:
+def script_args(data: Path, out: Path | str, *extra: str) -> list[str]:
     return ["python", str(SCRIPT), "--data", str(data), "--train-ids", "1-4", "--val-ids", "5",
             "--size", "64", "48", "--num-landmarks", "3", "--batch-size", "2", "--epochs", "1",
             "--save-every", "1", "--out", str(out), *extra]
@@ -124,14 +124,31 @@ def test_calibrate_and_eval_landmark_commands(data, tmp_path):
     assert xi == pytest.approx(expect.tolist(), rel=1e-4)
     assert f"--adv-xi {','.join(f'{v:.6g}' for v in xi)}" in r.stdout
 
-    r = run(amat_cmd() + ["eval", "landmark", "--checkpoint", str(ckpt), "--data", str(data), "--split", "train",
+    r = run(amat_cmd() + ["eval", "landmark", "--models", f"STD={ckpt}", "--data", str(data), "--split", "train",
                           "--size", "64", "48", "--levels", "1", "--pgd-steps", "2", "--ifgsm-steps", "2",
-                          "--out", str(tmp_path / "rep")], tmp_path)
+                          "--no-progress", "--out", str(tmp_path / "rep")], tmp_path)
     assert r.returncode == 0, r.stderr
-    res = json.loads((tmp_path / "rep" / "std.json").read_text())
+    res = json.loads((tmp_path / "rep" / "robustness.json").read_text())["STD"]
     pred = voting(out[0], out[1], out[2], ds.radius)
     err = ((pred - cols[5]) * torch.tensor([72 / 48, 96 / 64])).norm(dim=2) * 0.1
     assert res["clean"]["MRE"] == pytest.approx(float(err.mean()), rel=1e-4)
     assert set(res["noisy"]) == {"pgd", "ifgsm"} and "SDR2mm" in res["clean"]
-    r = run(amat_cmd() + ["eval", "landmark", "--checkpoint", str(tmp_path / "none.pth"), "--data", str(data)], tmp_path)
+    assert (tmp_path / "rep" / "robustness.md").is_file()
+    r = run(amat_cmd() + ["eval", "landmark", "--models", str(tmp_path / "none.pth"), "--data", str(data)], tmp_path)
     assert r.returncode == 2 and "checkpoint not found" in r.stderr
+
+
+def test_grid_landmark_trains_through_amat_run_per_delta(data, tmp_path):
+    args = ["grid", "landmark", "--deltas", "1", "--data", str(data), "--size", "64", "48", "--adv-steps", "1",
+            "--levels", "0.5", "--pgd-steps", "1", "--no-progress", "--out", str(tmp_path / "grid"), "--"]
+    script = script_args(data, "{out}", "--heatmap-loss", "dice")
+    r = run(amat_cmd() + args + script, tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    grid = json.loads((tmp_path / "grid" / "grid.json").read_text())
+    ckpt = Path(grid["1"]["artefact"])
+    assert ckpt.name == "model_epoch_0.pth" and Path(str(ckpt) + ".amat.json").is_file()
+    assert "best Delta = 1" in r.stdout and (tmp_path / "grid" / "grid.md").is_file()
+    r = run(amat_cmd() + args + script, tmp_path)  # finished grid points are not retrained
+    assert r.returncode == 0 and "Delta=1: done earlier" in r.stdout
+    r = run(amat_cmd() + args + [w for w in script if w != "{out}"], tmp_path)
+    assert r.returncode == 2 and "{out}" in r.stderr

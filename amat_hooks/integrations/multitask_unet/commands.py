@@ -84,15 +84,10 @@ class LandmarkEvalTask(EvalTask):
         return out
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _dataset_args(p: argparse.ArgumentParser, split: str) -> None:
-    p.add_argument("--checkpoint", required=True, help="state_dict of a Multi-Task U-Net (e.g. model_epoch_499.pth)")
+def _dataset_args(p: argparse.ArgumentParser, split: str, checkpoint: bool = True) -> None:
+    if checkpoint:
+        p.add_argument("--checkpoint", required=True,
+                       help="state_dict of a Multi-Task U-Net (e.g. model_epoch_499.pth)")
     p.add_argument("--data", required=True, help="ISBI 2015 folder (../shared/data/isbi2015_ceph) or a generated one")
     p.add_argument("--split", default=split, help=f"train, val, test or all (default {split}; paper split)")
     p.add_argument("--size", type=int, nargs=2, default=[200, 160], metavar=("H", "W"))
@@ -103,6 +98,8 @@ def _dataset_args(p: argparse.ArgumentParser, split: str) -> None:
 
 
 def add_task_commands(command: str, subparsers: argparse._SubParsersAction) -> None:
+    from ...commands import add_eval_arguments
+
     if command == "calibrate":
         p = subparsers.add_parser(
             "landmark", help="xi for the 3 landmark loss terms from a clean Multi-Task U-Net",
@@ -114,27 +111,47 @@ def add_task_commands(command: str, subparsers: argparse._SubParsersAction) -> N
         p.set_defaults(func=_calibrate)
     elif command == "eval":
         p = subparsers.add_parser(
-            "landmark", help="MRE/SDR (mm) under 100-step L2 PGD and 10-step IFGSM",
+            "landmark", help="MRE/SDR (mm) of Multi-Task U-Nets under L2 PGD and IFGSM (paper Table 6)",
             description="MRE in mm at the original resolution and SDR at 2/2.5/3/4 mm, clean and under "
-                        "white-box L2 PGD / IFGSM on the three loss terms (paper Table 6).")
-        _dataset_args(p, "test")
-        p.add_argument("--levels", type=_float_list, default=[0.5, 1.0, 2.0], help="L2 noise levels (0.5,1,2)")
-        p.add_argument("--attacks", default="pgd,ifgsm")
-        p.add_argument("--pgd-steps", type=int, default=100)
-        p.add_argument("--ifgsm-steps", type=int, default=10)
-        p.add_argument("--name", default=None, help="row name in the table (default: checkpoint name)")
-        p.add_argument("--out", default=None, help="folder for the report (JSON, Markdown, CSV)")
-        p.set_defaults(func=_eval)
+                        "white-box 100-step L2 PGD / 10-step IFGSM on the three loss terms, models side by side.",
+            epilog="e.g. amat eval landmark --models STD=runs/std/model_epoch_499.pth,AMAT=runs/amat/"
+                   "model_epoch_499.pth --data ../shared/data/isbi2015_ceph --split test")
+        p.add_argument("--models", required=True,
+                       help="NAME=CHECKPOINT[,NAME=CHECKPOINT...] (a bare path is named after its folder)")
+        _dataset_args(p, "test", checkpoint=False)
+        add_eval_arguments(p, default_levels="landmark")
+        p.set_defaults(func=_eval, out="amat_out/eval_landmark")
+    elif command == "grid":
+        p = subparsers.add_parser(
+            "landmark", help="choose AMAT's Delta: `amat run` the training script per Delta, MRE on val",
+            description="Train the script once per Delta through `amat run --adv amat --adv-step D` (fixed "
+                        "budget) and compare the final checkpoints on the validation split under 100-step PGD "
+                        "(paper Appendix A, Table 11). The script command follows `--`; write {out} where its "
+                        "output folder goes. Finished grid points are not retrained.",
+            epilog="e.g. amat grid landmark --deltas 0.5,1,2 --data DATA --adv-xi-rule mean+2std -- python "
+                   "examples/landmark/train.py --data DATA --heatmap-loss dice --epochs 50 --out {out}")
+        p.add_argument("--deltas", required=True, help="comma-separated AMAT step sizes, e.g. 0.5,1,2")
+        p.add_argument("--adv-xi-rule", default="mean+2std", choices=["mean", "mean+2std"])
+        p.add_argument("--adv-xi", default=None, help="fixed xi a,b,c (from amat calibrate landmark)")
+        p.add_argument("--adv-steps", type=int, default=None, help="PGD iterations for training noise")
+        _dataset_args(p, "val", checkpoint=False)
+        add_eval_arguments(p, default_levels="landmark")
+        p.add_argument("command", nargs=argparse.REMAINDER, help="-- python SCRIPT.py ... --out {out}")
+        p.set_defaults(func=_grid, out="amat_out/grid_landmark")
 
 
-def _load(args: argparse.Namespace):
+def _dataset(args: argparse.Namespace, num_landmarks: int):
     from .data import LandmarkDataset
 
-    model = load_model(args.checkpoint)
     ds = LandmarkDataset(args.data, args.split, size=tuple(args.size), annotation=args.annotation,
-                         num_landmarks=model.num_landmarks, max_images=args.max_images)
+                         num_landmarks=num_landmarks, max_images=args.max_images)
     print(f"{args.split}: {len(ds)} images, annotation: {ds.annotation_used}", file=sys.stderr)
-    return model, ds
+    return ds
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"amat {command} landmark: error: {message}", file=sys.stderr)
+    return 2
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -143,10 +160,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .losses import TERM_NAMES
 
     try:
-        model, ds = _load(args)
+        model = load_model(args.checkpoint)
+        ds = _dataset(args, model.num_landmarks)
     except (FileNotFoundError, ValueError) as e:
-        print(f"amat calibrate landmark: error: {e}", file=sys.stderr)
-        return 2
+        return _fail("calibrate", str(e))
     task = LandmarkEvalTask(model, ds, args.batch_size, args.heatmap_loss)
     rows = []
     with torch.no_grad():
@@ -164,31 +181,103 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def sidecar_margins(checkpoint: Path) -> list[float] | None:
+    """Margins that `amat run` wrote next to a checkpoint (``CKPT.amat.json``), if any."""
+    from ...io import read_json
+
+    side = Path(str(checkpoint) + ".amat.json")
+    if not side.is_file():
+        return None
+    pol = read_json(side).get("engine", {}).get("policy", {})
+    return list(pol.get("margins", {}).get("values", [])) or None
+
+
 def _eval(args: argparse.Namespace) -> int:
-    from ...evaluation import robustness_eval, save_result
-    from ...report import to_markdown
+    from ...commands import parse_model_spec, run_evaluations
+    from ...evaluation import check_levels
+    from ...report import plot_margin_histogram
 
     try:
-        model, ds = _load(args)
+        models = dict(parse_model_spec(m) for m in args.models.split(",") if m.strip())
+        for name, path in models.items():
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"checkpoint not found: {path} (model {name})")
+        check_levels(args.levels)
+        loaded = {name: load_model(path) for name, path in models.items()}
+        n = {m.num_landmarks for m in loaded.values()}
+        if len(n) != 1:
+            raise ValueError(f"the models predict different numbers of landmarks: {sorted(n)}")
+        ds = _dataset(args, n.pop())
     except (FileNotFoundError, ValueError) as e:
-        print(f"amat eval landmark: error: {e}", file=sys.stderr)
-        return 2
-    task = LandmarkEvalTask(model, ds, args.batch_size, args.heatmap_loss)
-    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    result = robustness_eval(task, args.levels, attacks=attacks, pgd_steps=args.pgd_steps,
-                             ifgsm_steps=args.ifgsm_steps, progress=sys.stderr.isatty())
-    name = args.name or Path(args.checkpoint).stem
-    table = to_markdown({name: result})
-    print(table)
-    for attack in attacks:
-        for lv in result.levels:
-            v = result.noisy[attack][lv]
-            print(f"{attack}@{lv:g}: " + ", ".join(f"{k} {x:.3f}" for k, x in v.items()))
-    print("clean: " + ", ".join(f"{k} {x:.3f}" for k, x in result.clean.items()))
-    if args.out:
-        out = Path(args.out)
-        save_result(result, out / f"{name}.json")
-        from ...io import atomic_write_text
+        return _fail("eval", str(e))
+    tasks = {name: (lambda m=m: LandmarkEvalTask(m, ds, args.batch_size, args.heatmap_loss))
+             for name, m in loaded.items()}
+    run_evaluations(tasks, args, title=f"Multi-Task U-Net, {args.split} split (MRE, mm; lower is better)")
+    for name, path in models.items():
+        values = sidecar_margins(Path(path))
+        if values:
+            out = plot_margin_histogram(values, Path(args.out) / f"{args.name}_{name}_margins.png",
+                                        title=f"{name} margins")
+            print(f"margin histogram: {out}")
+    return 0
 
-        atomic_write_text(out / f"{name}.md", table + "\n")
+
+def _grid(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from ...commands import run_grid
+    from ...evaluation import check_levels
+
+    cmd = list(args.command)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    try:
+        deltas = [float(v) for v in args.deltas.split(",") if v.strip()]
+        if not deltas or any(not d > 0 for d in deltas):
+            raise ValueError(f"--deltas must be positive numbers, got {args.deltas!r}")
+        if not cmd:
+            raise ValueError("give the training command after --, e.g. -- python examples/landmark/train.py "
+                             "--data DATA --epochs 50 --out {out}")
+        if not any("{out}" in w for w in cmd):
+            raise ValueError("the training command must contain {out} where the script's output folder goes "
+                             "(e.g. --out {out}); each Delta trains into its own folder")
+        check_levels(args.levels)
+    except ValueError as e:
+        return _fail("grid", str(e))
+    exe = Path(sys.executable).with_name("amat")
+    amat = [str(exe)] if exe.exists() else [sys.executable, "-m", "amat_hooks.cli"]
+
+    def train(delta: float, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        flags = ["--adv", "amat", "--adv-step", f"{delta:g}", "--heatmap-loss", args.heatmap_loss]
+        flags += ["--adv-xi", args.adv_xi] if args.adv_xi else ["--adv-xi-rule", args.adv_xi_rule]
+        if args.adv_steps:
+            flags += ["--adv-steps", str(args.adv_steps)]
+        run_dir = folder / "run"
+        full = amat + ["run", *flags, "--", *[w.replace("{out}", str(run_dir)) for w in cmd]]
+        log = folder / "train.log"
+        with open(log, "w", encoding="utf-8") as f:
+            f.write(" ".join(full) + "\n")
+            f.flush()
+            p = subprocess.run(full, stdout=f, stderr=subprocess.STDOUT)
+        state = run_dir / "amat_state.json"
+        ckpt = None
+        if state.is_file():
+            from ...io import read_json
+
+            ckpt = read_json(state).get("checkpoint")
+        if p.returncode != 0 or not ckpt or not Path(ckpt).is_file():
+            tail = log.read_text(encoding="utf-8", errors="replace")[-1500:]
+            raise RuntimeError(f"training for Delta={delta:g} failed or saved no checkpoint (exit "
+                               f"{p.returncode}); log {log}:\n{tail}")
+        return Path(ckpt)
+
+    def task_for(checkpoint: Path) -> LandmarkEvalTask:
+        model = load_model(checkpoint)
+        return LandmarkEvalTask(model, _dataset(args, model.num_landmarks), args.batch_size, args.heatmap_loss)
+
+    try:
+        run_grid(deltas, train, task_for, args)
+    except RuntimeError as e:
+        return _fail("grid", str(e))
     return 0
