@@ -8,6 +8,7 @@ criterion call on the same predictions.
 
     python bench/bench_yolo.py                       # generated data, yolov5n, imgsz 128, batch 8
     python bench/bench_yolo.py --data ../shared/data/bccd_yolo/bccd.yaml --imgsz 320 --model yolov5s.yaml
+    python bench/bench_yolo.py --eval                # amat eval yolo: batched levels vs one call per level
 """
 from __future__ import annotations
 
@@ -37,7 +38,17 @@ def main(argv=None) -> int:
     ap.add_argument("--amat-step", type=float, default=3.5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None, help="write the numbers here")
+    ap.add_argument("--eval", action="store_true",
+                    help="instead: time `amat eval yolo`'s evaluation, all levels of a batch in one attack call "
+                         "vs one evaluation per level (3 levels x PGD + IFGSM)")
+    ap.add_argument("--eval-levels", default="5,10,15")
+    ap.add_argument("--eval-images", type=int, default=24, help="val images (generated)")
+    ap.add_argument("--pgd-steps", type=int, default=10, help="PGD steps in --eval (100 in the paper; the "
+                                                                "ratio is per step)")
+    ap.add_argument("--ifgsm-steps", type=int, default=10)
     args = ap.parse_args(argv)
+    if args.eval:
+        return bench_eval(args)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_yolo_"))
     os.environ.setdefault("YOLO_CONFIG_DIR", str(tmp / "cfg"))
@@ -133,6 +144,70 @@ def main(argv=None) -> int:
     print(f"per-image terms: criterion {tm['criterion']:.2f} ms -> with terms {tm['criterion_with_terms']:.2f} ms "
           f"(x{tm['terms_over_criterion']:.2f}); extra = {tm['extra_over_forward']:.1%} of one forward "
           f"({tm['forward']:.1f} ms)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+def bench_eval(args) -> int:
+    """Batched multi-level evaluation vs one evaluation per level, same model and images,
+    interleaved rounds. Two per-level settings: the same images per batch (so the batched
+    attack holds 3x the rows), and 3x the images per batch (the same rows per attack call,
+    i.e. the same batch memory as the batched run)."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench_yolo_eval_"))
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(tmp / "cfg"))
+    import torch
+
+    from amat_hooks.evaluation import robustness_eval
+    from amat_hooks.integrations.ultralytics.evaluate import YoloEvalTask
+    from amat_hooks.integrations.ultralytics.offline import prepare_offline
+    from amat_hooks.integrations.ultralytics.synth import NAMES, make_dataset
+
+    prepare_offline()
+    from ultralytics.nn.tasks import DetectionModel
+
+    levels = [float(v) for v in args.eval_levels.split(",")]
+    data = args.data or str(make_dataset(tmp / "ds", n_train=2, n_val=args.eval_images, size=args.imgsz, seed=0))
+    torch.manual_seed(0)
+    net = DetectionModel(args.model, nc=len(NAMES), verbose=False)
+    net.names = dict(NAMES)
+    weights = tmp / "model.pt"
+    torch.save({"model": net, "train_args": {"imgsz": args.imgsz}}, weights)
+    b = args.batch
+    tasks = {"batched": YoloEvalTask(weights, data, imgsz=args.imgsz, batch=b, device=args.device, workdir=tmp),
+             "per_level_same_images": YoloEvalTask(weights, data, imgsz=args.imgsz, batch=b, device=args.device,
+                                                   workdir=tmp),
+             "per_level_same_rows": YoloEvalTask(weights, data, imgsz=args.imgsz, batch=b * len(levels),
+                                                 device=args.device, workdir=tmp)}
+    kw = dict(attacks=("pgd", "ifgsm"), pgd_steps=args.pgd_steps, ifgsm_steps=args.ifgsm_steps, progress=False)
+
+    def run(name: str) -> float:
+        t0 = time.perf_counter()
+        if name == "batched":
+            robustness_eval(tasks[name], levels, **kw)
+        else:
+            for lv in levels:
+                robustness_eval(tasks[name], [lv], **kw)
+        return time.perf_counter() - t0
+
+    run("batched")  # warm-up
+    times: dict[str, list[float]] = {n: [] for n in tasks}
+    for _ in range(args.rounds):
+        for name in tasks:
+            times[name].append(run(name))
+    med = {n: statistics.median(v) for n, v in times.items()}
+    res = {"model": args.model, "imgsz": args.imgsz, "batch": b, "images": args.eval_images, "levels": levels,
+           "pgd_steps": args.pgd_steps, "ifgsm_steps": args.ifgsm_steps, "device": args.device,
+           "threads": torch.get_num_threads(), "rounds": args.rounds, "s_median": med, "s_all": times,
+           "ratio_batched_vs_same_images": med["batched"] / med["per_level_same_images"],
+           "ratio_batched_vs_same_rows": med["batched"] / med["per_level_same_rows"]}
+    print(f"\n{args.model} imgsz={args.imgsz} {args.eval_images} images, levels {levels}, PGD {args.pgd_steps} + "
+          f"IFGSM {args.ifgsm_steps} steps, {args.device} threads={res['threads']}, {args.rounds} rounds")
+    print("| evaluation | images/batch | rows per attack call | s (median) | batched / this |\n|---|---|---|---|---|")
+    rows = {"batched": (b, b * len(levels)), "per_level_same_images": (b, b),
+            "per_level_same_rows": (b * len(levels), b * len(levels))}
+    for n, v in med.items():
+        print(f"| {n} | {rows[n][0]} | {rows[n][1]} | {v:.2f} | {med['batched'] / v:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return 0

@@ -330,3 +330,34 @@ def test_adversarial_step_under_autocast(amat_trainer):
     assert out.attack.x_adv.dtype == batch["img"].dtype
     assert tr.amat.policy.margins.summary()["updates"] == updates + len(ids)
     tr.optimizer.zero_grad()
+
+
+def test_detection_metrics_on_handmade_matches():
+    """`amat eval yolo`'s reduce is Ultralytics' ap_per_class: one prediction correct at every
+    IoU threshold gives AP 0.995 (Ultralytics' 101-point interpolation), a missed class 0;
+    correct at 5 of the 10 thresholds halves mAP50-95. IoU: best confident same-class box."""
+    import numpy as np
+
+    from amat_hooks.integrations.ultralytics.evaluate import _decode_tp, _encode_tp, detection_metrics, object_ious
+
+    tp = np.array([[True] * 10, [False] * 10, [True] * 5 + [False] * 5])
+    assert (_decode_tp(_encode_tp(tp), 10) == tp).all()
+    two = [{"im": "a.png", "tp": _encode_tp(tp[:2]), "conf": [0.9, 0.8], "pred_cls": [0, 1], "target_cls": [0, 1],
+            "iou": [0.8, 0.0]}]
+    r = detection_metrics(two, {0: "rect", 1: "disc"})
+    assert r["mAP50"] == pytest.approx(0.995 / 2) and r["mAP50-95"] == pytest.approx(0.995 / 2)
+    assert r["IoU"] == pytest.approx(0.4) and r["precision"] == pytest.approx(0.5)
+    half = [{"im": "b.png", "tp": _encode_tp(tp[2:]), "conf": [0.9], "pred_cls": [0], "target_cls": [0], "iou": [0.7]}]
+    r = detection_metrics(half, {0: "rect"})
+    assert r["mAP50"] == pytest.approx(0.995) and r["mAP50-95"] == pytest.approx(0.995 / 2)
+    with pytest.raises(ValueError, match="no labelled object"):
+        detection_metrics([{"im": "c.png", "tp": [], "conf": [], "pred_cls": [], "target_cls": [], "iou": []}],
+                          {0: "rect"})
+
+    t = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    p = torch.tensor([[0.0, 0.0, 10.0, 5.0], [0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    ious = object_ious(t, torch.tensor([0.0, 1.0]), p, torch.tensor([0.0, 1.0, 0.0]),
+                       torch.tensor([0.9, 0.9, 0.1]), det_conf=0.25)
+    # object 0: only the half box is class 0 and confident (IoU 50/100); object 1: its exact
+    # box is class 0 and below det_conf, the class-1 box does not overlap it -> 0
+    assert ious == pytest.approx([0.5, 0.0])

@@ -67,6 +67,19 @@ def repeat_targets(target: dict[str, Any], x: Tensor) -> dict[str, Tensor]:
     return {k: stretched[k] for k in _TARGET_KEYS}
 
 
+def object_ious(target_boxes: Tensor, target_cls: Tensor, pred_boxes: Tensor, pred_cls: Tensor, conf: Tensor,
+                det_conf: float) -> list[float]:
+    """Per ground-truth object: IoU (Ultralytics' ``box_iou``, xyxy) of the best prediction of
+    its class with ``conf >= det_conf``; 0 for an object nothing detects."""
+    from ultralytics.utils.metrics import box_iou
+
+    keep = conf >= det_conf
+    if not len(target_cls) or not bool(keep.any()):
+        return [0.0] * len(target_cls)
+    iou = box_iou(target_boxes, pred_boxes[keep]) * (target_cls[:, None] == pred_cls[keep][None])
+    return [float(u) for u in iou.max(1).values.cpu()]
+
+
 def _encode_tp(tp: np.ndarray) -> list[int]:
     """``[N, 10]`` bool -> one int per prediction (bit j = correct at IoU threshold j)."""
     weights = 1 << np.arange(tp.shape[1], dtype=np.int64)
@@ -139,6 +152,8 @@ class YoloEvalTask(EvalTask):
         self.criterion = build_criterion(net)
         self.split = split
         self.weights = weights
+        # part of the resume fingerprint: a partial state of another split/size/threshold is refused
+        self.name = f"yolo:{split}:imgsz={cfg.imgsz}:det_conf={self.det_conf:g}"
 
     # -- data ---------------------------------------------------------------------------------
     def size(self) -> int:
@@ -162,8 +177,6 @@ class YoloEvalTask(EvalTask):
     def measure(self, x: Tensor, target: dict[str, Any]) -> list[dict[str, Any]]:
         """Per-image stats exactly as Ultralytics' validator records them (``tp`` bit-packed)
         plus the per-object IoU of the best confident same-class detection."""
-        from ultralytics.utils.metrics import box_iou
-
         v = self.validator
         batch = {**target, "img": x}
         preds = v.postprocess(self.model(x))
@@ -176,16 +189,12 @@ class YoloEvalTask(EvalTask):
         out = []
         for si, pred in enumerate(preds):
             pb = v._prepare_batch(si, batch)
-            ious = np.zeros(len(pb["cls"]))
-            keep = pred["conf"] >= self.det_conf
-            if len(pb["cls"]) and bool(keep.any()):
-                iou = box_iou(pb["bboxes"], pred["bboxes"][keep]) * (pb["cls"][:, None] == pred["cls"][keep][None])
-                ious = iou.max(1).values.cpu().numpy()
+            ious = object_ious(pb["bboxes"], pb["cls"], pred["bboxes"], pred["cls"], pred["conf"], self.det_conf)
             out.append({"im": Path(pb["im_file"]).name, "tp": _encode_tp(stats["tp"][si]),
                         "conf": [float(c) for c in stats["conf"][si]],
                         "pred_cls": [int(c) for c in stats["pred_cls"][si]],
                         "target_cls": [int(c) for c in stats["target_cls"][si]],
-                        "iou": [float(u) for u in ious]})
+                        "iou": ious})
         return out
 
     def reduce(self, stats: list[list[dict[str, Any]]]) -> dict[str, float]:
