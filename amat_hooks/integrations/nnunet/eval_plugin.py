@@ -26,18 +26,20 @@ def _preset_for(dataset: str) -> str:
 
 @contextlib.contextmanager
 def results_root(path: str | None) -> Iterator[None]:
-    """Point nnU-Net at another results folder for one model (``NAME=TRAINER@ROOT``)."""
+    """Point nnU-Net at another results folder for one model (``NAME=TRAINER@ROOT``);
+    nnU-Net 2.8 reads ``nnUNet_results`` from the environment when a trainer is built."""
     if not path:
         yield
         return
-    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as mod
-
-    old = mod.nnUNet_results
-    mod.nnUNet_results = str(path)
+    old = os.environ.get("nnUNet_results")
+    os.environ["nnUNet_results"] = str(path)
     try:
         yield
     finally:
-        mod.nnUNet_results = old
+        if old is None:
+            os.environ.pop("nnUNet_results", None)
+        else:
+            os.environ["nnUNet_results"] = old
 
 
 def parse_models(text: str) -> dict[str, tuple[str, str | None]]:
