@@ -83,14 +83,14 @@ def run_nnunet_demo(args: argparse.Namespace) -> int:
     for i, (label, trainer, extra) in enumerate(runs):
         res_root = root / "runs" / label
         fold = res_root / DATASET / f"{trainer}__nnUNetPlans__2d" / "fold_0"
-        if label == "AMAT":
-            print("[4/6] amat calibrate nnunet: xi from the STD model's clean slice losses ...", flush=True)
-            _run([amat, "calibrate", "nnunet", str(DATASET_ID), "2d", "0", "-tr", "nnUNetTrainerSTD"],
-                 _env(root, nnUNet_results=str(root / "runs" / "STD")), log, "amat calibrate nnunet")
         step_no = {0: 2, 1: 3, 2: 5}[i]
         if (fold / "checkpoint_final.pth").is_file():
             print(f"[{step_no}/6] {label}: already trained ({fold})")
             continue
+        if label == "AMAT":
+            print("[4/6] amat calibrate nnunet: xi from the STD model's clean slice losses ...", flush=True)
+            _run([amat, "calibrate", "nnunet", str(DATASET_ID), "2d", "0", "-tr", "nnUNetTrainerSTD"],
+                 _env(root, nnUNet_results=str(root / "runs" / "STD")), log, "amat calibrate nnunet")
         print(f"[{step_no}/6] nnUNetv2_train {DATASET_ID} 2d 0 -tr {trainer} -device cpu ({label}) ...", flush=True)
         e = _env(root, nnUNet_results=str(res_root), AMAT_EPOCHS=str(epochs), AMAT_ITERS=str(iters),
                  AMAT_VAL_ITERS="1", AMAT_STEPS=str(steps), AMAT_REFINE_STEPS=str(refine), **extra)
