@@ -11,7 +11,10 @@ Pixels added by padding are ignored.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -34,14 +37,20 @@ def load_trainer(dataset: str, configuration: str, fold: str, trainer_name: str,
     from nnunetv2.run.run_training import get_trainer_from_args
 
     fold_arg: Any = fold if fold == "all" else int(fold)
-    trainer = get_trainer_from_args(str(dataset), configuration, fold_arg, trainer_name, plans,
-                                    device=torch.device(device))
-    ckpt = Path(trainer.output_folder) / checkpoint
-    if not ckpt.is_file():
-        raise NnUNetEvalError(f"no checkpoint {ckpt}; train the model first: nnUNetv2_train {dataset} "
-                              f"{configuration} {fold} -tr {trainer_name}")
-    trainer.initialize()
-    trainer.load_checkpoint(str(ckpt))
+    chatter = io.StringIO()  # nnU-Net's banner and trainer log lines: shown only on failure
+    try:
+        with contextlib.redirect_stdout(chatter):
+            trainer = get_trainer_from_args(str(dataset), configuration, fold_arg, trainer_name, plans,
+                                            device=torch.device(device))
+            ckpt = Path(trainer.output_folder) / checkpoint
+            if not ckpt.is_file():
+                raise NnUNetEvalError(f"no checkpoint {ckpt}; train the model first: nnUNetv2_train {dataset} "
+                                      f"{configuration} {fold} -tr {trainer_name}")
+            trainer.initialize()
+            trainer.load_checkpoint(str(ckpt))
+    except Exception:
+        sys.stdout.write(chatter.getvalue())
+        raise
     trainer.network.eval()
     return trainer
 
