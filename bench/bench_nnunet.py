@@ -13,6 +13,7 @@ Usage: .venv/bin/python bench/bench_nnunet.py [--rounds 5] [--iters 3] [--batch 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -103,6 +104,7 @@ def main() -> int:
                 if last is not None and last.attack is not None:
                     steps_run[name].append(last.attack.steps_run)
     med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}  # least disturbed by other processes on a shared CPU
 
     # per-sample loss scoring vs one batch call of the same loss (forward + backward to the output)
     from amat_hooks.integrations.nnunet.losses import per_sample_terms
@@ -141,20 +143,22 @@ def main() -> int:
         f"CPU ({platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads), PGD steps {args.steps} for SAT and AMAT (SAT eps 1.0 = AMAT "
         f"initial margin, online xi). {args.rounds} rounds x {args.iters} iterations, contenders alternating, "
-        f"same batches; medians. Command: `.venv/bin/python bench/bench_nnunet.py "
+        f"same batches; median and minimum per contender. Command: `.venv/bin/python bench/bench_nnunet.py "
         f"--rounds {args.rounds} --iters {args.iters} --batch {args.batch} --steps {args.steps}`.",
         "",
-        "| trainer | s / iteration | vs STD | vs SAT | mean PGD steps run |",
-        "|---|---|---|---|---|",
+        "| trainer | median s / it | min s / it | median vs STD | median vs SAT | min vs SAT | mean PGD steps run |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, t in med.items():
         sr = f"{statistics.mean(steps_run[name]):.1f}" if steps_run[name] else "-"
-        lines.append(f"| {name} | {t:.3f} | {t / med['STD']:.2f} | {t / med['SAT']:.2f} | {sr} |")
-    ratio = med["AMAT"] / med["SAT"]
+        lines.append(f"| {name} | {t:.3f} | {best[name]:.3f} | {t / med['STD']:.2f} | {t / med['SAT']:.2f} | "
+                     f"{best[name] / best['SAT']:.2f} | {sr} |")
+    ratio, ratio_min = med["AMAT"] / med["SAT"], best["AMAT"] / best["SAT"]
     lines += [
         "",
-        f"**AMAT / SAT = {ratio:.3f}** (target <= 1.03: {'met' if ratio <= 1.03 else 'NOT met'}); "
-        f"AMAT without bisection / SAT = {med['AMAT (refine 0)'] / med['SAT']:.3f}.",
+        f"**AMAT / SAT = {ratio:.3f} (medians), {ratio_min:.3f} (minima)** (target <= 1.03: "
+        f"{'met' if max(ratio, ratio_min) <= 1.03 else 'NOT met'}); AMAT without bisection / SAT = "
+        f"{med['AMAT (refine 0)'] / med['SAT']:.3f} (medians), {best['AMAT (refine 0)'] / best['SAT']:.3f} (minima).",
         "",
         "Per-sample loss scoring (nnU-Net's own loss called once per sample so each sample has its "
         "own term): forward + backward of the loss alone on one batch output: "
@@ -166,6 +170,7 @@ def main() -> int:
     report = "\n".join(lines) + "\n"
     print(report)
     print("raw times:", {k: [round(v, 4) for v in vs] for k, vs in times.items()})
+    report += "\nRaw seconds per iteration: " + json.dumps({k: [round(v, 3) for v in vs] for k, vs in times.items()}) + "\n"
     if args.out:
         Path(args.out).write_text(report)
     return 0

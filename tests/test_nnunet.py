@@ -88,8 +88,9 @@ def calibrated(nnunet) -> Path:
 @pytest.fixture(scope="session")
 def amat_run(nnunet, calibrated) -> Path:
     """nnUNetTrainerAMAT, 2 epochs x 3 iterations, xi from the calibration file."""
+    # one data-augmentation worker process: nnU-Net's usual multi-process loader path
     _train(nnunet, "nnUNetTrainerAMAT", AMAT_EPOCHS="2", AMAT_ITERS="3", AMAT_VAL_ITERS="1", AMAT_STEPS="3",
-           AMAT_XI_SOURCE="file")
+           AMAT_XI_SOURCE="file", nnUNet_n_proc_DA="1")
     return _fold(nnunet, "nnUNetTrainerAMAT")
 
 
@@ -101,6 +102,12 @@ def test_calibration_xi_is_mean_of_clean_slice_losses(nnunet, calibrated):
     assert rec["xi"]["mean+2std"][0] == pytest.approx(rec["loss_stats"]["mean"] + 2 * rec["loss_stats"]["std"],
                                                       rel=1e-5)
     assert rec["loss_stats"]["min"] < rec["loss_stats"]["max"]
+
+
+def test_calibration_without_clean_model_says_how_to_train_one(nnunet):
+    p = _run([str(BIN / "amat"), "calibrate", "nnunet", str(DATASET_ID), "2d", "3"], _env(nnunet), ok=False)
+    assert p.returncode == 2
+    assert "no clean model at" in p.stderr and f"nnUNetv2_train {DATASET_ID} 2d 3 -tr nnUNetTrainerSTD" in p.stderr
 
 
 def test_amat_training_moves_margins_keyed_by_case_and_slice(nnunet, calibrated, amat_run):
