@@ -147,7 +147,18 @@ def _need(var: str, given: str | None) -> str:
     return value
 
 
+def _nnunet_missing() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("nnunetv2") is None:
+        print("error: nnU-Net v2 is not installed; pip install 'amat-hooks[nnunet]'", file=sys.stderr)
+        return True
+    return False
+
+
 def _calibrate(args: argparse.Namespace) -> int:
+    if _nnunet_missing():
+        return 2
     from .calibrate import CalibrationError, calibrate
 
     try:
