@@ -39,7 +39,8 @@ def load_trainer(dataset: str, configuration: str, fold: str, trainer_name: str,
     fold_arg: Any = fold if fold == "all" else int(fold)
     chatter = io.StringIO()  # nnU-Net's banner and trainer log lines: shown only on failure
     try:
-        with contextlib.redirect_stdout(chatter):
+        with contextlib.redirect_stdout(chatter), _saved_settings(dataset, configuration, fold, trainer_name,
+                                                                  plans, checkpoint):
             trainer = get_trainer_from_args(str(dataset), configuration, fold_arg, trainer_name, plans,
                                             device=torch.device(device))
             ckpt = Path(trainer.output_folder) / checkpoint
@@ -53,6 +54,41 @@ def load_trainer(dataset: str, configuration: str, fold: str, trainer_name: str,
         raise
     trainer.network.eval()
     return trainer
+
+
+_ENV_OF = {"mode": "AMAT_MODE", "step": "AMAT_STEP", "eps": "AMAT_EPS", "steps": "AMAT_STEPS",
+           "step_size": "AMAT_STEP_SIZE", "norm": "AMAT_NORM", "xi_rule": "AMAT_XI_RULE",
+           "refine_steps": "AMAT_REFINE_STEPS", "max_margin": "AMAT_MAX_MARGIN"}
+
+
+@contextlib.contextmanager
+def _saved_settings(dataset, configuration, fold, trainer_name, plans, checkpoint):
+    """Build the trainer with the adversarial settings it was TRAINED with (read from its
+    checkpoint), not whatever ``AMAT_*`` variables this shell has: evaluation must not need
+    ``AMAT_EPS`` for a SAT model, and AMAT's margin table only loads under its own Delta."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    saved = {k: v for k, v in os.environ.items() if k.startswith("AMAT_") and k != "AMAT_NETWORK_GUARD"}
+    env: dict[str, str] = {"AMAT_XI_SOURCE": "online"}
+    try:
+        name = maybe_convert_to_dataset_name(dataset)
+        ckpt = (Path(os.environ.get("nnUNet_results", "")) / name / f"{trainer_name}__{plans}__{configuration}"
+                / f"fold_{fold}" / checkpoint)
+        state = torch.load(ckpt, map_location="cpu", weights_only=False).get("amat_hooks") if ckpt.is_file() else None
+    except Exception:  # unknown dataset etc.: nnU-Net's own error follows
+        state = None
+    for key, value in ((state or {}).get("config") or {}).items():
+        if key in _ENV_OF and value is not None:
+            env[_ENV_OF[key]] = str(value)
+    for k in saved:
+        os.environ.pop(k)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+        os.environ.update(saved)
 
 
 def _centre_bbox(shape, patch):
