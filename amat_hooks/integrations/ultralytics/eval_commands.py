@@ -127,7 +127,8 @@ def eval_command(args: argparse.Namespace) -> int:
         return make
 
     tasks = {name: factory(name, w) for name, w in models.items()}
-    title = f"YOLO {Path(str(data)).stem}, {split} split ({args.metric})"
+    yaml = Path(str(data))
+    title = f"YOLO on {yaml.parent.name}/{yaml.name}, {split} split ({args.metric})"
     try:
         run_evaluations(tasks, args, title=title)
     except YoloEvalError as e:
