@@ -257,7 +257,8 @@ def test_calibrate_xi_file_and_eval_report(work, std_model):
 @pytest.mark.slow
 def test_batched_levels_equal_per_level_and_ultralytics_val(work, std_model, tmp_path):
     """All levels of a batch in one IFGSM call == one evaluation per level (no random
-    start, same seed); the clean mAP equals Ultralytics' own `val` on the same images."""
+    start, same seed); an interrupted evaluation resumes to the same numbers; the clean mAP
+    equals Ultralytics' own `val` on the same images."""
     from ultralytics import YOLO
 
     from amat_hooks.evaluation import robustness_eval
@@ -265,7 +266,14 @@ def test_batched_levels_equal_per_level_and_ultralytics_val(work, std_model, tmp
 
     task = YoloEvalTask(std_model, work["d3"], imgsz=64, batch=8, det_conf=0.01, workdir=tmp_path)
     levels = [0.1, 0.3]
-    batched = robustness_eval(task, levels, attacks=("ifgsm",), ifgsm_steps=3, progress=False)
+    state = tmp_path / "state.jsonl"
+    batched = robustness_eval(task, levels, attacks=("ifgsm",), ifgsm_steps=3, progress=False, state_path=state)
+    lines = state.read_text().splitlines()
+    assert len(lines) == 2  # one JSON record per finished batch
+    state.write_text(lines[0] + "\n" + lines[1][:40])  # interrupted while writing the second batch
+    resumed = robustness_eval(task, levels, attacks=("ifgsm",), ifgsm_steps=3, progress=False, state_path=state,
+                              resume=True)
+    assert resumed.clean == batched.clean and resumed.noisy == batched.noisy
     for lv in levels:
         single = robustness_eval(task, [lv], attacks=("ifgsm",), ifgsm_steps=3, progress=False)
         assert single.clean == batched.clean
