@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from .evaluation import EvalResult, EvalTask, check_levels, load_result, robustness_eval, save_result
+from .evaluation import (EvalResult, EvalTask, check_levels, fingerprint, load_result, robustness_eval,
+                         save_result)
 from .io import atomic_write_json, atomic_write_text, read_json
 from .report import to_markdown, write_report
 
@@ -66,14 +67,16 @@ def run_evaluations(tasks: Mapping[str, Callable[[], EvalTask]], args: argparse.
     for name, make in tasks.items():
         done = out / "models" / f"{_safe(name)}.json"
         state = out / "models" / f"{_safe(name)}.partial.jsonl"
+        task = make()
         if args.resume and done.exists():
             r = load_result(done)
-            if r.levels == levels:
+            if r.fingerprint == fingerprint(task, levels, attacks, args.pgd_steps, args.ifgsm_steps, args.seed):
                 print(f"{name}: already evaluated ({done})")
                 results[name] = r
                 continue
+            print(f"{name}: {done} was evaluated differently; evaluating again")
         print(f"{name}: evaluating at levels {levels} ({', '.join(attacks)})", flush=True)
-        r = robustness_eval(make(), levels, attacks=attacks, pgd_steps=args.pgd_steps,
+        r = robustness_eval(task, levels, attacks=attacks, pgd_steps=args.pgd_steps,
                             ifgsm_steps=args.ifgsm_steps, state_path=state, resume=args.resume,
                             progress=not args.no_progress, seed=args.seed)
         save_result(r, done)
@@ -137,7 +140,8 @@ def grid_table(results: Mapping[float, EvalResult]) -> str:
         cells = [f"{d:g}", f"{r.clean[m]:.4f}"] + [f"{v:.4f}" for v in r.curve("pgd")] + [
             (f"**{aucs[d]:.4f}**" if d == best else f"{aucs[d]:.4f}")]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\n{m} on the validation split under 100-step PGD; best Delta = {best:g}."
+    steps = first.steps.get("pgd", 100)
+    return "\n".join(lines) + f"\n\n{m} on the validation split under {steps}-step PGD; best Delta = {best:g}."
 
 
 def _safe(name: str) -> str:

@@ -54,7 +54,9 @@ def to_markdown(results: Mapping[str, EvalResult], metric: str | None = None, di
                                  for c, v in enumerate(row[1:])]
         lines.append("| " + " | ".join(cells) + " |")
     note = "higher is better" if higher else "lower is better"
-    return "\n".join(lines) + f"\n\nBest per column in bold ({note})."
+    first = next(iter(results.values()))
+    steps = ", ".join(f"{_SHORT[a]} = {n}-step {'PGD' if a == 'pgd' else 'IFGSM'}" for a, n in first.steps.items())
+    return "\n".join(lines) + f"\n\nBest per column in bold ({note})" + (f"; {steps}, L2." if steps else ".")
 
 
 def to_csv(results: Mapping[str, EvalResult], metric: str | None = None) -> str:
@@ -98,7 +100,8 @@ def plot_curves(results: Mapping[str, EvalResult], path: str | os.PathLike, metr
             ax.plot([0.0] + r.levels, [r.clean[m]] + r.curve(a, m), marker="o", label=name)
         ax.set_xlabel("L2 noise level")
         ax.set_ylabel(m)
-        ax.set_title(f"{'100-step PGD' if a == 'pgd' else '10-step IFGSM'}")
+        n = first.steps.get(a)
+        ax.set_title(f"{n or ('100' if a == 'pgd' else '10')}-step {'PGD' if a == 'pgd' else 'IFGSM'}")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     if title:

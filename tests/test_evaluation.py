@@ -96,10 +96,12 @@ def test_interrupted_evaluation_resumes_to_the_same_report(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         robustness_eval(t, [1.0, 3.0], pgd_steps=5, state_path=state, progress=False)
     assert [json.loads(l)["key"] for l in state.read_text().splitlines()] == ["0"]
+    with open(state, "a") as f:  # a record cut by the interruption
+        f.write('{"key": "2", "clean": [[1, 2')
     resumed = robustness_eval(_task(), [1.0, 3.0], pgd_steps=5, state_path=state, resume=True, progress=False)
     assert resumed.clean == pytest.approx(full.clean)
     assert resumed.noisy == full.noisy
-    assert len(state.read_text().splitlines()) == 3
+    assert [json.loads(l)["key"] for l in state.read_text().splitlines()] == ["0", "2", "4"]
     with pytest.raises(ValueError, match="different evaluation"):
         robustness_eval(_task(), [1.0, 4.0], pgd_steps=5, state_path=state, resume=True, progress=False)
 
