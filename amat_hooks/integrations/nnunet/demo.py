@@ -62,9 +62,9 @@ def run_nnunet_demo(args: argparse.Namespace) -> int:
     log = root / "demo.log"
     bindir = Path(sys.executable).parent
     env = _env(root)
-    epochs = args.epochs or 3
-    iters, steps, refine, sat_eps, delta = 15, 3, 3, 2.0, 1.0
-    levels = [1.0, 2.0, 4.0]
+    epochs = args.epochs or 4
+    iters, steps, refine, sat_eps, delta = 15, 3, 3, 4.0, 1.0
+    levels = [2.0, 4.0, 8.0]
     pgd_steps = args.pgd_steps or 20
     print(f"amat demo (nnU-Net): work folder {root}, log {log}")
     print(f"  budget per method: {epochs} epochs x {iters} iterations, PGD {steps} steps; "
