@@ -121,7 +121,7 @@ class AdvConfig:
         g.add_argument("--adv-xi-rule", default="mean", help="xi rule: mean or mean+2std")
         g.add_argument("--adv-refine-steps", type=int, default=TRAIN_REFINE_STEPS,
                        help=f"bisection steps at the loss boundary (default {TRAIN_REFINE_STEPS}: the bracket is "
-                            f"one PGD step wide, 3 halvings leave 1/8 of it)")
+                            f"one PGD step wide, {TRAIN_REFINE_STEPS} halvings leave 1/{2 ** TRAIN_REFINE_STEPS} of it)")
         g.add_argument("--adv-max-margin", type=float, help="cap on AMAT margins")
 
     @classmethod

@@ -62,10 +62,10 @@ class StepOutput:
 
 
 #: Bisection steps for TRAINING noise. The bracket around the boundary is one PGD step
-#: (2.5 E / steps) wide; 3 halvings place the point within 1/8 of that, and each halving
-#: costs a forward pass: measured AMAT/SAT time 1.32 with 10 vs 1.12 with 3 (docs/perf_yolo.md).
-#: ``attacks.pgd`` keeps 10 as its own default.
-TRAIN_REFINE_STEPS = 3
+#: (2.5 E / steps) wide; 2 halvings place the point within 1/4 of that (6 % of E with 10
+#: steps), and each halving costs a forward pass: measured AMAT/SAT time 1.32 with 10,
+#: 1.12 with 3, 0.93 with 2 (docs/perf_yolo.md). ``attacks.pgd`` keeps 10 as its default.
+TRAIN_REFINE_STEPS = 2
 
 
 @dataclass
