@@ -164,3 +164,14 @@ def test_no_network_refuses_connections_without_sending():
 def test_preserved_state_without_model_is_a_noop():
     with preserved_state(None):
         pass
+
+
+def test_plain_loop_example_runs_amat_and_reports(repo_root):
+    p = subprocess.run([sys.executable, str(repo_root / "examples" / "plain_loop.py"), "--epochs", "1",
+                        "--adv", "amat", "--adv-step", "0.5", "--adv-steps", "2"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "margin_mean" in p.stdout and "clean ADI" in p.stdout and "PGD ADI eps 1:" in p.stdout and "eps 2:" in p.stdout
+    bad = subprocess.run([sys.executable, str(repo_root / "examples" / "plain_loop.py"), "--adv", "sat",
+                          "--adv-eps", "0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--adv-eps must be > 0" in bad.stderr
