@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -49,6 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        # Bad input and missing artefacts: one clear line, not a traceback.
+        if os.environ.get("AMAT_DEBUG"):
+            raise
+        print(f"amat {args.command}: error: {e}\n(set AMAT_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -309,3 +309,43 @@ def test_hippocampus_smoke(tmp_path):
     assert margins and all(c in split[0]["train"] for c, _ in margins)
     assert "This split has 208 training and 1 validation cases" in next(fold.glob("training_log_*.txt")).read_text()
     assert len(margins) <= 8 and all(0 <= z < 64 for _, z in margins)
+
+
+def _val_slices_with_foreground(root: Path) -> int:
+    import SimpleITK as sitk
+
+    split = json.loads((root / "pre" / DATASET / "splits_final.json").read_text())[0]
+    n = 0
+    for case in split["val"]:
+        lab = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "raw" / DATASET / "labelsTr" / f"{case}.nii.gz")))
+        n += int((lab.reshape(lab.shape[0], -1) > 0).any(1).sum())
+    return n
+
+
+def test_eval_nnunet_reports_std_and_amat_side_by_side(nnunet, amat_run, tmp_path):
+    """`amat eval nnunet` on the fold's validation slices: report files, one sample per
+    foreground slice, SAT/AMAT settings read from the checkpoints (no AMAT_* needed), resume."""
+    out = tmp_path / "eval"
+    cmd = [str(BIN / "amat"), "eval", "nnunet", str(DATASET_ID), "2d", "0", "--models",
+           "STD=nnUNetTrainerSTD,AMAT=nnUNetTrainerAMAT", "--levels", "4,1", "--pgd-steps", "3",
+           "--ifgsm-steps", "2", "--batch-size", "4", "--out", str(out), "--no-progress"]
+    p = _run(cmd, _env(nnunet))
+    assert "sorted" in p.stderr  # levels 4,1 -> 1,4 with a note
+    data = json.loads((out / "robustness.json").read_text())
+    n_slices = _val_slices_with_foreground(nnunet)
+    for name in ("STD", "AMAT"):
+        r = data[name]
+        assert r["levels"] == [1.0, 4.0] and r["batches"] == -(-n_slices // 4)
+        for attack in ("pgd", "ifgsm"):
+            for lv in ("1.0", "4.0"):
+                assert 0.0 <= r["noisy"][attack][lv]["ADI"] <= 1.0
+    md = (out / "robustness.md").read_text()
+    assert "| STD |" in md and "| AMAT |" in md and "P = 3-step PGD" in md
+    assert (out / "robustness.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "robustness_AMAT_margins.png").is_file()
+    again = _run(cmd + ["--resume"], _env(nnunet))
+    assert again.stdout.count("already evaluated") == 2
+    assert json.loads((out / "robustness.json").read_text())["AMAT"]["clean"] == data["AMAT"]["clean"]
+    missing = _run(cmd[:6] + ["--models", "SAT=nnUNetTrainerSAT@" + str(tmp_path / "none"), "--out",
+                              str(tmp_path / "e2")], _env(nnunet), ok=False)
+    assert missing.returncode != 0 and "train the model first" in missing.stderr

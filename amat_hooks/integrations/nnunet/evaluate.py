@@ -37,6 +37,10 @@ def load_trainer(dataset: str, configuration: str, fold: str, trainer_name: str,
     from nnunetv2.run.run_training import get_trainer_from_args
 
     fold_arg: Any = fold if fold == "all" else int(fold)
+    ckpt = _checkpoint_path(dataset, configuration, fold, trainer_name, plans, checkpoint)
+    if ckpt is not None and not ckpt.is_file():
+        raise NnUNetEvalError(f"no checkpoint {ckpt}; train the model first: nnUNetv2_train {dataset} "
+                              f"{configuration} {fold} -tr {trainer_name}")
     chatter = io.StringIO()  # nnU-Net's banner and trainer log lines: shown only on failure
     try:
         with contextlib.redirect_stdout(chatter), _saved_settings(dataset, configuration, fold, trainer_name,
@@ -61,21 +65,30 @@ _ENV_OF = {"mode": "AMAT_MODE", "step": "AMAT_STEP", "eps": "AMAT_EPS", "steps":
            "refine_steps": "AMAT_REFINE_STEPS", "max_margin": "AMAT_MAX_MARGIN"}
 
 
+def _checkpoint_path(dataset, configuration, fold, trainer_name, plans, checkpoint) -> Path | None:
+    """Where nnU-Net keeps this model's checkpoint (None if the dataset is unknown)."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        name = maybe_convert_to_dataset_name(dataset)
+    except Exception:
+        return None
+    return (Path(os.environ.get("nnUNet_results", "")) / name / f"{trainer_name}__{plans}__{configuration}"
+            / f"fold_{fold}" / checkpoint)
+
+
 @contextlib.contextmanager
 def _saved_settings(dataset, configuration, fold, trainer_name, plans, checkpoint):
     """Build the trainer with the adversarial settings it was TRAINED with (read from its
     checkpoint), not whatever ``AMAT_*`` variables this shell has: evaluation must not need
     ``AMAT_EPS`` for a SAT model, and AMAT's margin table only loads under its own Delta."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
     saved = {k: v for k, v in os.environ.items() if k.startswith("AMAT_") and k != "AMAT_NETWORK_GUARD"}
     env: dict[str, str] = {"AMAT_XI_SOURCE": "online"}
+    ckpt = _checkpoint_path(dataset, configuration, fold, trainer_name, plans, checkpoint)
     try:
-        name = maybe_convert_to_dataset_name(dataset)
-        ckpt = (Path(os.environ.get("nnUNet_results", "")) / name / f"{trainer_name}__{plans}__{configuration}"
-                / f"fold_{fold}" / checkpoint)
-        state = torch.load(ckpt, map_location="cpu", weights_only=False).get("amat_hooks") if ckpt.is_file() else None
-    except Exception:  # unknown dataset etc.: nnU-Net's own error follows
+        state = torch.load(ckpt, map_location="cpu", weights_only=False).get("amat_hooks") \
+            if ckpt is not None and ckpt.is_file() else None
+    except Exception:  # not a torch checkpoint: nnU-Net's own error follows
         state = None
     for key, value in ((state or {}).get("config") or {}).items():
         if key in _ENV_OF and value is not None:
