@@ -25,29 +25,14 @@ class CalibrationError(RuntimeError):
     """The clean model or data needed for calibration is missing."""
 
 
-def _centre_bbox(shape: tuple[int, ...], patch: tuple[int, ...]) -> list[list[int]]:
-    out = []
-    for size, p in zip(shape, patch):
-        lo = (size - p) // 2
-        out.append([lo, lo + p])
-    return out
-
-
 def clean_losses(trainer, keys, batch_size: int, log=print) -> tuple[np.ndarray, list[tuple[str, int]]]:
     """Per-slice clean losses ``[N]`` and their ``(case, slice)`` ids."""
-    from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+    from .slices import load_cases, prepared_slices
 
-    patch = tuple(int(p) for p in trainer.configuration_manager.patch_size)
-    if len(patch) != 2:
+    if len(trainer.configuration_manager.patch_size) != 2:
         raise CalibrationError(f"calibration is implemented for 2d configurations (samples = slices); "
-                               f"{trainer.configuration_name!r} has a {len(patch)}D patch")
-    lm = trainer.label_manager
-    transforms = trainer.get_validation_transforms(
-        trainer._get_deep_supervision_scales(), is_cascaded=trainer.is_cascaded,
-        foreground_labels=lm.foreground_labels, regions=lm.foreground_regions if lm.has_regions else None,
-        ignore_label=lm.ignore_label)
-    dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, list(keys),
-                                    folder_with_segs_from_previous_stage=trainer.folder_with_segs_from_previous_stage)
+                               f"{trainer.configuration_name!r} has a "
+                               f"{len(trainer.configuration_manager.patch_size)}D patch")
     net = trainer.network
     net.eval()
     ds = trainer.enable_deep_supervision
@@ -60,33 +45,24 @@ def clean_losses(trainer, keys, batch_size: int, log=print) -> tuple[np.ndarray,
             return
         x = torch.stack([p[0] for p in pending]).to(trainer.device)
         segs = [p[1] for p in pending]
-        if isinstance(segs[0], list):
-            target = [torch.stack([s[i] for s in segs]).to(trainer.device) for i in range(len(segs[0]))]
-        else:
-            target = torch.stack(segs).to(trainer.device)
+        target = [torch.stack([s[i] for s in segs]).to(trainer.device) for i in range(len(segs[0]))]
         with torch.no_grad():
-            terms = per_sample_terms(trainer.loss, net(x), target, ds)
+            terms = per_sample_terms(trainer.loss, net(x), target if ds else target[0], ds)
         losses.extend(terms[:, 0].double().cpu().tolist())
         ids.extend(p[2] for p in pending)
         pending.clear()
 
     t0 = time.perf_counter()
-    for n, key in enumerate(keys):
-        data, seg, seg_prev, _ = dataset.load_case(key)
-        data, seg = np.asarray(data), np.asarray(seg)
-        if seg_prev is not None:
-            seg = np.concatenate([seg, np.asarray(seg_prev)[None]], 0)
-        for z in range(data.shape[1]):
-            bbox = [[z, z + 1]] + _centre_bbox(data.shape[2:], patch)
-            img = torch.from_numpy(crop_and_pad_nd(data, bbox, 0)).float()[:, 0]
-            sg = torch.from_numpy(crop_and_pad_nd(seg, bbox, -1, cast_cropped_to=np.int16)).to(torch.int16)[:, 0]
-            out = transforms(image=img, segmentation=sg)
-            pending.append((out["image"], out["segmentation"], (str(key), z)))
-            if len(pending) >= batch_size:
-                flush()
-        if (n + 1) % 25 == 0:
-            log(f"  {n + 1}/{len(keys)} cases, {len(losses) + len(pending)} slices, "
-                f"{time.perf_counter() - t0:.0f} s")
+    cases_done = set()
+    for case, z, image, segs, _ in prepared_slices(trainer, load_cases(trainer, keys)):
+        if case not in cases_done:
+            cases_done.add(case)
+            if len(cases_done) % 25 == 0:
+                log(f"  {len(cases_done)}/{len(keys)} cases, {len(losses) + len(pending)} slices, "
+                    f"{time.perf_counter() - t0:.0f} s")
+        pending.append((image, segs, (case, z)))
+        if len(pending) >= batch_size:
+            flush()
     flush()
     return np.asarray(losses, dtype=np.float64), ids
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from torch import Tensor
 from ...evaluation import EvalBatch, EvalTask
 from ...metrics import adi, dice_counts, tvdi
 from .losses import per_sample_terms
+from .slices import load_cases, prepared_slices
 
 
 class NnUNetEvalError(RuntimeError):
@@ -104,21 +106,13 @@ def _saved_settings(dataset, configuration, fold, trainer_name, plans, checkpoin
         os.environ.update(saved)
 
 
-def _centre_bbox(shape, patch):
-    return [[(s - p) // 2, (s - p) // 2 + p] for s, p in zip(shape, patch)]
-
-
 def split_cases(trainer, split: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(case, data [C, Z, Y, X], seg [1, Z, Y, X]) of the fold's ``val`` split (preprocessed)
     or of the raw ``test`` split (``imagesTs``/``labelsTs``, preprocessed here by nnU-Net's
     own preprocessor)."""
     if split == "val":
         _, val = trainer.do_split()
-        ds = trainer.dataset_class(trainer.preprocessed_dataset_folder, sorted(val),
-                                   folder_with_segs_from_previous_stage=trainer.folder_with_segs_from_previous_stage)
-        for key in sorted(val):
-            data, seg, _, _ = ds.load_case(key)
-            yield str(key), np.asarray(data), np.asarray(seg)
+        yield from load_cases(trainer, sorted(val))
         return
     if split != "test":
         raise NnUNetEvalError(f"unknown split {split!r}; use val or test")
@@ -166,28 +160,17 @@ class NnUNetSliceEvalTask(EvalTask):
             raise NnUNetEvalError("region-based nnU-Net models are not supported by amat eval nnunet yet")
         self.labels = [int(v) for v in lm.foreground_labels]
         self.ds = trainer.enable_deep_supervision
-        self.transforms = trainer.get_validation_transforms(
-            trainer._get_deep_supervision_scales(), is_cascaded=trainer.is_cascaded,
-            foreground_labels=lm.foreground_labels, regions=None, ignore_label=lm.ignore_label)
         self._slices = self._prepare()
 
     def _prepare(self) -> list[tuple[str, Tensor, list[Tensor], Tensor]]:
-        from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
-
         out = []
-        for n, (case, data, seg) in enumerate(split_cases(self.trainer, self.split)):
-            if self.max_cases is not None and n >= self.max_cases:
-                break
-            for z in range(data.shape[1]):
-                bbox = [[z, z + 1]] + _centre_bbox(data.shape[2:], self.patch)
-                img = torch.from_numpy(crop_and_pad_nd(data, bbox, 0)).float()[:, 0]
-                sg = torch.from_numpy(crop_and_pad_nd(seg, bbox, -1, cast_cropped_to=np.int16)).to(torch.int16)[:, 0]
-                valid = sg[0] != -1
-                if not self.include_empty and not bool(((sg[0] > 0) & valid).any()):
-                    continue
-                t = self.transforms(image=img, segmentation=sg)
-                segs = t["segmentation"] if isinstance(t["segmentation"], list) else [t["segmentation"]]
-                out.append((f"{case}:{z}", t["image"], segs, valid))
+        cases = split_cases(self.trainer, self.split)
+        if self.max_cases is not None:
+            cases = itertools.islice(cases, self.max_cases)
+        for case, z, image, segs, valid in prepared_slices(self.trainer, cases):
+            if not self.include_empty and not bool(((segs[0][0] > 0) & valid).any()):
+                continue
+            out.append((f"{case}:{z}", image, segs, valid))
         if self.max_slices is not None:
             out = out[:self.max_slices]
         if not out:
