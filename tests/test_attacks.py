@@ -108,7 +108,6 @@ def test_boundary_stop_and_bisection_land_on_a_known_boundary():
 
 def test_boundary_needs_all_terms_below_xi_to_keep_going():
     x = torch.zeros(2, 4)
-    e0 = torch.tensor([1.0, 0.0, 0.0, 0.0])
 
     def terms(z):  # term 0 grows with z[0]; term 1 with |z| (sample 1 hits it first)
         return torch.stack([z[:, 0], z.norm(dim=1) * torch.tensor([0.1, 2.0])], 1)

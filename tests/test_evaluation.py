@@ -9,7 +9,7 @@ from torch import nn
 from amat_hooks.evaluation import EvalResult, check_levels, robustness_eval
 from amat_hooks.integrations.torch_loop import SegmentationEvalTask
 from amat_hooks.metrics import adi, auc_robust, dice_counts, dice_from_counts, tvdi
-from amat_hooks.report import to_csv, to_markdown, write_report
+from amat_hooks.report import write_report
 
 
 def test_dice_adi_tvdi_on_hand_made_masks():

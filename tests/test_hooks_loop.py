@@ -1,5 +1,4 @@
 """The hook system, the generic loop adapter, third-party entry points, CLI, offline."""
-import os
 import subprocess
 import sys
 import textwrap

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from amat_hooks.integrations.multitask_unet import plugin as lm_plugin
 from amat_hooks.integrations.multitask_unet.data import (

@@ -17,7 +17,7 @@ pytest.importorskip("nnunetv2")
 
 from amat_hooks.config import AdvConfigError  # noqa: E402
 from amat_hooks.integrations.nnunet import settings as st  # noqa: E402
-from amat_hooks.integrations.nnunet.losses import collectives_off, per_sample_terms  # noqa: E402
+from amat_hooks.integrations.nnunet.losses import per_sample_terms  # noqa: E402
 
 
 # -- settings -------------------------------------------------------------------------------

@@ -264,7 +264,6 @@ def test_runner_path_leaves_batchnorm_statistics_to_the_script():
     the script's own forward on the 2B rows may."""
     from torch import nn
 
-    from amat_hooks.integrations.runner import RunnerBatch
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),

@@ -7,7 +7,6 @@ mean of both where both exist. Returns
 import ast
 import csv
 import glob
-import math
 import os
 
 import torch

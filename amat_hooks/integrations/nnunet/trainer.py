@@ -10,12 +10,10 @@ So autocast, clipping, deep supervision and ``self.loss`` stay nnU-Net's.
 """
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from typing import Any, Union
 
-import numpy as np
 import torch
 from torch import Tensor
 

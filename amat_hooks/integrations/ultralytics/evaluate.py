@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ...evaluation import EvalBatch, EvalTask
