@@ -63,7 +63,7 @@ def train_one(cfg: AdvConfig, xtr: Tensor, ytr: Tensor, epochs: int, batch: int,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tot += float(loss) * len(idx)
+            tot += float(loss.detach()) * len(idx)
         summ = adv.epoch_end(ep)
         extra = f"  margin mean {summ['margin_mean']:.3f} max {summ['margin_max']:.3f}" if "margin_mean" in summ else ""
         log(f"  [{cfg.label:>6}] epoch {ep + 1:>2}/{epochs} loss {tot / len(perm):.4f}{extra}")
