@@ -62,10 +62,10 @@ def run_nnunet_demo(args: argparse.Namespace) -> int:
     log = root / "demo.log"
     bindir = Path(sys.executable).parent
     env = _env(root)
-    epochs = args.epochs or 4
+    epochs = args.epochs or 8
     from ...policies import TRAIN_REFINE_STEPS
 
-    iters, steps, refine, sat_eps, delta = 15, 3, TRAIN_REFINE_STEPS, 4.0, 1.0
+    iters, steps, refine, sat_eps, delta = 20, 5, TRAIN_REFINE_STEPS, 4.0, 1.0
     levels = [2.0, 4.0, 8.0]
     pgd_steps = args.pgd_steps or 20
     print(f"amat demo (nnU-Net): work folder {root}, log {log}")
