@@ -63,12 +63,6 @@ def _demo_loop(args: argparse.Namespace) -> int:
     print(to_markdown(results))
     print("\nseconds per training epoch: " + ", ".join(f"{k} {v:.2f}" for k, v in timing.items()))
     notes = warn_if_weak(results)
-    sats = {k: r for k, r in results.items() if k.startswith("SAT")}
-    if sats and "AMAT" in results:
-        best = max(sats, key=lambda k: sats[k].average("pgd"))
-        a, s = results["AMAT"].average("pgd"), sats[best].average("pgd")
-        notes.append(f"AMAT vs best SAT ({best}) robust average: {a:.4f} vs {s:.4f}"
-                     + ("" if a >= s else " - SAT ahead at this small budget"))
     print("\n".join(notes))
     out = Path(args.out)
     paths = write_report(results, out, name="demo", title="amat demo (generated data, generic loop)",

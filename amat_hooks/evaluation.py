@@ -304,4 +304,12 @@ def warn_if_weak(results: dict[str, EvalResult], baseline: str = "STD", noise: f
         else:
             notes.append(head + "AMAT NOT more robust at this budget - the demo does not reproduce the "
                                 "paper's effect here; train longer (--epochs).")
+    sats = [k for k in results if k.startswith("SAT")]
+    if sats and "AMAT" in results:
+        pick = max if results["AMAT"].higher_is_better else min
+        best = pick(sats, key=lambda k: results[k].average("pgd"))
+        a, s = results["AMAT"].average("pgd"), results[best].average("pgd")
+        ahead = a >= s if results["AMAT"].higher_is_better else a <= s
+        notes.append(f"AMAT vs best SAT ({best}) robust average under PGD: {a:.4f} vs {s:.4f}"
+                     + ("" if ahead else " - SAT ahead at this budget"))
     return notes

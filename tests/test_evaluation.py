@@ -156,3 +156,22 @@ def test_grid_trains_each_delta_once_and_picks_the_best_auc(tmp_path):
     assert f"best Delta = {best:g}" in table and f"**{res[best].auc_robust('pgd'):.4f}**" in table
     run_grid([0.5, 0.1], train, task_for, args)  # resumed: nothing retrained
     assert trained == [0.1, 0.5]
+
+
+def test_demo_verdict_calls_small_differences_noise():
+    from amat_hooks.evaluation import warn_if_weak
+
+    def res(clean, noisy):
+        return EvalResult(task="t", metric="ADI", higher_is_better=True, levels=[1.0, 2.0],
+                          clean={"ADI": clean}, noisy={"pgd": {1.0: {"ADI": noisy[0]}, 2.0: {"ADI": noisy[1]}}},
+                          batches=1, seconds=0.0)
+
+    notes = warn_if_weak({"STD": res(0.9, [0.50, 0.30]), "SAT4": res(0.8, [0.60, 0.50]),
+                          "AMAT": res(0.9, [0.70, 0.50])})
+    assert "difference +0.2000" in notes[0] and "as the paper claims" in notes[0]
+    assert notes[1] == "AMAT vs best SAT (SAT4) robust average under PGD: 0.6000 vs 0.5500"
+    small = warn_if_weak({"STD": res(0.9, [0.50, 0.30]), "AMAT": res(0.9, [0.505, 0.30])})
+    assert "too small" in small[0] and len(small) == 1
+    behind = warn_if_weak({"STD": res(0.9, [0.50, 0.30]), "SAT1": res(0.9, [0.9, 0.9]),
+                           "AMAT": res(0.9, [0.40, 0.30])})
+    assert "NOT more robust" in behind[0] and behind[1].endswith("SAT ahead at this budget")

@@ -116,10 +116,5 @@ def run_nnunet_demo(args: argparse.Namespace) -> int:
         print("\ntraining wall time per method (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timing.items()))
     for note in warn_if_weak(results):
         print(note)
-    sats = [k for k in results if k.startswith("SAT")]
-    if sats and "AMAT" in results:
-        a, s = results["AMAT"].average("pgd"), results[sats[0]].average("pgd")
-        print(f"AMAT vs {sats[0]} robust average under PGD: {a:.4f} vs {s:.4f}"
-              + ("" if a >= s else " (SAT ahead at this small budget)"))
     print(f"total {time.perf_counter() - t_all:.0f} s")
     return 0
