@@ -190,8 +190,13 @@ def test_convert_hippocampus_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="imagesTr/ and labelsTr/"):
         convert_hippocampus(tmp_path / "nothing", tmp_path / "raw")
     src = _fake_msd(tmp_path / "msd", 4)
-    with pytest.raises(ValueError, match="expected 260 cases"):
+    with pytest.raises(ValueError, match="split needs 260 cases"):
         convert_hippocampus(src, tmp_path / "raw")
+    # a smaller split takes the first cases of the same permutation
+    info = convert_hippocampus(src, tmp_path / "raw", split=(2, 1, 1))
+    assert (info["train"], info["val"], info["test"]) == (2, 1, 1)
+    with pytest.raises(ValueError, match="each part >= 1"):
+        convert_hippocampus(src, tmp_path / "raw3", split=(3, 1, 0))
 
 
 # -- DDP: margins merged at the core with gloo (nnU-Net's own DDP needs CUDA) ------------------

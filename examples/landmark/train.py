@@ -51,6 +51,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="runs/landmark")
+    parser.add_argument("--init", default=None, help="start from these weights (a model_epoch_*.pth of an earlier run)")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -65,6 +66,9 @@ def main():
 
     device = torch.device(args.device)
     net = UNet_Pretrained(3, args.num_landmarks).to(device)
+    if args.init:
+        net.load_state_dict(torch.load(args.init, map_location=device, weights_only=True))
+        print(f"initial weights: {args.init}", flush=True)
     optimizer = optim.Adam(params=net.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-08, weight_decay=1e-4)
     scheduler = StepLR(optimizer, 100, gamma=0.5)
     loss_logic_fn = BCELoss()

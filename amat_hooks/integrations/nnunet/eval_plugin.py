@@ -106,13 +106,16 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def train_amat(dataset: str, configuration: str, fold: str, delta: float, folder: Path, epochs: int,
-               iters: int, steps: int, extra_env: dict | None = None) -> Path:
+               iters: int, steps: int, extra_env: dict | None = None, plans: str = "nnUNetPlans",
+               pretrained_weights: str | None = None) -> Path:
     """One AMAT training with ``nnUNetv2_train`` into ``folder/results``; returns that root."""
     env = {**os.environ, "nnUNet_results": str(folder / "results"), "AMAT_STEP": f"{delta:g}",
            "AMAT_EPOCHS": str(epochs), "AMAT_ITERS": str(iters), "AMAT_VAL_ITERS": "1",
            "AMAT_STEPS": str(steps), **(extra_env or {})}
     exe = Path(sys.executable).with_name("nnUNetv2_train")
-    cmd = [str(exe), str(dataset), configuration, str(fold), "-tr", "nnUNetTrainerAMAT", "-device", "cpu"]
+    cmd = [str(exe), str(dataset), configuration, str(fold), "-tr", "nnUNetTrainerAMAT", "-p", plans, "-device", "cpu"]
+    if pretrained_weights:
+        cmd += ["-pretrained_weights", str(pretrained_weights)]
     log = folder / "train.log"
     folder.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
@@ -132,7 +135,7 @@ def _grid(args: argparse.Namespace) -> int:
 
     def train(delta: float, folder: Path) -> Path:
         return train_amat(args.dataset, args.configuration, args.fold, delta, folder, args.epochs, args.iters,
-                          args.adv_steps)
+                          args.adv_steps, plans=args.plans, pretrained_weights=args.pretrained_weights)
 
     def task_for(root: Path):
         return _task_factory(args, "nnUNetTrainerAMAT", str(root), {}, "AMAT")()
@@ -164,6 +167,8 @@ def amat_add_task_commands(command: str, subparsers: argparse._SubParsersAction)
         p.add_argument("--epochs", type=int, default=5)
         p.add_argument("--iters", type=int, default=50)
         p.add_argument("--adv-steps", type=int, default=10)
+        p.add_argument("--pretrained-weights", default=None, metavar="CHECKPOINT",
+                       help="start every grid run from these weights (nnUNetv2_train -pretrained_weights)")
         add_eval_arguments(p, default_levels="hippocampus")
         p.set_defaults(func=_grid, out="amat_out/grid")
 

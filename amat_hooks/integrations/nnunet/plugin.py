@@ -123,6 +123,9 @@ def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preprocessed", default=None, help="nnU-Net preprocessed folder for splits_final.json "
                                                         "(default $nnUNet_preprocessed if set)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="208,17,35", metavar="TRAIN,VAL,TEST",
+                   help="case counts (default the paper's 208,17,35; smaller counts take the first cases of "
+                        "the same seeded permutation)")
     p.set_defaults(func=_convert_hippocampus)
 
     p = subparsers.add_parser("nnunet-generate", help="write a small generated 2D dataset in nnU-Net raw format",
@@ -178,9 +181,12 @@ def _convert_hippocampus(args: argparse.Namespace) -> int:
 
     src = args.src or str(Path.cwd().parent / "shared" / "data" / "msd_hippocampus")
     try:
+        split = tuple(int(v) for v in args.split.split(","))
+        if len(split) != 3:
+            raise ValueError(f"--split takes three counts TRAIN,VAL,TEST, got {args.split!r}")
         info = convert_hippocampus(src, _need("nnUNet_raw", args.raw), dataset_id=args.id,
                                    preprocessed_root=args.preprocessed or os.environ.get("nnUNet_preprocessed"),
-                                   seed=args.seed)
+                                   seed=args.seed, split=split)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
