@@ -164,6 +164,27 @@ def _relpaths(text: str, out: Path) -> str:
     return text.replace(data, "../shared/data")
 
 
+def _ordered(results: dict[str, EvalResult]) -> dict[str, EvalResult]:
+    """STD, SAT by increasing eps, AMAT - the paper's row order, whatever the JSON's."""
+    def key(name: str) -> tuple[int, float]:
+        if name.startswith("SAT"):
+            try:
+                return 1, float(name[3:])
+            except ValueError:
+                return 1, 0.0
+        return {"STD": (0, 0.0), "AMAT": (2, 0.0)}.get(name, (3, 0.0))
+    return {k: results[k] for k in sorted(results, key=key)}
+
+
+def clean_metrics(results: dict[str, EvalResult]) -> list[str]:
+    """Every clean metric the task computed (TVDI for Table 4, SDR, mAP50, IoU...)."""
+    names = sorted({m for r in results.values() for m in r.clean})
+    lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for k, r in results.items():
+        lines.append(f"| {k} | " + " | ".join(_fmt(r.clean.get(m), 4) for m in names) + " |")
+    return lines
+
+
 def claims(results: dict[str, EvalResult], times: dict[str, float | None]) -> list[str]:
     """The paper's three claims (a) robustness vs every SAT, (b) clean vs STD, (c) time vs SAT,
     checked on these results; one line each, with the numbers that decide it."""
@@ -207,7 +228,7 @@ def write(dataset: str, out: Path, report_dir: Path) -> Path:
     eval_json = out / "eval" / f"{name}.json"
     if not eval_json.is_file():
         raise SystemExit(f"{eval_json} is missing: the eval stage has not finished")
-    results = {k: EvalResult.from_dict(v) for k, v in read_json(eval_json).items()}
+    results = _ordered({k: EvalResult.from_dict(v) for k, v in read_json(eval_json).items()})
     budget = read_json(out / "budget.json") if (out / "budget.json").is_file() else {}
     mach = read_json(out / "machine.json") if (out / "machine.json").is_file() else machine()
     delta = f"{best_delta(out / 'grid'):g}"
@@ -240,7 +261,7 @@ def write(dataset: str, out: Path, report_dir: Path) -> Path:
           f"files. Paper counterpart: {paper.table}.", ""]
     L += ["## Setting", "",
           f"- machine: {mach['cores']} cores ({mach['cpu']}), GPU: {mach['gpu']}, Python {mach['python']}, "
-          f"torch {mach['torch']} ({mach['threads']} threads)",
+          f"torch {mach['torch']} (torch threads: {mach['threads']})",
           f"- wall time of all stages: {total / 60:.1f} min (first stage start to last stage end: "
           f"{(end - start) / 60:.1f} min)",
           "- budget: " + ", ".join(f"{k}={v}" for k, v in budget.items()),
@@ -253,7 +274,8 @@ def write(dataset: str, out: Path, report_dir: Path) -> Path:
     L += ["| stage | minutes |", "|---|---|"] + [f"| {s['stage']} | {s['seconds'] / 60:.1f} |" for s in stages] + [""]
     L += ["## Delta grid (validation split, PGD)", "", (out / "grid" / "grid.md").read_text().strip(), ""]
     L += ["## Test split", "", (out / "eval" / f"{name}.md").read_text().replace("# ", "### ", 1).strip(), "",
-          f"![curves]({dataset}/{name}.png)", ""]
+          f"![curves]({dataset}/{name}.png)", "", "All clean-data metrics of the test split:", ""]
+    L += clean_metrics(results) + [""]
     for png in sorted(assets.glob(f"{name}_*_margins.png")):
         L.append(f"![margins]({dataset}/{png.name})")
     L += ["", "## Seconds per training epoch (Table 5 analogue, same run, same machine)", "",
@@ -296,7 +318,7 @@ def overview(report_dir: Path) -> str:
             L.append(f"| {dataset} | (not run yet) | | | | | | |")
             continue
         summ = read_json(f)
-        results = {k: EvalResult.from_dict(v) for k, v in summ["results"].items()}
+        results = _ordered({k: EvalResult.from_dict(v) for k, v in summ["results"].items()})
         for name, r in results.items():
             m = r.metric
             paper = PAPER_ROWS[dataset].get(name)
