@@ -14,7 +14,8 @@
 # SAT_EPS, DELTAS, LEVELS, PGD_STEPS/IFGSM_STEPS. The paper trains at imgsz 320 with noise
 # levels 5,10,15 and SAT eps 1,10,15; at a smaller IMGSZ the L2 levels are scaled by
 # IMGSZ/320 (same noise per pixel: an L2 norm grows with the square root of the pixel count).
-# Rerun the same command to resume after an interruption.
+# FOLLOWUP=1 adds the Appendix A variants (see the end). Rerun the same command to resume
+# after an interruption.
 source "$(dirname "$0")/reproduce_common.sh"
 repro_init bccd "${1:-$REPO/runs/reproduce/bccd}"
 
@@ -48,7 +49,25 @@ stage grid amat grid yolo --deltas "$DELTAS" "${common[@]}" --adv-steps "$ADV_ST
     --levels "$LEVELS" --pgd-steps "$PGD_STEPS" --seed "$SEED" --out "$OUT/grid" --no-progress
 best="$(python "$REPO/bench/reproduce_report.py" best-delta "$OUT/grid")"
 models="$models,AMAT=$OUT/grid/delta_$best/train/weights/last.pt"
-stage eval amat eval yolo --models "$models" data="$DATA" split=test imgsz="$IMGSZ" batch="$BATCH" device=cpu \
-    workers=0 --levels "$LEVELS" --pgd-steps "$PGD_STEPS" --ifgsm-steps "$IFGSM_STEPS" --seed "$SEED" \
-    --out "$OUT/eval" --name bccd --resume --no-progress
+eval_args=(data="$DATA" split=test imgsz="$IMGSZ" batch="$BATCH" device=cpu workers=0 --levels "$LEVELS"
+           --pgd-steps "$PGD_STEPS" --ifgsm-steps "$IFGSM_STEPS" --seed "$SEED" --out "$OUT/eval" --name bccd
+           --resume --no-progress)
+stage eval amat eval yolo --models "$models" "${eval_args[@]}"
+
+# FOLLOWUP=1: the paper's Appendix A / section 2 knobs, one change each from the chosen AMAT:
+# a larger Delta (twice the grid's largest) and the other xi rule. Models already evaluated
+# are reused by amat eval; the page gets a follow-up section.
+if [ "${FOLLOWUP:-0}" = 1 ]; then
+    big="$(python -c "import sys; print(f'{2*max(float(v) for v in sys.argv[1].split(\",\")):g}')" "$DELTAS")"
+    alt="$([ "$XI_RULE" = mean ] && echo mean+2std || echo mean)"
+    grid_args=("${common[@]}" --adv-steps "$ADV_STEPS" --levels "$LEVELS" --pgd-steps "$PGD_STEPS" --seed "$SEED"
+               --no-progress)
+    stage "followup_D$big" amat grid yolo --deltas "$big" --adv-xi-rule "$XI_RULE" "${grid_args[@]}" \
+        --out "$OUT/followup/D$big"
+    stage "followup_xi-$alt" amat grid yolo --deltas "$best" --adv-xi-rule "$alt" "${grid_args[@]}" \
+        --out "$OUT/followup/xi-$alt"
+    models="$models,AMAT_D$big=$OUT/followup/D$big/delta_$big/train/weights/last.pt"
+    models="$models,AMAT_xi-$alt=$OUT/followup/xi-$alt/delta_$best/train/weights/last.pt"
+    stage eval_followup amat eval yolo --models "$models" "${eval_args[@]}"
+fi
 python "$REPO/bench/reproduce_report.py" write bccd "$OUT" "$REPORT"

@@ -130,15 +130,20 @@ def _landmark_epochs(log: Path) -> list[float]:
 
 
 def epoch_seconds(dataset: str, out: Path, method: str, delta: str | None = None) -> list[float]:
-    """Seconds of each training epoch of ``method`` (STD, SAT<eps>, AMAT with ``delta``)."""
+    """Seconds of each training epoch of ``method``: STD, SAT<eps>, AMAT (the grid run with
+    ``delta``) or a follow-up variant AMAT_<name> (trained by its own one-point grid in
+    ``followup/<name>``)."""
+    if method.startswith("AMAT_"):
+        runs = sorted((out / "followup" / method[5:]).glob("delta_*"))
+        folder = runs[0] if runs else out / "followup" / method[5:] / "missing"
+    else:
+        folder = out / "grid" / f"delta_{delta}"
+    amat = method.startswith("AMAT")
     if dataset == "hippocampus":
-        root = out / "grid" / f"delta_{delta}" / "results" if method == "AMAT" else out / "results" / method
-        return _nnunet_epochs(root)
+        return _nnunet_epochs(folder / "results" if amat else out / "results" / method)
     if dataset == "bccd":
-        run = out / "grid" / f"delta_{delta}" / "train" if method == "AMAT" else out / "yolo" / method
-        return _yolo_epochs(run / "results.csv")
-    log = out / "grid" / f"delta_{delta}" / "train.log" if method == "AMAT" else out / "logs" / f"train_{method}.log"
-    return _landmark_epochs(log)
+        return _yolo_epochs((folder / "train" if amat else out / "yolo" / method) / "results.csv")
+    return _landmark_epochs(folder / "train.log" if amat else out / "logs" / f"train_{method}.log")
 
 
 # -- the page ---------------------------------------------------------------------------------------
@@ -185,10 +190,11 @@ def clean_metrics(results: dict[str, EvalResult]) -> list[str]:
     return lines
 
 
-def claims(results: dict[str, EvalResult], times: dict[str, float | None]) -> list[str]:
+def claims(results: dict[str, EvalResult], times: dict[str, float | None], which: str = "AMAT") -> list[str]:
     """The paper's three claims (a) robustness vs every SAT, (b) clean vs STD, (c) time vs SAT,
-    checked on these results; one line each, with the numbers that decide it."""
-    amat = results["AMAT"]
+    checked on these results for ``which`` (AMAT or a follow-up variant AMAT_*); one line
+    each, with the numbers that decide it."""
+    amat = results[which]
     m, higher = amat.metric, amat.higher_is_better
     better = (lambda a, b: a > b) if higher else (lambda a, b: a < b)
     sats = [k for k in results if k.startswith("SAT")]
@@ -198,26 +204,26 @@ def claims(results: dict[str, EvalResult], times: dict[str, float | None]) -> li
         beaten = [s for s in sats if better(a, results[s].average(attack))]
         others = ", ".join(f"{s} {results[s].average(attack):.4f}" for s in sats)
         verdict = "holds" if len(beaten) == len(sats) else f"does not hold ({len(beaten)}/{len(sats)} SAT beaten)"
-        lines.append(f"(a) {attack.upper()}: AMAT's average {m} over the noise levels is {a:.4f} vs {others} - "
+        lines.append(f"(a) {attack.upper()}: {which}'s average {m} over the noise levels is {a:.4f} vs {others} - "
                      f"**{verdict}**.")
         au = amat.auc_robust(attack)
         beaten_auc = [s for s in sats if better(au, results[s].auc_robust(attack))]
-        lines.append(f"(a') {attack.upper()} AUC_robust: AMAT {au:.4f} vs " + ", ".join(
+        lines.append(f"(a') {attack.upper()} AUC_robust: {which} {au:.4f} vs " + ", ".join(
             f"{s} {results[s].auc_robust(attack):.4f}" for s in sats) +
-            f" - AMAT ahead of {len(beaten_auc)}/{len(sats)} SAT models.")
+            f" - {which} ahead of {len(beaten_auc)}/{len(sats)} SAT models.")
     if "STD" in results:
         c_a, c_s = amat.clean[m], results["STD"].clean[m]
         loss = (c_s - c_a) if higher else (c_a - c_s)
         best_sat_clean = (max if higher else min)((results[s].clean[m] for s in sats), default=None)
-        lines.append(f"(b) clean {m}: AMAT {c_a:.4f}, STD {c_s:.4f} (AMAT {'loses' if loss > 0 else 'gains'} "
+        lines.append(f"(b) clean {m}: {which} {c_a:.4f}, STD {c_s:.4f} ({which} {'loses' if loss > 0 else 'gains'} "
                      f"{abs(loss):.4f}); best SAT {_fmt(best_sat_clean, 4)} - "
-                     + ("**AMAT at or above STD**" if loss <= 0 else "**AMAT below STD**")
+                     + (f"**{which} at or above STD**" if loss <= 0 else f"**{which} below STD**")
                      + (", above every SAT." if best_sat_clean is not None and not better(best_sat_clean, c_a)
                         else ", below the best SAT."))
     sat_times = [times[s] for s in sats if times.get(s)]
-    if times.get("AMAT") and sat_times:
-        r = times["AMAT"] / statistics.mean(sat_times)
-        lines.append(f"(c) time per epoch: AMAT / mean SAT = {r:.2f} (paper Table 5: 1.02-1.17) - "
+    if times.get(which) and sat_times:
+        r = times[which] / statistics.mean(sat_times)
+        lines.append(f"(c) time per epoch: {which} / mean SAT = {r:.2f} (paper Table 5: 1.02-1.17) - "
                      + ("**holds** (within 1.2)" if r <= 1.2 else "**does not hold**") + ".")
     return lines
 
@@ -297,6 +303,15 @@ def write(dataset: str, out: Path, report_dir: Path) -> Path:
           f"STD + {len(paper.sat_eps.split(','))} SAT + 1 AMAT run = {gpu_hours:.1f} GPU hours of training "
           "(plus the Delta grid and the 100-step evaluation).", ""]
     L += ["## The paper's claims on this run", ""] + [f"- {c}" for c in claims(results, times)] + [""]
+    variants = [k for k in results if k.startswith("AMAT_")]
+    if variants:
+        L += ["## Follow-ups (paper Appendix A and section 2: Delta, xi rule, PGD steps)", "",
+              "Each variant changes one setting of the grid-selected AMAT run and keeps the rest (budget, "
+              "seed, start weights); it is trained by a one-point `amat grid` (folder `$OUT/followup/NAME`) "
+              "and evaluated in the same `amat eval` call as the models above.", ""]
+        for v in variants:
+            L += [f"- {c}" for c in claims(results, times, v) if c.startswith(("(a) ", "(b)"))]
+        L.append("")
     path = report_dir / f"{dataset}.md"
     atomic_write_text(path, "\n".join(L) + "\n")
     atomic_write_json(report_dir / dataset / "summary.json", {
