@@ -106,11 +106,13 @@ def make_plans(dataset_dir: Path, batch: int) -> Path:
 
 # -- per-epoch training time, from each trainer's own records ---------------------------------------
 def _nnunet_epochs(root: Path) -> list[float]:
-    logs = sorted(root.rglob("training_log_*.txt"), key=lambda p: p.stat().st_mtime)
-    if not logs:
-        return []
-    text = logs[-1].read_text(errors="replace")
-    return [float(v) for v in re.findall(r"Epoch time: ([0-9.]+) s", text)]
+    # loading a trainer for evaluation starts another (epoch-less) log: take the newest with epochs
+    logs = sorted(root.rglob("training_log_*.txt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for log in logs:
+        found = [float(v) for v in re.findall(r"Epoch time: ([0-9.]+) s", log.read_text(errors="replace"))]
+        if found:
+            return found
+    return []
 
 
 def _yolo_epochs(results_csv: Path) -> list[float]:
