@@ -62,22 +62,22 @@ def _skip_without(sub: str) -> None:
 def test_reproduce_bccd_ci_sized(tmp_path):
     _skip_without("bccd")
     out, report = tmp_path / "run", tmp_path / "docs"
-    _run("reproduce_bccd.sh", out, report, EPOCHS="1", IMGSZ="64", BATCH="8", FRACTION="0.05", ADV_STEPS="1",
-         PGD_STEPS="2", IFGSM_STEPS="1")
+    _run("reproduce_bccd.sh", out, report, PRE_EPOCHS="1", EPOCHS="1", IMGSZ="64", BATCH="8", FRACTION="0.05",
+         ADV_STEPS="1", PGD_STEPS="2", IFGSM_STEPS="1")
     budget = json.loads((out / "budget.json").read_text())
     assert budget["LEVELS"] == "1,2,3" and budget["SAT_EPS"] == "0.2,2"   # paper levels scaled by 64/320
     summary = _check_page(report, "bccd", ["STD", "SAT0.2", "SAT2", "AMAT"], "mAP50-95")
     assert summary["delta"] in ("0.4", "0.7")
     # resumable: a second run skips every finished stage and rewrites the same page
-    p = _run("reproduce_bccd.sh", out, report, EPOCHS="1", IMGSZ="64", BATCH="8", FRACTION="0.05",
+    p = _run("reproduce_bccd.sh", out, report, PRE_EPOCHS="1", EPOCHS="1", IMGSZ="64", BATCH="8", FRACTION="0.05",
              ADV_STEPS="1", PGD_STEPS="2", IFGSM_STEPS="1")
-    assert p.stdout.count("done earlier, skipped") == 6, p.stdout
+    assert p.stdout.count("done earlier, skipped") == 7, p.stdout     # convert, pretrain, 3 trainings, grid, eval
 
 
 def test_reproduce_hippocampus_ci_sized(tmp_path):
     _skip_without("msd_hippocampus")
     out, report = tmp_path / "run", tmp_path / "docs"
-    _run("reproduce_hippocampus.sh", out, report, SPLIT="6,2,2", EPOCHS="2", ITERS="2", BATCH="8", ADV_STEPS="1",
+    _run("reproduce_hippocampus.sh", out, report, SPLIT="6,2,2", PRE_EPOCHS="1", EPOCHS="2", ITERS="2", BATCH="8", ADV_STEPS="1",
          SAT_EPS="1,5", DELTAS="0.5,1", MAX_CASES="2", PGD_STEPS="2", IFGSM_STEPS="1")
     plans = json.loads((out / "nnUNet_preprocessed" / "Dataset004_Hippocampus" / "nnUNetPlans_b8.json").read_text())
     assert plans["configurations"]["2d"]["batch_size"] == 8
@@ -87,7 +87,7 @@ def test_reproduce_hippocampus_ci_sized(tmp_path):
 def test_reproduce_isbi_ci_sized(tmp_path):
     _skip_without("isbi2015_ceph")
     out, report = tmp_path / "run", tmp_path / "docs"
-    _run("reproduce_isbi.sh", out, report, H="64", W="48", EPOCHS="1", ADV_STEPS="1", TRAIN_IDS="1-4",
+    _run("reproduce_isbi.sh", out, report, H="64", W="48", PRE_EPOCHS="1", EPOCHS="1", ADV_STEPS="1", TRAIN_IDS="1-4",
          VAL_IDS="151-152", CAL_IMAGES="4", MAX_IMAGES="2", PGD_STEPS="2", IFGSM_STEPS="1")
     summary = _check_page(report, "isbi", ["STD", "SAT0.32", "SAT0.96", "AMAT"], "MRE")
     xi = json.loads((out / "xi.json").read_text())
