@@ -128,14 +128,20 @@ def run_grid(deltas: Sequence[float], train: Callable[[float, Path], Path],
     return results
 
 
+def best_delta(results: Mapping[float, EvalResult]) -> float:
+    """The grid's choice (paper 3.8): the Delta with the best AUC_robust under PGD."""
+    aucs = {d: r.auc_robust("pgd") for d, r in results.items()}
+    return (max if next(iter(results.values())).higher_is_better else min)(aucs, key=aucs.get)
+
+
 def grid_table(results: Mapping[float, EvalResult]) -> str:
     """Appendix-A table: metric at level 0 (clean) and each level under PGD, AUC_robust."""
     first = next(iter(results.values()))
-    m, higher = first.metric, first.higher_is_better
+    m = first.metric
     head = ["Delta", "0"] + [f"{lv:g}" for lv in first.levels] + ["AUC_robust"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     aucs = {d: r.auc_robust("pgd") for d, r in results.items()}
-    best = (max if higher else min)(aucs, key=aucs.get)
+    best = best_delta(results)
     for d, r in results.items():
         cells = [f"{d:g}", f"{r.clean[m]:.4f}"] + [f"{v:.4f}" for v in r.curve("pgd")] + [
             (f"**{aucs[d]:.4f}**" if d == best else f"{aucs[d]:.4f}")]

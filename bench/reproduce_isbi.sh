@@ -16,8 +16,7 @@
 # SAT_EPS, DELTAS, LEVELS, PGD_STEPS/IFGSM_STEPS, MAX_IMAGES (test/val images evaluated).
 # The paper trains at 200x160 with noise levels 0.5,1,2 and SAT eps 1,3,5; at a smaller
 # input the L2 levels are scaled by H/200 (same noise per pixel). MRE is always in mm at the
-# original resolution. FOLLOWUP=1 adds the Appendix A variants (see the end). Rerun the same
-# command to resume after an interruption.
+# original resolution. Rerun the same command to resume after an interruption.
 source "$(dirname "$0")/reproduce_common.sh"
 repro_init isbi "${1:-$REPO/runs/reproduce/isbi}"
 
@@ -61,24 +60,4 @@ eval_args=("${data_args[@]}" --split test --levels "$LEVELS" --pgd-steps "$PGD_S
            --seed "$SEED" --out "$OUT/eval" --name isbi --resume --no-progress)
 stage eval amat eval landmark --models "$models" "${eval_args[@]}"
 
-# FOLLOWUP=1: the paper's Appendix A / section 2 knobs, one change each from the chosen AMAT:
-# a larger Delta (twice the grid's largest) and the other xi rule (recalibrated from the same
-# clean model). Models already evaluated are reused by amat eval; the page gets a follow-up section.
-if [ "${FOLLOWUP:-0}" = 1 ]; then
-    big="$(python -c "import sys; print(f'{2*max(float(v) for v in sys.argv[1].split(\",\")):g}')" "$DELTAS")"
-    alt="$([ "$XI_RULE" = mean ] && echo mean+2std || echo mean)"
-    stage "calibrate_$alt" amat calibrate landmark --checkpoint "$PRE" --data "$DATA" --size "$H" "$W" \
-        --heatmap-loss dice --rule "$alt" "${cal[@]}" --out "$OUT/xi_$alt.json"
-    xi_alt="$(python -c "import json,sys; print(','.join(f'{v:.6g}' for v in json.load(open(sys.argv[1]))['xi']))" \
-        "$OUT/xi_$alt.json")"
-    grid_args=(--adv-steps "$ADV_STEPS" "${data_args[@]}" --levels "$LEVELS" --pgd-steps "$PGD_STEPS" --seed "$SEED"
-               --no-progress)
-    stage "followup_D$big" amat grid landmark --deltas "$big" --adv-xi "$xi" "${grid_args[@]}" \
-        --out "$OUT/followup/D$big" -- "${script[@]}" --out "{out}"
-    stage "followup_xi-$alt" amat grid landmark --deltas "$best" --adv-xi "$xi_alt" "${grid_args[@]}" \
-        --out "$OUT/followup/xi-$alt" -- "${script[@]}" --out "{out}"
-    models="$models,AMAT_D$big=$OUT/followup/D$big/delta_$big/run/$last"
-    models="$models,AMAT_xi-$alt=$OUT/followup/xi-$alt/delta_$best/run/$last"
-    stage eval_followup amat eval landmark --models "$models" "${eval_args[@]}"
-fi
 python "$REPO/bench/reproduce_report.py" write isbi "$OUT" "$REPORT"

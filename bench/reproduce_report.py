@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from amat_hooks import commands
 from amat_hooks.evaluation import EvalResult
 from amat_hooks.io import atomic_write_json, atomic_write_text, read_json
 
@@ -84,13 +85,12 @@ def machine() -> dict:
 
 
 def best_delta(grid_dir: Path) -> float:
+    """The Delta ``amat grid`` chose, read back from its grid.json (same rule as its table)."""
     state = read_json(grid_dir / "grid.json")
     results = {float(k): EvalResult.from_dict(v["result"]) for k, v in state.items() if v.get("result")}
     if not results:
         raise SystemExit(f"{grid_dir / 'grid.json'} holds no evaluated grid point; run the grid stage first")
-    aucs = {d: r.auc_robust("pgd") for d, r in results.items()}
-    higher = next(iter(results.values())).higher_is_better
-    return (max if higher else min)(aucs, key=aucs.get)
+    return commands.best_delta(results)
 
 
 def make_plans(dataset_dir: Path, batch: int) -> Path:

@@ -68,10 +68,16 @@ def test_reproduce_bccd_ci_sized(tmp_path):
     assert budget["LEVELS"] == "1,2,3" and budget["SAT_EPS"] == "0.2,2"   # paper levels scaled by 64/320
     summary = _check_page(report, "bccd", ["STD", "SAT0.2", "SAT2", "AMAT"], "mAP50-95")
     assert summary["delta"] in ("0.4", "0.7")
-    # resumable: a second run skips every finished stage and rewrites the same page
+    # resumable: a second run skips every finished stage; FOLLOWUP=1 then adds the two
+    # Appendix A variants (Delta 2 x 0.7, xi rule mean), evaluated beside the first four
     p = _run("reproduce_bccd.sh", out, report, PRE_EPOCHS="1", EPOCHS="1", IMGSZ="64", BATCH="8", FRACTION="0.05",
-             ADV_STEPS="1", PGD_STEPS="2", IFGSM_STEPS="1")
+             ADV_STEPS="1", PGD_STEPS="2", IFGSM_STEPS="1", FOLLOWUP="1")
     assert p.stdout.count("done earlier, skipped") == 7, p.stdout     # convert, pretrain, 3 trainings, grid, eval
+    assert "followup_D1.4: started" in p.stdout and "followup_xi-mean: started" in p.stdout, p.stdout
+    summary = json.loads((report / "bccd" / "summary.json").read_text())
+    assert sorted(summary["results"]) == sorted(["STD", "SAT0.2", "SAT2", "AMAT", "AMAT_D1.4", "AMAT_xi-mean"])
+    page = (report / "bccd.md").read_text()
+    assert "## Follow-ups" in page and "(a) PGD: AMAT_D1.4's average" in page and "| AMAT_xi-mean |" in page
 
 
 def test_reproduce_hippocampus_ci_sized(tmp_path):
