@@ -1,8 +1,9 @@
 """L2 / Linf PGD and IFGSM with one radius per sample and an optional loss boundary.
 
-One implementation serves training (SAT: fixed eps; AMAT: eps = margin E(i), stopping
-at the loss-defined boundary) and evaluation (100-step PGD, 10-step IFGSM, several noise
-levels in one call by repeating the batch with a per-sample eps).
+One implementation serves training (SAT: fixed eps; AMAT: eps = margin E(i), full radius
+as in Algorithm 1, or - the opt-in ``boundary="stop"`` variant - stopping at the
+loss-defined boundary) and evaluation (100-step PGD, 10-step IFGSM, several noise levels
+in one call by repeating the batch with a per-sample eps).
 """
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ import torch
 from torch import Tensor, nn
 
 LossFn = Callable[[Tensor], Tensor]
+
+#: PGD step relative to the radius (``alpha * eps / steps``): 2.5, the Madry lab's rule of
+#: thumb, so the iterate can cross the ball in 40 % of the steps. The authors' AMAT code uses 4
+#: (nnU-Net) or 5 (YOLO, landmarks) with 20 steps; ``--adv-alpha`` sets it.
+DEFAULT_ALPHA = 2.5
 
 _NORMS = ("l2", "linf")
 
@@ -125,7 +131,9 @@ def _check_terms(terms: Tensor, batch: int) -> Tensor:
 
 
 def _crossing(terms: Tensor, boundary: Tensor) -> Tensor:
-    """A sample crosses when NOT all of its terms are < xi[k] (NaN counts as not crossing)."""
+    """A sample crosses when NOT all of its terms are < xi[k] (NaN counts as not crossing).
+
+    ``boundary`` is ``[K]`` (one xi for all) or ``[B, K]`` (a row of +inf exempts a sample)."""
     finite = torch.isfinite(terms).all(dim=1)
     return ~(terms < boundary).all(dim=1) & finite
 
@@ -185,6 +193,7 @@ def pgd(
     *,
     steps: int,
     step_size: float | Tensor | None = None,
+    alpha: float = DEFAULT_ALPHA,
     norm: str = "l2",
     random_start: bool = True,
     bounds: tuple[float, float] | None = None,
@@ -197,13 +206,16 @@ def pgd(
 
     ``loss_fn(x_adv)`` returns terms ``[B]`` or ``[B, K]``. Each step moves every sample
     along its own gradient normalised to unit L2 norm (sign for ``norm="linf"``) by
-    ``step_size[i]`` (default ``2.5 * eps / steps``), projects the noise onto the ball of
+    ``step_size[i]`` (default ``alpha * eps / steps``), projects the noise onto the ball of
     radius ``eps[i]`` and clamps to ``bounds``. ``eps[i] == 0`` leaves sample i unchanged.
+    Without ``boundary`` every iteration runs and the last iterate is returned: Algorithm
+    1's ``PGD(x, y, E(i))`` (and the authors' code), which ends on the sphere
+    ``||noise|| = eps`` whenever the projection binds.
 
-    With ``boundary`` (thresholds xi ``[K]``), a sample whose terms are not all ``< xi``
-    stops; ``refine_steps`` bisection steps between its last inside and first outside
-    iterate put it on the boundary. Without this, PGD ends on the sphere ``||noise|| = eps``
-    and AMAT's refine rule ``E = (||x - x_adv|| + E) / 2`` would never change E.
+    With ``boundary`` (thresholds xi ``[K]``, or ``[B, K]`` per sample; a row of +inf
+    exempts that sample), a sample whose terms are not all ``< xi`` stops;
+    ``refine_steps`` bisection steps between its last inside and first outside iterate put
+    it on the boundary (the opt-in ``--adv-boundary stop`` training variant).
 
     Pass ``model`` to have its modes and normalisation statistics restored afterwards.
     Parameter ``.grad`` fields are never touched (gradients are taken w.r.t. the input only).
@@ -220,12 +232,18 @@ def pgd(
     batch = x.shape[0]
     eps_t = _per_sample(eps, batch, "eps", x)
     if step_size is None:
-        alpha = 2.5 * eps_t / steps
+        if not (isinstance(alpha, (int, float)) and alpha > 0):
+            raise ValueError(f"alpha must be > 0 (the PGD step is alpha * eps / steps), got {alpha!r}")
+        step_t = float(alpha) * eps_t / steps
     else:
-        alpha = _per_sample(step_size, batch, "step_size", x)
+        step_t = _per_sample(step_size, batch, "step_size", x)
     xi = None
     if boundary is not None:
-        xi = torch.as_tensor(boundary, dtype=torch.float32, device=x.device).reshape(-1)
+        xi = torch.as_tensor(boundary, dtype=torch.float32, device=x.device)
+        if xi.dim() == 2 and xi.shape[0] != batch:
+            raise ValueError(f"a per-sample boundary must be [B, K] with B={batch}, got {tuple(xi.shape)}")
+        if xi.dim() != 2:
+            xi = xi.reshape(-1)
 
     with preserved_state(model):
         delta = (_random_start(x, eps_t, norm, generator) if random_start
@@ -236,7 +254,7 @@ def pgd(
         crossed = torch.zeros(batch, dtype=torch.bool, device=x.device)
         prev = torch.zeros_like(x)  # last iterate known inside the boundary (clean x)
         inside = hi = hi_terms = None
-        alpha_b = _bcast(alpha, x).to(x.dtype)
+        alpha_b = _bcast(step_t, x).to(x.dtype)
         steps_run = 0
         for _ in range(steps):
             d = delta.detach().requires_grad_(True)

@@ -10,10 +10,12 @@ import argparse
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from .policies import AMAT, MODES, SAT, STD, TRAIN_REFINE_STEPS, AttackSettings, Policy
+from .attacks import DEFAULT_ALPHA
+from .policies import AMAT, BOUNDARY_MODES, MODES, SAT, STD, TRAIN_REFINE_STEPS, AttackSettings, Policy
 from .thresholds import RULES
 
 _ALIASES = {"std": "none", "off": "none", "clean": "none"}
@@ -34,9 +36,12 @@ class AdvConfig:
     xi: list[float] | None = None      # thresholds; None = online estimate
     xi_rule: str = "mean"              # mean | mean+2std
     xi_momentum: float | None = 0.01
-    refine_steps: int = TRAIN_REFINE_STEPS  # bisection steps at the loss boundary
+    refine_steps: int = TRAIN_REFINE_STEPS  # bisection steps at the loss boundary (boundary=stop)
     max_margin: float | None = None
     bounds: tuple[float, float] | None = None
+    boundary: str = "none"             # none: Algorithm 1 (full radius) | stop: stop at xi, bisect
+    alpha: float = DEFAULT_ALPHA       # PGD step = alpha * eps / steps (unless step_size)
+    xi_source: str | None = None       # where given xi came from (file path, flag, variable)
 
     def __post_init__(self) -> None:
         self.mode = _ALIASES.get(str(self.mode).lower(), str(self.mode).lower())
@@ -45,7 +50,8 @@ class AdvConfig:
 
     def validate(self) -> "AdvConfig":
         if self.mode not in MODES:
-            raise AdvConfigError(f"unknown --adv mode {self.mode!r}; choose one of: {', '.join(MODES)}")
+            raise AdvConfigError(f"unknown mode {self.mode!r} for --adv; choose one of: {', '.join(MODES)} "
+                                 f"(std is an alias of none)")
         if self.mode == "sat":
             if self.eps is None:
                 raise AdvConfigError("--adv sat needs a noise level: add --adv-eps EPS (e.g. --adv-eps 5)")
@@ -68,20 +74,31 @@ class AdvConfig:
             raise AdvConfigError(f"--adv-refine-steps must be >= 0, got {self.refine_steps}")
         if self.norm not in ("l2", "linf"):
             raise AdvConfigError(f"unknown --adv-norm {self.norm!r}; choose l2 or linf")
+        if self.boundary not in BOUNDARY_MODES:
+            raise AdvConfigError(f"unknown --adv-boundary {self.boundary!r}; choose one of: "
+                                 f"{', '.join(BOUNDARY_MODES)} (none = Algorithm 1, full-radius PGD; "
+                                 f"stop = stop at the loss boundary)")
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise AdvConfigError(f"--adv-alpha must be > 0 (PGD step = alpha * eps / steps), got {self.alpha}")
         return self
 
     def attack_settings(self) -> AttackSettings:
         return AttackSettings(steps=self.steps, step_size=self.step_size, norm=self.norm,
-                              bounds=self.bounds, refine_steps=self.refine_steps)
+                              bounds=self.bounds, refine_steps=self.refine_steps, alpha=float(self.alpha))
 
-    def build_policy(self, dataset_id: str | None = None) -> Policy:
+    def build_policy(self, dataset_id: str | None = None, calibrate_hint: str | None = None,
+                     log: Callable[[str], None] | None = None) -> Policy:
+        """The policy these settings describe. ``calibrate_hint`` names the command that
+        computes xi for this trainer (printed when xi falls back to the online estimate)."""
         self.validate()
         if self.mode == "none":
             return STD(self.attack_settings())
         if self.mode == "sat":
             return SAT(self.eps, self.attack_settings())
         return AMAT(self.step, xi=self.xi, xi_rule=self.xi_rule, attack=self.attack_settings(),
-                    max_margin=self.max_margin, dataset_id=dataset_id, xi_momentum=self.xi_momentum)
+                    max_margin=self.max_margin, dataset_id=dataset_id, xi_momentum=self.xi_momentum,
+                    boundary=self.boundary, xi_source=self.xi_source,
+                    calibrate_hint=calibrate_hint or "amat calibrate <task>", log=log)
 
     @property
     def label(self) -> str:
@@ -90,7 +107,7 @@ class AdvConfig:
             return "STD"
         if self.mode == "sat":
             return f"SAT{self.eps:g}"
-        return "AMAT"
+        return "AMAT" if self.boundary == "none" else "AMAT-stop"
 
     # -- serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -115,14 +132,22 @@ class AdvConfig:
         g.add_argument("--adv-step", type=float, help="AMAT expansion step Delta (also the initial margin)")
         g.add_argument("--adv-eps", type=float, help="SAT noise level (L2)")
         g.add_argument("--adv-steps", type=int, default=10, help="PGD iterations for training noise (default 10)")
-        g.add_argument("--adv-step-size", type=float, help="PGD step (default 2.5*eps/steps)")
+        g.add_argument("--adv-alpha", type=float, default=DEFAULT_ALPHA,
+                       help=f"PGD step = alpha * eps / steps (default {DEFAULT_ALPHA:g}; the authors' code: "
+                            f"4 for nnU-Net, 5 for YOLO and landmarks, with 20 steps)")
+        g.add_argument("--adv-step-size", type=float, help="absolute PGD step (overrides --adv-alpha)")
         g.add_argument("--adv-norm", default="l2", choices=["l2", "linf"])
         g.add_argument("--adv-xi", type=_float_list, help="thresholds xi, comma-separated (default: online estimate)")
         g.add_argument("--adv-xi-rule", default="mean", help="xi rule: mean or mean+2std")
+        g.add_argument("--adv-boundary", default="none", type=str.lower,
+                       help="AMAT training noise: none = Algorithm 1, full-radius PGD (default); stop = "
+                            "stop each sample at its loss boundary xi and bisect there (variant)")
         g.add_argument("--adv-refine-steps", type=int, default=TRAIN_REFINE_STEPS,
-                       help=f"bisection steps at the loss boundary (default {TRAIN_REFINE_STEPS}: the bracket is "
-                            f"one PGD step wide, {TRAIN_REFINE_STEPS} halvings leave 1/{2 ** TRAIN_REFINE_STEPS} of it)")
+                       help=f"--adv-boundary stop: bisection steps at the boundary (default {TRAIN_REFINE_STEPS})")
         g.add_argument("--adv-max-margin", type=float, help="cap on AMAT margins")
+        g.add_argument("--adv-force-resume", action="store_true",
+                       help="resume a margin table trained with other settings (another Delta, "
+                            "dataset or --adv-boundary)")
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> "AdvConfig":
@@ -132,26 +157,33 @@ class AdvConfig:
         cfg = cls(mode=mode, step=ns.adv_step, eps=ns.adv_eps, steps=ns.adv_steps,
                   step_size=ns.adv_step_size, norm=ns.adv_norm, xi=ns.adv_xi,
                   xi_rule=ns.adv_xi_rule, refine_steps=ns.adv_refine_steps,
-                  max_margin=ns.adv_max_margin)
+                  max_margin=ns.adv_max_margin, boundary=ns.adv_boundary, alpha=ns.adv_alpha,
+                  xi_source="command line --adv-xi" if ns.adv_xi is not None else None)
         return cfg.validate()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, prefix: str = "AMAT_",
                  defaults: Mapping[str, Any] | None = None) -> "AdvConfig":
-        """Read ``AMAT_MODE, AMAT_STEP, AMAT_EPS, AMAT_STEPS, AMAT_STEP_SIZE, AMAT_NORM,
-        AMAT_XI, AMAT_XI_RULE, AMAT_REFINE_STEPS, AMAT_MAX_MARGIN`` over ``defaults``."""
+        """Read ``AMAT_MODE, AMAT_STEP, AMAT_EPS, AMAT_STEPS, AMAT_STEP_SIZE, AMAT_ALPHA,
+        AMAT_NORM, AMAT_XI, AMAT_XI_RULE, AMAT_BOUNDARY, AMAT_REFINE_STEPS, AMAT_MAX_MARGIN``
+        over ``defaults``."""
         env = os.environ if env is None else env
         d: dict[str, Any] = dict(defaults or {})
         conv = {"step": float, "eps": float, "steps": int, "step_size": float, "xi": _float_list,
-                "refine_steps": int, "max_margin": float, "xi_momentum": float}
+                "refine_steps": int, "max_margin": float, "xi_momentum": float, "alpha": float,
+                "boundary": str.lower}
         for f in fields(cls):
+            if f.name in ("xi_source", "bounds"):
+                continue
             key = prefix + ("MODE" if f.name == "mode" else f.name.upper())
             if key in env and env[key] != "":
                 raw = env[key]
                 try:
                     d[f.name] = conv.get(f.name, str)(raw)
-                except ValueError as e:
+                except (ValueError, argparse.ArgumentTypeError) as e:
                     raise AdvConfigError(f"environment variable {key}={raw!r} is not valid: {e}") from None
+        if d.get("xi") is not None and f"{prefix}XI" in env:
+            d["xi_source"] = f"environment {prefix}XI"
         return cls.from_dict(d)
 
     def to_json(self) -> str:
@@ -165,3 +197,26 @@ def _float_list(text: str | Sequence[float]) -> list[float]:
         return [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+#: Flags whose environment variable is not simply ``AMAT_`` + the upper-cased name.
+_FLAG_ENV = {"--adv": "AMAT_MODE", "--adv-force-resume": "AMAT_FORCE_RESUME=1"}
+
+
+def env_wording(message: str, prefix: str = "AMAT_") -> str:
+    """The same message for a front end configured by environment variables (nnU-Net):
+    ``--adv-step`` becomes ``AMAT_STEP``, ``--adv sat`` becomes ``AMAT_MODE=sat``."""
+    def flag(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2)
+        env = _FLAG_ENV.get(name) or prefix + name[len("--adv-"):].replace("-", "_").upper()
+        if value and "=" not in env:
+            return f"{env}={value.strip()}"
+        return env + (value or "")
+    value = r"(\s+(?:\d[\w.]*|[A-Z][A-Z_]*\b|none\b|sat\b|amat\b|stop\b|mean\+2std|mean\b))"
+    return re.sub(r"(--adv(?:-[a-z0-9]+)*)" + value + "?", flag, message)
+
+
+def force_resume_requested(env: Mapping[str, str] | None = None) -> bool:
+    """``AMAT_FORCE_RESUME=1``: the environment form of ``--adv-force-resume``."""
+    env = os.environ if env is None else env
+    return env.get("AMAT_FORCE_RESUME", "").strip().lower() in ("1", "true", "yes", "on")

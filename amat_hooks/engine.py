@@ -77,13 +77,16 @@ class AdversarialEngine:
         x = self.inputs(batch)
         ids = self.sample_ids(batch) if self.policy.name == "amat" else self._ids_or_none(batch)
         bl = self.bound_loss(batch, model)
-        if getattr(self.policy, "online", None) is not None:  # online xi needs clean losses
+        clean_terms = None
+        if self.policy.needs_clean_terms:  # online xi / boundary stop need the clean losses
             with torch.no_grad(), preserved_state(model):  # this extra forward must not move BN stats
-                self.policy.observe_clean(bl.terms(x).detach())
-        attack = self.policy.perturb(model, x, ids, bl.terms)
+                clean_terms = bl.terms(x).detach()
+                clean_terms = clean_terms if clean_terms.dim() == 2 else clean_terms.unsqueeze(1)
+            self.policy.observe_clean(clean_terms)
+        attack = self.policy.perturb(model, x, ids, bl.terms, clean_terms=clean_terms)
         if attack is None:
             return x, None
-        acc, upd = self.policy.observe(ids, attack.terms, attack)
+        acc, upd = self.policy.observe(ids, attack.terms, attack, clean_terms)
         self._after(upd, ids, StepOutput(loss=torch.zeros(()), clean_loss=torch.zeros(()),
                                          clean_terms=attack.terms, noisy_terms=attack.terms,
                                          attack=attack, eps=self.policy.last_eps, accepted=acc,

@@ -172,7 +172,8 @@ class MarginStore:
         if problems and not force:
             raise MarginMismatchError(
                 "the saved margin table was made for another run (" + "; ".join(problems)
-                + "). Start a fresh run, use the matching step size/dataset, or load with force=True")
+                + "). Start a fresh run, resume with the matching step size (--adv-step) and dataset, "
+                "or continue anyway with --adv-force-resume")
         ids = [tuple(i) if isinstance(i, list) else i for i in state["ids"]]
         if len(ids) != len(state["values"]):
             raise MarginMismatchError("corrupt margin table: ids and values differ in length")

@@ -6,6 +6,7 @@ back-propagate and (AMAT) updates the margins. Nothing here knows a trainer.
 """
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Sequence
@@ -13,7 +14,7 @@ from typing import Any, Callable, Hashable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .attacks import AttackResult, pgd
+from .attacks import DEFAULT_ALPHA, AttackResult, pgd
 from .margins import MarginStore
 from .thresholds import OnlineThreshold, accepted, check_xi
 
@@ -61,11 +62,23 @@ class StepOutput:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-#: Bisection steps for TRAINING noise. The bracket around the boundary is one PGD step
-#: (2.5 E / steps) wide; 2 halvings place the point within 1/4 of that (6 % of E with 10
-#: steps), and each halving costs a forward pass: measured AMAT/SAT time 1.32 with 10,
-#: 1.12 with 3, 0.93 with 2 (docs/perf_yolo.md). ``attacks.pgd`` keeps 10 as its default.
+#: Bisection steps for TRAINING noise of the boundary-stop variant (``--adv-boundary
+#: stop``). The bracket around the boundary is one PGD step (alpha E / steps) wide; 2
+#: halvings place the point within 1/4 of that, and each halving costs a forward pass
+#: (docs/perf_yolo.md). ``attacks.pgd`` keeps 10 as its default.
 TRAIN_REFINE_STEPS = 2
+
+#: How AMAT's training noise ends. ``none``: Algorithm 1 as written (and the authors'
+#: code) - full-radius PGD, every iteration. ``stop``: the opt-in variant that stops each
+#: sample at its loss boundary xi and bisects there.
+BOUNDARY_MODES = ("none", "stop")
+#: What a checkpoint without a recorded boundary mode was trained with (amat-hooks <= 0.1
+#: always stopped at the boundary).
+LEGACY_BOUNDARY = "stop"
+
+
+class SemanticsMismatchError(ValueError):
+    """A checkpoint's adversarial state was trained with other settings than this run's."""
 
 
 @dataclass
@@ -78,12 +91,15 @@ class AttackSettings:
     random_start: bool = True
     bounds: tuple[float, float] | None = None
     refine_steps: int = TRAIN_REFINE_STEPS
+    alpha: float = DEFAULT_ALPHA
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"PGD steps must be an integer >= 1, got {self.steps!r} (--adv-steps)")
         if self.step_size is not None and not self.step_size > 0:
             raise ValueError(f"PGD step size must be > 0, got {self.step_size!r} (--adv-step-size)")
+        if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
+            raise ValueError(f"PGD alpha must be > 0, got {self.alpha!r} (--adv-alpha)")
         if self.norm not in ("l2", "linf"):
             raise ValueError(f"unknown norm {self.norm!r}; use 'l2' or 'linf'")
 
@@ -103,18 +119,25 @@ class Policy:
         """Per-sample noise radius for this batch, or None (no attack)."""
         return None
 
-    def boundary(self) -> Tensor | None:
+    def boundary_for(self, x: Tensor, clean_terms: Tensor | None) -> Tensor | None:
+        """Per-sample thresholds ``[B, K]`` where PGD must stop, or None (full radius)."""
         return None
 
     def perturb(self, model: nn.Module | None, x: Tensor, ids: Sequence[Hashable] | None,
-                terms_fn: TermsFn) -> AttackResult | None:
+                terms_fn: TermsFn, clean_terms: Tensor | None = None) -> AttackResult | None:
         eps = self.eps_for(ids, x)
         if eps is None:
             return None
         a = self.attack
-        return pgd(terms_fn, x, eps, steps=a.steps, step_size=None if a.step_size is None else a.step_size,
+        return pgd(terms_fn, x, eps, steps=a.steps, step_size=a.step_size, alpha=a.alpha,
                    norm=a.norm, random_start=a.random_start, bounds=a.bounds,
-                   boundary=self.boundary(), refine_steps=a.refine_steps, model=model)
+                   boundary=self.boundary_for(x, clean_terms), refine_steps=a.refine_steps, model=model)
+
+    @property
+    def needs_clean_terms(self) -> bool:
+        """Whether :meth:`perturb`/:meth:`observe` need the clean terms (hosts that own no
+        clean forward, like the runner, then compute them without grad)."""
+        return False
 
     def observe_clean(self, clean_terms: Tensor) -> None:
         """Clean per-sample terms of a batch (AMAT's online xi)."""
@@ -130,7 +153,7 @@ class Policy:
         clean_loss, clean_terms = loss.training_loss(x)
         clean_terms_d = clean_terms.detach()
         self.observe_clean(clean_terms_d)
-        attack = self.perturb(model, x, ids, loss.terms)
+        attack = self.perturb(model, x, ids, loss.terms, clean_terms=clean_terms_d)
         if attack is None:
             return StepOutput(loss=clean_loss, clean_loss=clean_loss, clean_terms=clean_terms_d)
         noisy_loss, noisy_terms = loss.training_loss(attack.x_adv)
@@ -146,8 +169,9 @@ class Policy:
     # -- persistence / logging --------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         a = self.attack
-        return {"mode": self.name, "steps": a.steps, "step_size": a.step_size, "norm": a.norm,
-                "random_start": a.random_start, "bounds": a.bounds, "refine_steps": a.refine_steps}
+        return {"mode": self.name, "steps": a.steps, "step_size": a.step_size, "alpha": a.alpha,
+                "norm": a.norm, "random_start": a.random_start, "bounds": a.bounds,
+                "refine_steps": a.refine_steps}
 
     def state_dict(self) -> dict[str, Any]:
         return {"config": self.config(), "nan_samples": self.nan_samples}
@@ -155,12 +179,17 @@ class Policy:
     def load_state_dict(self, state: dict[str, Any], force: bool = False) -> None:
         saved = state.get("config", {}).get("mode")
         if saved is not None and saved != self.name and not force:
-            raise ValueError(f"checkpoint was trained with --adv {saved}, this run uses --adv {self.name}; "
-                             f"resume with the same mode")
+            raise SemanticsMismatchError(
+                f"the checkpoint was trained with --adv {saved}, this run uses --adv {self.name}; "
+                f"resume with --adv {saved}")
         self.nan_samples = int(state.get("nan_samples", 0))
 
     def summary(self) -> dict[str, float]:
         return {"nan_samples": float(self.nan_samples)}
+
+    def describe(self) -> str:
+        """One line for logs: what this policy trains with."""
+        return f"{self.name}, nan_samples={self.nan_samples}"
 
 
 class STD(Policy):
@@ -187,12 +216,19 @@ class SAT(Policy):
     def config(self):
         return {**super().config(), "eps": self.eps}
 
+    def describe(self) -> str:
+        return f"SAT eps={self.eps:g} (L2), nan_samples={self.nan_samples}"
+
 
 class AMAT(Policy):
     """Adaptive-margin adversarial training (Algorithm 1, multi-term condition eq. 2).
 
     ``xi``: thresholds ``[K]`` from a clean model (``amat calibrate``), or None to estimate
-    them online from the clean losses with ``xi_rule``.
+    them online from the clean losses with ``xi_rule``; ``xi_source`` says where given
+    thresholds came from (a calibration file, the command line), for logs and checkpoints.
+    ``boundary``: ``"none"`` (Algorithm 1: full-radius PGD) or ``"stop"`` (stop at xi and
+    bisect; a sample whose CLEAN terms already fail xi keeps its margin and gets
+    full-radius noise, as Algorithm 1 would give it).
     """
 
     name = "amat"
@@ -200,24 +236,58 @@ class AMAT(Policy):
     def __init__(self, step: float, xi: Sequence[float] | Tensor | None = None, xi_rule: str = "mean",
                  attack: AttackSettings | None = None, max_margin: float | None = None,
                  init: float | None = None, dataset_id: str | None = None,
-                 xi_momentum: float | None = 0.01) -> None:
+                 xi_momentum: float | None = 0.01, boundary: str = "none",
+                 xi_source: str | None = None, calibrate_hint: str = "amat calibrate <task>",
+                 log: Callable[[str], None] | None = None) -> None:
         if not (isinstance(step, (int, float)) and step > 0):
             raise ValueError(f"AMAT needs a step size Delta > 0, got {step!r}; pass e.g. --adv-step 0.5")
+        if boundary not in BOUNDARY_MODES:
+            raise ValueError(f"unknown --adv-boundary {boundary!r}; choose one of: {', '.join(BOUNDARY_MODES)}")
         super().__init__(attack)
-        self.step_size_delta = float(step)
+        self.delta = float(step)
+        self.boundary_mode = boundary
         self.margins = MarginStore(init=float(step if init is None else init), step=float(step),
                                    max_margin=max_margin, dataset_id=dataset_id)
         self.xi_fixed = None if xi is None else check_xi(xi)
         self.online = None if xi is not None else OnlineThreshold(rule=xi_rule, momentum=xi_momentum)
         self.xi_rule = xi_rule
+        if xi is None:
+            self.xi_source = f"online estimate ({xi_rule} of this run's clean losses, EMA)"
+        else:
+            self.xi_source = xi_source or "given"
+        self.calibrate_hint = calibrate_hint
+        self.log = log or _log_stderr
+        self._announced = False
 
     def xi(self) -> Tensor | None:
         if self.xi_fixed is not None:
             return self.xi_fixed
         return self.online.xi() if self.online is not None and self.online.ready else None
 
-    def boundary(self):
-        return self.xi()
+    @property
+    def needs_clean_terms(self) -> bool:
+        return self.online is not None or self.boundary_mode == "stop"
+
+    def _clean_outside(self, clean_terms: Tensor | None, xi: Tensor) -> Tensor | None:
+        """Bool ``[B]``: samples whose clean terms already fail xi (eq. 2 on clean data)."""
+        if clean_terms is None:
+            return None
+        ct = clean_terms if clean_terms.dim() == 2 else clean_terms.unsqueeze(1)
+        return ~accepted(ct, xi.to(ct.device))
+
+    def boundary_for(self, x, clean_terms):
+        if self.boundary_mode != "stop":
+            return None
+        xi = self.xi()
+        if xi is None:
+            return None
+        if clean_terms is None:
+            raise ValueError("--adv-boundary stop needs the clean loss terms of the batch; the host "
+                             "must pass clean_terms to AMAT.perturb")
+        b = xi.to(x.device).reshape(1, -1).expand(x.shape[0], -1).clone()
+        outside = self._clean_outside(clean_terms, xi).to(x.device)
+        b[outside] = float("inf")  # already outside at x: full radius, as Algorithm 1
+        return b
 
     def eps_for(self, ids, x):
         if ids is None:
@@ -232,32 +302,50 @@ class AMAT(Policy):
         if self.online is not None:
             self.online.update(clean_terms)
 
+    def _announce(self) -> None:
+        self._announced = True
+        if self.online is not None:
+            self.log(f"amat-hooks: xi = {self.xi_source}; the paper takes xi from a trained clean "
+                     f"model - run `{self.calibrate_hint}` first to use that")
+        else:
+            self.log(f"amat-hooks: xi = [{', '.join(f'{v:.4g}' for v in self.xi_fixed.tolist())}] "
+                     f"from {self.xi_source}")
+
     def observe(self, ids, noisy_terms, attack, clean_terms=None):
+        """Algorithm 1 lines 9-12 for a batch, with the noisy terms of the training forward."""
         xi = self.xi()
         if xi is None:
             raise RuntimeError("AMAT has no threshold xi yet (no clean losses observed)")
+        if not self._announced:
+            self._announce()
         nt = noisy_terms if noisy_terms.dim() == 2 else noisy_terms.unsqueeze(1)
         if xi.numel() != nt.shape[1]:
             raise ValueError(f"xi has {xi.numel()} thresholds but the loss has {nt.shape[1]} terms "
-                             f"per sample; recalibrate xi for this loss (amat calibrate)")
+                             f"per sample; recalibrate xi for this loss ({self.calibrate_hint})")
         acc = accepted(nt, xi.to(nt.device)).cpu()
         valid = torch.isfinite(nt).all(dim=1).cpu() & attack.finite.cpu()
         if clean_terms is not None:
-            valid &= torch.isfinite(clean_terms).all(dim=1).cpu()
+            valid &= torch.isfinite(clean_terms.reshape(clean_terms.shape[0], -1)).all(dim=1).cpu()
         bad = int((~valid).sum())
         if bad:
             self.nan_samples += bad
             warnings.warn(f"AMAT: {bad} sample(s) had NaN/inf loss terms; their margins were left "
                           f"unchanged ({self.nan_samples} so far)", RuntimeWarning, stacklevel=3)
-        keep = valid.tolist()
-        self.margins.update([i for i, k in zip(ids, keep) if k], acc[valid],
-                            attack.noise_norm.detach().cpu()[valid])
-        return acc, valid
+        update = valid
+        if self.boundary_mode == "stop":
+            if clean_terms is None:
+                raise ValueError("--adv-boundary stop needs the clean loss terms to update margins")
+            update = valid & ~self._clean_outside(clean_terms, xi).cpu()  # keep E: no boundary inside
+        keep = update.tolist()
+        self.margins.update([i for i, k in zip(ids, keep) if k], acc[update],
+                            attack.noise_norm.detach().cpu()[update])
+        return acc, update
 
     def config(self):
-        return {**super().config(), "step": self.step_size_delta, "xi_rule": self.xi_rule,
+        return {**super().config(), "step": self.delta, "xi_rule": self.xi_rule,
                 "xi": None if self.xi_fixed is None else self.xi_fixed.tolist(),
-                "max_margin": self.margins.max_margin}
+                "xi_source": self.xi_source, "max_margin": self.margins.max_margin,
+                "boundary": self.boundary_mode}
 
     def state_dict(self):
         return {**super().state_dict(), "margins": self.margins.state_dict(),
@@ -265,9 +353,17 @@ class AMAT(Policy):
 
     def load_state_dict(self, state, force=False):
         super().load_state_dict(state, force=force)
+        saved = state.get("config", {}).get("boundary", LEGACY_BOUNDARY)
+        if saved != self.boundary_mode and not force:
+            raise SemanticsMismatchError(
+                f"the checkpoint's margins were trained with --adv-boundary {saved} "
+                f"({_BOUNDARY_TEXT[saved]}), this run uses --adv-boundary {self.boundary_mode} "
+                f"({_BOUNDARY_TEXT[self.boundary_mode]}); resume with --adv-boundary {saved}, or "
+                f"continue under the new semantics with --adv-force-resume")
         self.margins.load_state_dict(state["margins"], force=force)
         if self.online is not None and state.get("online_xi"):
             self.online.load_state_dict(state["online_xi"])
+        self._announced = False
 
     def summary(self):
         s = {f"margin_{k}": float(v) for k, v in self.margins.summary().items()}
@@ -276,6 +372,19 @@ class AMAT(Policy):
             for k, v in enumerate(xi.tolist()):
                 s[f"xi_{k}"] = v
         return {**super().summary(), **s}
+
+    def describe(self) -> str:
+        xi = self.xi()
+        xs = "n/a" if xi is None else "[" + ", ".join(f"{v:.4g}" for v in xi.tolist()) + "]"
+        return (f"{self.margins.format_summary()}, xi={xs} from {self.xi_source}, "
+                f"boundary={self.boundary_mode}, nan_samples={self.nan_samples}")
+
+
+_BOUNDARY_TEXT = {"none": "Algorithm 1, full-radius PGD", "stop": "stop at the loss boundary"}
+
+
+def _log_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 MODES = ("none", "sat", "amat")

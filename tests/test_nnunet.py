@@ -114,7 +114,7 @@ def test_amat_training_moves_margins_keyed_by_case_and_slice(nnunet, calibrated,
     state = _amat_state(amat_run / "checkpoint_final.pth")
     assert state["dataset_id"] == f"{DATASET}/2d" and state["mode"] == "amat"
     xi = json.loads(calibrated.read_text())["xi"]["mean"]
-    assert state["xi"] == pytest.approx(xi) and state["xi_origin"] == str(calibrated)
+    assert state["xi"] == pytest.approx(xi) and state["xi_origin"] == f"calibration file {calibrated}"
     margins = _margins(state)
     assert 3 <= len(margins) <= 24  # 2 epochs x 3 iterations x batch 4, duplicates merged
     split = json.loads((nnunet / "pre" / DATASET / "splits_final.json").read_text())[0]
@@ -125,7 +125,7 @@ def test_amat_training_moves_margins_keyed_by_case_and_slice(nnunet, calibrated,
     values = torch.tensor(list(margins.values()), dtype=torch.float64)
     assert (values != step).any(), "no margin moved away from its start"
     log = next(amat_run.glob("training_log_*.txt")).read_text()
-    assert log.count("AMAT margins n=") == 2 and "xi from " + str(calibrated) in log
+    assert log.count("AMAT margins n=") == 2 and "xi from calibration file " + str(calibrated) in log
     assert (amat_run / "progress.png").stat().st_size > 0 and (amat_run / "progress_amat.png").stat().st_size > 0
     logging = torch.load(amat_run / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
     assert len(logging["amat_margin_mean"]) == len(logging["train_losses"]) == 2

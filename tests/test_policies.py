@@ -46,33 +46,97 @@ def test_sat_loss_is_mean_of_clean_and_worst_case_noisy():
     assert m.w.grad is not None
 
 
-def test_amat_grows_accepted_and_refines_crossing_margins():
+def test_amat_default_is_algorithm_1_full_radius():
+    """Algorithm 1: x~ = PGD(x, y, E(i)) at full radius; grow by Delta where L1 < xi, else
+    E = (||x - x~|| + E) / 2 - which is E itself where the projection binds."""
     m = Linear()
     pol = AMAT(step=0.5, xi=[10.0], attack=EXACT)
     x = torch.tensor([[0.0, 0, 0, 0], [9.8, 0, 0, 0], [9.9, 0, 0, 0]])
     ids = ["a", "b", "c"]
     out = pol.step(m, x, ids, bound(m))
-    # a: noisy 0.5 < 10 -> accepted -> 0.5 + 0.5 = 1.0
-    # b: boundary at distance 0.2 -> refine (0.2 + 0.5) / 2 = 0.35
-    # c: boundary at distance 0.1 -> (0.1 + 0.5) / 2 = 0.3
+    # every sample is attacked at its full margin 0.5, along w: noisy terms 0.5, 10.3, 10.4
+    assert out.attack.noise_norm.tolist() == pytest.approx([0.5, 0.5, 0.5], abs=1e-5)
+    assert out.noisy_terms[:, 0].tolist() == pytest.approx([0.5, 10.3, 10.4], abs=1e-5)
     assert out.accepted.tolist() == [True, False, False]
-    assert out.attack.noise_norm.tolist() == pytest.approx([0.5, 0.2, 0.1], abs=1e-4)
-    assert pol.margins.get(ids).tolist() == pytest.approx([1.0, 0.35, 0.3], abs=1e-4)
+    # a: 0.5 + 0.5; b, c: (0.5 + 0.5) / 2 = 0.5 (kept)
+    assert pol.margins.get(ids).tolist() == pytest.approx([1.0, 0.5, 0.5], abs=1e-5)
     # the training loss is (clean + noisy)/2 with the noisy loss evaluated at x_adv
     noisy = m(out.attack.x_adv).mean()
     assert out.loss.item() == pytest.approx(((x[:, 0].mean() + noisy) / 2).item(), abs=1e-6)
-    # second epoch: a's margin is now 1.0 -> noisy 1.0 < 10 -> 1.5
     pol.step(m, x, ids, bound(m))
     assert pol.margins.get(["a"]).item() == pytest.approx(1.5)
 
 
-def test_amat_without_boundary_stop_would_not_refine():
-    """Why the boundary matters: on the sphere ||noise|| = E, so (||noise|| + E)/2 = E."""
+def test_amat_margin_sequence_on_a_known_boundary():
+    """Clean loss 7, xi 9.5, Delta 1: E = 1 -> 2 -> 3 (noisy 8, 9 < 9.5), then noisy 10 is
+    not < 9.5: E = (||noise|| + E) / 2 = (3 + 3) / 2 = 3 on every later visit."""
     m = Linear()
-    pol = AMAT(step=0.5, xi=[10.0], attack=EXACT)
-    pol.boundary = lambda: None  # plain PGD
-    pol.step(m, torch.tensor([[9.8, 0, 0, 0]]), ["b"], bound(m))
-    assert pol.margins.get(["b"]).item() == pytest.approx(0.5)
+    pol = AMAT(step=1.0, xi=[9.5], attack=AttackSettings(steps=10))  # random start, as training
+    x = torch.tensor([[7.0, 0.3, -0.2, 0.1]])
+    seen = []
+    for _ in range(5):
+        out = pol.step(m, x, ["s"], bound(m))
+        assert out.attack.noise_norm.item() == pytest.approx(out.eps.item(), rel=1e-5)  # ||x~ - x|| = E
+        seen.append(pol.margins.get(["s"]).item())
+    assert seen == pytest.approx([2.0, 3.0, 3.0, 3.0, 3.0], abs=1e-4)
+
+
+def test_amat_refine_uses_the_measured_noise_norm():
+    """Where the projection does not bind (input bounds clip the noise), the refine rule
+    takes the measured ||x - x~||: x0 = 0.8 in [0, 1] lets the attack move only 0.2."""
+    m = Linear()
+    settings = AttackSettings(steps=10, random_start=False, bounds=(0.0, 1.0))
+    pol = AMAT(step=0.5, xi=[0.9], attack=settings)
+    out = pol.step(m, torch.tensor([[0.8, 0.5, 0.5, 0.5]]), ["s"], bound(m))
+    assert out.attack.noise_norm.item() == pytest.approx(0.2, abs=1e-5)
+    assert out.accepted.tolist() == [False]  # noisy loss 1.0 >= 0.9
+    assert pol.margins.get(["s"]).item() == pytest.approx((0.2 + 0.5) / 2, abs=1e-5)
+
+
+@pytest.mark.parametrize("boundary", ["none", "stop"])
+def test_clean_loss_above_xi_keeps_the_margin(boundary):
+    """The collapse of the old boundary-stop AMAT: a sample already above xi crossed at
+    iterate 0 and its margin shrank ~0.6x per visit. Under both semantics it now keeps E
+    and is trained on full-radius noise."""
+    m = Linear()
+    pol = AMAT(step=1.0, xi=[1.5], attack=AttackSettings(steps=10), boundary=boundary)
+    x = torch.tensor([[2.0, 0.0, 0.0, 0.0]])  # clean loss 2.0 >= xi 1.5
+    for _ in range(6):
+        out = pol.step(m, x, ["hard"], bound(m))
+        assert out.attack.noise_norm.item() == pytest.approx(1.0, rel=1e-5)
+    assert pol.margins.get(["hard"]).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_boundary_stop_variant_lands_on_the_boundary():
+    """--adv-boundary stop: samples that start inside stop at w.x = xi and are refined to
+    (distance + E) / 2; a sample whose boundary is outside the ball grows by Delta."""
+    m = Linear()
+    pol = AMAT(step=0.5, xi=[10.0], boundary="stop",
+               attack=AttackSettings(steps=10, random_start=False, refine_steps=20))
+    x = torch.tensor([[0.0, 0, 0, 0], [9.8, 0, 0, 0], [9.9, 0, 0, 0]])
+    ids = ["a", "b", "c"]
+    out = pol.step(m, x, ids, bound(m))
+    assert out.accepted.tolist() == [True, False, False]
+    assert out.attack.noise_norm.tolist() == pytest.approx([0.5, 0.2, 0.1], abs=1e-4)
+    assert pol.margins.get(ids).tolist() == pytest.approx([1.0, 0.35, 0.3], abs=1e-4)
+    assert pol.config()["boundary"] == "stop"
+
+
+def test_boundary_mode_is_checked_on_resume():
+    m = Linear()
+    stop = AMAT(step=0.5, xi=[10.0], attack=EXACT, boundary="stop")
+    stop.step(m, torch.zeros(2, 4), [1, 2], bound(m))
+    with pytest.raises(ValueError, match="trained with --adv-boundary stop.*resume with --adv-boundary stop"):
+        AMAT(step=0.5, xi=[10.0], attack=EXACT).load_state_dict(stop.state_dict())
+    forced = AMAT(step=0.5, xi=[10.0], attack=EXACT)
+    forced.load_state_dict(stop.state_dict(), force=True)
+    assert torch.equal(forced.margins.values(), stop.margins.values())
+    # a checkpoint from before the option existed was trained with the boundary stop
+    legacy = stop.state_dict()
+    del legacy["config"]["boundary"]
+    with pytest.raises(ValueError, match="--adv-boundary stop"):
+        AMAT(step=0.5, xi=[10.0], attack=EXACT).load_state_dict(legacy)
+    AMAT(step=0.5, xi=[10.0], attack=EXACT, boundary="stop").load_state_dict(legacy)
 
 
 def test_amat_multi_term_condition():
@@ -81,21 +145,34 @@ def test_amat_multi_term_condition():
     terms = lambda x: torch.stack([m(x), 0.1 * x[:, 1].abs()], 1)
     x = torch.tensor([[0.0, 0.0], [0.0, 9.0]])
     out = pol.step(m, x, ["p", "q"], BoundLoss(terms=terms))
-    # p: terms (1, 0) at x_adv -> both below -> grow; q: term 2 = 0.9 >= 0.5 from the start -> refine
+    # p: terms (<= 1, <= 0.1) at x_adv -> both below -> grow; q: term 2 >= 0.9 > 0.5 -> refine,
+    # at full radius (||noise|| = 1) that keeps E = 1
     assert out.accepted.tolist() == [True, False]
     assert pol.margins.get(["p"]).item() == pytest.approx(2.0)
-    assert pol.margins.get(["q"]).item() < 1.0
+    assert pol.margins.get(["q"]).item() == pytest.approx(1.0, abs=1e-5)
 
 
-def test_amat_online_xi_uses_clean_losses():
+def test_amat_online_xi_uses_clean_losses_and_says_so():
     m = Linear()
-    pol = AMAT(step=0.5, xi=None, xi_rule="mean", attack=EXACT, xi_momentum=None)
+    lines = []
+    pol = AMAT(step=0.5, xi=None, xi_rule="mean", attack=EXACT, xi_momentum=None,
+               calibrate_hint="amat calibrate demo", log=lines.append)
     x = torch.tensor([[1.0, 0, 0, 0], [3.0, 0, 0, 0]])
     out = pol.step(m, x, ["a", "b"], bound(m))
     assert pol.xi().tolist() == pytest.approx([2.0])  # mean of the clean losses 1 and 3
-    # a: boundary at 1.0 > 0.5 -> grows; b: already above xi -> crossing at ~0 -> 0.25
-    assert pol.margins.get(["a", "b"]).tolist() == pytest.approx([1.0, 0.25], abs=1e-4)
+    # a: noisy 1.5 < 2 -> grows; b: noisy 3.5 -> refine at full radius -> keeps 0.5
+    assert pol.margins.get(["a", "b"]).tolist() == pytest.approx([1.0, 0.5], abs=1e-5)
     assert out.accepted.tolist() == [True, False]
+    assert len(lines) == 1 and "online estimate" in lines[0] and "amat calibrate demo" in lines[0]
+    pol.step(m, x, ["a", "b"], bound(m))
+    assert len(lines) == 1  # said once
+    assert "online estimate" in pol.config()["xi_source"] and "online estimate" in pol.describe()
+
+
+def test_given_xi_source_is_recorded():
+    pol = AdvConfig(mode="amat", step=1.0, xi=[0.5], xi_source="calibration file /tmp/xi.json").build_policy()
+    assert pol.config()["xi_source"] == "calibration file /tmp/xi.json"
+    assert "from calibration file /tmp/xi.json" in pol.describe()
 
 
 def test_nan_sample_keeps_its_margin_and_is_counted():
@@ -127,10 +204,13 @@ def test_policy_state_round_trip_and_mode_mismatch():
     assert torch.equal(a.margins.values(), b.margins.values())
     with pytest.raises(ValueError, match="trained with --adv amat"):
         SAT(1.0).load_state_dict(a.state_dict())
+    assert a.config()["boundary"] == "none"
 
 
 @pytest.mark.parametrize("cfg, match", [
-    (dict(mode="pgdx"), "unknown --adv mode 'pgdx'; choose one of: none, sat, amat"),
+    (dict(mode="pgdx"), "unknown mode 'pgdx' for --adv; choose one of: none, sat, amat"),
+    (dict(mode="amat", step=1.0, boundary="bogus"), "unknown --adv-boundary 'bogus'; choose one of: none, stop"),
+    (dict(mode="amat", step=1.0, alpha=0.0), "--adv-alpha must be > 0"),
     (dict(mode="sat"), "--adv sat needs a noise level"),
     (dict(mode="sat", eps=0.0), "--adv-eps must be > 0"),
     (dict(mode="sat", eps=-2.0), "--adv-eps must be > 0"),

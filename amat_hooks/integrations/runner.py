@@ -146,7 +146,9 @@ class Runner:
 
         self.config = config.validate()
         self.pm = pm or get_plugin_manager()
-        self.engine = AdversarialEngine(self.config.build_policy(), host=self, pm=self.pm)
+        self.engine = AdversarialEngine(
+            self.config.build_policy(calibrate_hint="amat calibrate landmark (landmark scripts) or --adv-xi",
+                                     log=self._say), host=self, pm=self.pm)
         self.landmark_heatmap_loss = heatmap_loss
         self.landmark_bce: nn.Module | None = None
         self.criterion: nn.Module | None = None
@@ -304,11 +306,8 @@ class Runner:
         if self.noise_rows:
             parts.append(f"mean noise L2 {self.noise_norm_sum / self.noise_rows:.4g}")
         if pol.name == "amat":
-            parts.append(pol.margins.format_summary())
-            xi = pol.xi()
-            if xi is not None:
-                parts.append("xi=[" + ", ".join(f"{v:.4g}" for v in xi.tolist()) + "]")
-        if getattr(pol, "nan_samples", 0):
+            parts.append(pol.describe())
+        elif getattr(pol, "nan_samples", 0):
             parts.append(f"NaN samples {pol.nan_samples}")
         return ", ".join(parts)
 
@@ -338,7 +337,7 @@ class Runner:
 
         return atomic_write_json(path, self.state())
 
-    def load_state(self, path: str | Path) -> None:
+    def load_state(self, path: str | Path, force: bool = False) -> None:
         from ..io import read_json
 
         path = Path(path)
@@ -349,7 +348,7 @@ class Runner:
         if state.get("format") != "amat-hooks runner state":
             raise RunnerError(f"--adv-resume: {path} is not an amat run state file")
         try:
-            self.engine.load_state_dict(state["engine"])
+            self.engine.load_state_dict(state["engine"], force=force)
         except ValueError as e:
             raise RunnerError(f"--adv-resume: {e}") from None
         self.epoch = int(state.get("epochs", 0))
@@ -672,7 +671,7 @@ def _run_command(args: argparse.Namespace) -> int:
         cfg = AdvConfig.from_args(args)
         runner = Runner(cfg, heatmap_loss=args.heatmap_loss, out_dir=args.adv_out)
         if args.adv_resume:
-            runner.load_state(args.adv_resume)
+            runner.load_state(args.adv_resume, force=args.adv_force_resume)
     except (AdvConfigError, RunnerError) as e:
         print(f"amat run: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from ...config import AdvConfig
+from ...config import AdvConfig, env_wording, force_resume_requested
 from ...engine import AdversarialEngine
 from ...io import atomic_torch_save
 from ...margins import MarginMismatchError
@@ -27,7 +27,7 @@ from ...plugins import get_plugin_manager
 from ...policies import AMAT
 from .batch import NnUNetBatch
 from .loader import SLICE_KEY, slice_reporting_loader
-from .settings import default_xi_path, load_xi_file, read_settings
+from .settings import calibrate_command, default_xi_path, load_xi_file, read_settings
 
 #: Key of our state inside nnU-Net's checkpoint dict.
 CHECKPOINT_KEY = "amat_hooks"
@@ -77,19 +77,29 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
         cfg = AdvConfig.from_dict(self.amat.config.to_dict())
         if cfg.mode == "amat":
             cfg.xi, self.amat_xi_origin = self._resolve_xi(cfg)
-        self.amat_engine = AdversarialEngine(cfg.build_policy(dataset_id=self.amat_dataset_id), host=self,
-                                             pm=get_plugin_manager())
+            if cfg.xi is not None:
+                cfg.xi_source = self.amat_xi_origin
+        hint = calibrate_command(self.plans_manager.dataset_name, self.configuration_name, self.fold,
+                                 self.plans_manager.plans_name)
+        policy = cfg.build_policy(dataset_id=self.amat_dataset_id, calibrate_hint=hint,
+                                  log=self.print_to_log_file)
+        self.amat_engine = AdversarialEngine(policy, host=self, pm=get_plugin_manager())
         self.amat_config = cfg
+        if cfg.mode == "amat":
+            what = (f"xi from {policy.xi_source}, boundary {cfg.boundary} "
+                    f"({'Algorithm 1, full-radius PGD' if cfg.boundary == 'none' else 'stop at xi + bisection'}), "
+                    f"margins keyed by (case, slice)")
+        else:
+            what = f"eps {cfg.eps:g} for every sample"
         self.print_to_log_file(f"amat-hooks: {cfg.label} training, settings {cfg.to_json()}, "
-                               f"{self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations, "
-                               f"xi from {self.amat_xi_origin or 'n/a'}, margins keyed by (case, slice)")
+                               f"{self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations, {what}")
         if cfg.mode == "amat" and cfg.xi is not None:
             self.amat_engine.hook.amat_threshold_set(xi=torch.tensor(cfg.xi), source=self.amat_xi_origin,
                                                      host=self)
 
     def _resolve_xi(self, cfg: AdvConfig) -> tuple[list[float] | None, str]:
         if cfg.xi is not None:
-            return cfg.xi, "AMAT_XI"
+            return cfg.xi, cfg.xi_source or "environment AMAT_XI"
         if self.amat.xi_source == "online":
             return None, "online estimate (AMAT_XI_SOURCE=online)"
         path = self.amat.xi_file or default_xi_path(self.preprocessed_dataset_folder_base,
@@ -99,7 +109,7 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
             return None, f"online estimate (no calibration file {path})"
         xi = load_xi_file(path, dataset=self.plans_manager.dataset_name, configuration=self.configuration_name,
                           plans=self.plans_manager.plans_name, fold=self.fold, rule=cfg.xi_rule, n_terms=1)
-        return xi, str(path)
+        return xi, f"calibration file {path}"
 
     def get_dataloaders(self):
         with slice_reporting_loader():
@@ -152,11 +162,9 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
                       "amat_margin_max": summary["margin_max"], "amat_xi": xi,
                       "amat_nan_samples": summary.get("nan_samples", 0.0)}
             self._log_series(values)
-            self.print_to_log_file(
-                f"AMAT {self.amat_engine.policy.margins.format_summary()} xi={xi:.4g} "
-                f"nan_samples={int(values['amat_nan_samples'])}")
+            self.print_to_log_file(f"AMAT {self.amat_engine.policy.describe()}")
         else:
-            self.print_to_log_file(f"SAT eps={self.amat_config.eps:g} nan_samples={int(summary.get('nan_samples', 0))}")
+            self.print_to_log_file(self.amat_engine.policy.describe())
 
     def _log_series(self, values: dict[str, float]) -> None:
         """Log into nnU-Net's LocalLogger, which only accepts known keys with one value per
@@ -182,7 +190,8 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
         xi = policy.xi() if isinstance(policy, AMAT) else None
         return {"version": 1, "trainer": type(self).__name__, "mode": self.amat_mode,
                 "dataset_id": self.amat_dataset_id, "settings": self.amat.to_dict(),
-                "config": self.amat_config.to_dict(), "xi_origin": self.amat_xi_origin,
+                "config": self.amat_config.to_dict(),
+                "xi_origin": getattr(policy, "xi_source", None), "boundary": self.amat_config.boundary,
                 "xi": None if xi is None else xi.tolist(), "engine": self.amat_engine.state_dict()}
 
     def save_checkpoint(self, filename: str) -> None:
@@ -221,9 +230,11 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
                 f"{self.amat_dataset_id!r}; margins are per sample of one dataset - start this run without "
                 f"--c (or point it at the right results folder)")
         try:
-            self.amat_engine.load_state_dict(state["engine"])
+            self.amat_engine.load_state_dict(state["engine"], force=force_resume_requested())
         except (MarginMismatchError, ValueError) as e:
-            raise AdversarialCheckpointError(f"cannot continue from {where}: {e}") from None
+            raise AdversarialCheckpointError(
+                f"cannot continue from {where}: {env_wording(str(e))} (or start a fresh output folder "
+                f"without --c)") from None
         policy = self.amat_engine.policy
         if isinstance(policy, AMAT) and state.get("xi") is not None and policy.xi_fixed is not None:
             policy.xi_fixed = torch.tensor(state["xi"], dtype=torch.float32)  # resume exactly

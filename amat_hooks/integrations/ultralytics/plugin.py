@@ -272,6 +272,7 @@ def _requested_config(args: argparse.Namespace) -> AdvConfig | None:
         try:
             data = read_json(args.adv_xi_file)
             cfg.xi = [float(v) for v in data["xi"]]
+            cfg.xi_source = f"calibration file {args.adv_xi_file}"
         except (OSError, KeyError, ValueError, TypeError) as e:
             raise AdvConfigError(f"--adv-xi-file {args.adv_xi_file}: cannot read xi ({e}); "
                                  f"write it with `amat calibrate yolo ... --out FILE`") from None
@@ -311,6 +312,8 @@ def _yolo_command(args: argparse.Namespace) -> int:
     if not words:
         return _fail("no Ultralytics arguments; e.g. amat yolo detect train model=yolov5n.yaml data=data.yaml")
     os.environ[CONFIG_ENV] = settings_env_value(cfg, val)
+    if getattr(args, "adv_force_resume", False):
+        os.environ["AMAT_FORCE_RESUME"] = "1"  # read where the sidecar is loaded (DDP ranks too)
     return _run_ultralytics(words, val if mode == "val" else None)
 
 

@@ -32,7 +32,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK  # noqa: E402
 from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
-from ...config import AdvConfig, AdvConfigError  # noqa: E402
+from ...config import AdvConfig, AdvConfigError, force_resume_requested  # noqa: E402
 from ...engine import AdversarialEngine  # noqa: E402
 from ...io import atomic_write_json, read_json  # noqa: E402
 from ...margins import MarginMismatchError  # noqa: E402
@@ -212,10 +212,9 @@ class AMATDetectionTrainer(DetectionTrainer):
 
     def run_callbacks(self, event: str):
         if event == "on_train_epoch_end" and self.amat is not None:
-            summary = self.amat.epoch_end(self.epoch)  # MarginStore.sync(): every rank runs this
+            self.amat.epoch_end(self.epoch)  # MarginStore.sync(): every rank runs this
             if RANK in {-1, 0} and isinstance(self.amat.policy, AMAT):
-                LOGGER.info(f"AMAT epoch {self.epoch + 1}: {self.amat.policy.margins.format_summary()}"
-                            + "".join(f" {k}={v:.4g}" for k, v in summary.items() if k.startswith("xi_")))
+                LOGGER.info(f"AMAT epoch {self.epoch + 1}: {self.amat.policy.describe()}")
         super().run_callbacks(event)
 
     def save_metrics(self, metrics):
@@ -277,10 +276,12 @@ class AMATDetectionTrainer(DetectionTrainer):
         if self.args.task != "detect":
             raise unsupported_task(self.args.task)
         self._check_labels()
-        engine = AdversarialEngine(cfg.build_policy(dataset_id=self.dataset_id()), host=self)
+        policy = cfg.build_policy(dataset_id=self.dataset_id(), log=LOGGER.info,
+                                  calibrate_hint=f"amat calibrate yolo model=<STD best.pt> data={self.args.data}")
+        engine = AdversarialEngine(policy, host=self)
         if saved is not None:
             try:
-                engine.load_state_dict(saved["engine"])
+                engine.load_state_dict(saved["engine"], force=force_resume_requested())
             except (MarginMismatchError, ValueError) as e:
                 raise AdvConfigError(f"cannot resume the adversarial state in {self.sidecar_path}: {e}") from None
             if isinstance(engine.policy, AMAT) and RANK in {-1, 0}:
@@ -301,11 +302,9 @@ class AMATDetectionTrainer(DetectionTrainer):
         model.criterion = AdversarialCriterion(base, self)
         self.amat = engine
         if cfg.mode == "amat" and cfg.xi is not None:
-            engine.hook.amat_threshold_set(xi=torch.tensor(cfg.xi), source="--adv-xi/--adv-xi-file", host=self)
+            engine.hook.amat_threshold_set(xi=torch.tensor(cfg.xi), source=policy.xi_source, host=self)
         if RANK in {-1, 0}:
-            policy = engine.policy
-            extra = f", {policy.margins.format_summary()}" if isinstance(policy, AMAT) else ""
-            LOGGER.info(f"amat-hooks: {cfg.label} ({cfg.to_json()}){extra}")
+            LOGGER.info(f"amat-hooks: {cfg.label} ({cfg.to_json()}), {policy.describe()}")
 
     def amat_state(self) -> dict[str, Any]:
         assert self.amat is not None
