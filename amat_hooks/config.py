@@ -25,13 +25,27 @@ class AdvConfigError(ValueError):
     """Bad adversarial-training settings; the message names the flag and the fix."""
 
 
-@dataclass
+#: Field names before amat-hooks 0.2 (JSON files and keyword arguments still use them).
+LEGACY_FIELDS = {"step": "delta", "steps": "pgd_steps", "step_size": "pgd_step_size"}
+#: The environment variable of each field (nnU-Net's front end, DDP re-creation).
+ENV_NAMES = {"mode": "AMAT_MODE", "delta": "AMAT_STEP", "eps": "AMAT_EPS", "pgd_steps": "AMAT_STEPS",
+             "pgd_step_size": "AMAT_STEP_SIZE", "alpha": "AMAT_ALPHA", "norm": "AMAT_NORM", "xi": "AMAT_XI",
+             "xi_rule": "AMAT_XI_RULE", "xi_momentum": "AMAT_XI_MOMENTUM", "boundary": "AMAT_BOUNDARY",
+             "refine_steps": "AMAT_REFINE_STEPS", "max_margin": "AMAT_MAX_MARGIN"}
+
+
+@dataclass(init=False)
 class AdvConfig:
+    """Adversarial-training settings. ``delta`` is AMAT's step Delta (flag ``--adv-step``),
+    ``pgd_steps`` the PGD iterations (``--adv-steps``), ``pgd_step_size`` an absolute PGD
+    step (``--adv-step-size``); the names before 0.2 (``step``, ``steps``, ``step_size``)
+    are accepted as keywords and in JSON."""
+
     mode: str = "amat"
-    step: float | None = None          # AMAT expansion step Delta (= initial margin)
+    delta: float | None = None         # AMAT expansion step Delta (= initial margin)
     eps: float | None = None           # SAT noise level
-    steps: int = 10                    # PGD iterations for training noise
-    step_size: float | None = None     # PGD step; default 2.5 * eps / steps
+    pgd_steps: int = 10                # PGD iterations for training noise
+    pgd_step_size: float | None = None  # absolute PGD step; default alpha * eps / pgd_steps
     norm: str = "l2"
     xi: list[float] | None = None      # thresholds; None = online estimate
     xi_rule: str = "mean"              # mean | mean+2std
@@ -43,10 +57,24 @@ class AdvConfig:
     alpha: float = DEFAULT_ALPHA       # PGD step = alpha * eps / steps (unless step_size)
     xi_source: str | None = None       # where given xi came from (file path, flag, variable)
 
-    def __post_init__(self) -> None:
-        self.mode = _ALIASES.get(str(self.mode).lower(), str(self.mode).lower())
-        if isinstance(self.bounds, list):
-            self.bounds = tuple(self.bounds)
+    def __init__(self, mode: str = "amat", delta: float | None = None, eps: float | None = None,
+                 pgd_steps: int = 10, pgd_step_size: float | None = None, norm: str = "l2",
+                 xi: list[float] | None = None, xi_rule: str = "mean", xi_momentum: float | None = 0.01,
+                 refine_steps: int = TRAIN_REFINE_STEPS, max_margin: float | None = None,
+                 bounds: tuple[float, float] | None = None, boundary: str = "none",
+                 alpha: float = DEFAULT_ALPHA, xi_source: str | None = None, **legacy: Any) -> None:
+        given = {"delta": delta, "pgd_steps": pgd_steps, "pgd_step_size": pgd_step_size}
+        for old, value in legacy.items():
+            if old not in LEGACY_FIELDS:
+                raise TypeError(f"AdvConfig got an unexpected keyword argument {old!r}")
+            given[LEGACY_FIELDS[old]] = value
+        self.mode = _ALIASES.get(str(mode).lower(), str(mode).lower())
+        self.delta, self.eps = given["delta"], eps
+        self.pgd_steps, self.pgd_step_size = given["pgd_steps"], given["pgd_step_size"]
+        self.norm, self.xi, self.xi_rule, self.xi_momentum = norm, xi, xi_rule, xi_momentum
+        self.refine_steps, self.max_margin = refine_steps, max_margin
+        self.bounds = tuple(bounds) if isinstance(bounds, list) else bounds
+        self.boundary, self.alpha, self.xi_source = boundary, alpha, xi_source
 
     def validate(self) -> "AdvConfig":
         if self.mode not in MODES:
@@ -58,16 +86,16 @@ class AdvConfig:
             if not (math.isfinite(self.eps) and self.eps > 0):
                 raise AdvConfigError(f"--adv-eps must be > 0, got {self.eps}")
         if self.mode == "amat":
-            if self.step is None:
+            if self.delta is None:
                 raise AdvConfigError("--adv amat needs a step size: add --adv-step DELTA (e.g. --adv-step 0.5)")
-            if not (math.isfinite(self.step) and self.step > 0):
-                raise AdvConfigError(f"--adv-step must be > 0, got {self.step}")
+            if not (math.isfinite(self.delta) and self.delta > 0):
+                raise AdvConfigError(f"--adv-step must be > 0, got {self.delta}")
         if self.eps is not None and not self.eps > 0:
             raise AdvConfigError(f"--adv-eps must be > 0, got {self.eps}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise AdvConfigError(f"--adv-steps must be an integer >= 1, got {self.steps}")
-        if self.step_size is not None and not self.step_size > 0:
-            raise AdvConfigError(f"--adv-step-size must be > 0, got {self.step_size}")
+        if not isinstance(self.pgd_steps, int) or self.pgd_steps < 1:
+            raise AdvConfigError(f"--adv-steps must be an integer >= 1, got {self.pgd_steps}")
+        if self.pgd_step_size is not None and not self.pgd_step_size > 0:
+            raise AdvConfigError(f"--adv-step-size must be > 0, got {self.pgd_step_size}")
         if self.xi_rule not in RULES:
             raise AdvConfigError(f"unknown --adv-xi-rule {self.xi_rule!r}; choose one of: {', '.join(RULES)}")
         if self.refine_steps < 0:
@@ -83,7 +111,7 @@ class AdvConfig:
         return self
 
     def attack_settings(self) -> AttackSettings:
-        return AttackSettings(steps=self.steps, step_size=self.step_size, norm=self.norm,
+        return AttackSettings(steps=self.pgd_steps, step_size=self.pgd_step_size, norm=self.norm,
                               bounds=self.bounds, refine_steps=self.refine_steps, alpha=float(self.alpha))
 
     def build_policy(self, dataset_id: str | None = None, calibrate_hint: str | None = None,
@@ -95,7 +123,7 @@ class AdvConfig:
             return STD(self.attack_settings())
         if self.mode == "sat":
             return SAT(self.eps, self.attack_settings())
-        return AMAT(self.step, xi=self.xi, xi_rule=self.xi_rule, attack=self.attack_settings(),
+        return AMAT(self.delta, xi=self.xi, xi_rule=self.xi_rule, attack=self.attack_settings(),
                     max_margin=self.max_margin, dataset_id=dataset_id, xi_momentum=self.xi_momentum,
                     boundary=self.boundary, xi_source=self.xi_source,
                     calibrate_hint=calibrate_hint or "amat calibrate <task>", log=log)
@@ -117,11 +145,13 @@ class AdvConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "AdvConfig":
+        """From :meth:`to_dict` output, including files written with the names before 0.2."""
         known = {f.name for f in fields(cls)}
+        d = {LEGACY_FIELDS.get(k, k): v for k, v in d.items()}
         unknown = set(d) - known
         if unknown:
             raise AdvConfigError(f"unknown adversarial setting(s) {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**dict(d))
+        return cls(**d)
 
     # -- command line ------------------------------------------------------------------------
     @staticmethod
@@ -138,7 +168,10 @@ class AdvConfig:
         g.add_argument("--adv-step-size", type=float, help="absolute PGD step (overrides --adv-alpha)")
         g.add_argument("--adv-norm", default="l2", choices=["l2", "linf"])
         g.add_argument("--adv-xi", type=_float_list, help="thresholds xi, comma-separated (default: online estimate)")
-        g.add_argument("--adv-xi-rule", default="mean", help="xi rule: mean or mean+2std")
+        g.add_argument("--adv-xi-file", default=None, metavar="FILE",
+                       help="xi from `amat calibrate <task>` (the --adv-xi-rule thresholds of that file)")
+        g.add_argument("--adv-xi-rule", default=None,
+                       help="xi rule: mean or mean+2std (default: the xi file's own rule, else mean)")
         g.add_argument("--adv-boundary", default="none", type=str.lower,
                        help="AMAT training noise: none = Algorithm 1, full-radius PGD (default); stop = "
                             "stop each sample at its loss boundary xi and bisect there (variant)")
@@ -154,11 +187,17 @@ class AdvConfig:
         mode = ns.adv_mode
         if mode is None:
             mode = "none"
-        cfg = cls(mode=mode, step=ns.adv_step, eps=ns.adv_eps, steps=ns.adv_steps,
-                  step_size=ns.adv_step_size, norm=ns.adv_norm, xi=ns.adv_xi,
-                  xi_rule=ns.adv_xi_rule, refine_steps=ns.adv_refine_steps,
+        xi, source, rule = ns.adv_xi, "command line --adv-xi" if ns.adv_xi is not None else None, ns.adv_xi_rule
+        xi_file = getattr(ns, "adv_xi_file", None)
+        if xi_file:
+            if xi is not None:
+                raise AdvConfigError("--adv-xi and --adv-xi-file both given; keep one of them")
+            xi, source, rule = read_xi_thresholds(xi_file, rule)
+        cfg = cls(mode=mode, delta=ns.adv_step, eps=ns.adv_eps, pgd_steps=ns.adv_steps,
+                  pgd_step_size=ns.adv_step_size, norm=ns.adv_norm, xi=xi,
+                  xi_rule=rule or "mean", refine_steps=ns.adv_refine_steps,
                   max_margin=ns.adv_max_margin, boundary=ns.adv_boundary, alpha=ns.adv_alpha,
-                  xi_source="command line --adv-xi" if ns.adv_xi is not None else None)
+                  xi_source=source)
         return cfg.validate()
 
     @classmethod
@@ -168,18 +207,16 @@ class AdvConfig:
         AMAT_NORM, AMAT_XI, AMAT_XI_RULE, AMAT_BOUNDARY, AMAT_REFINE_STEPS, AMAT_MAX_MARGIN``
         over ``defaults``."""
         env = os.environ if env is None else env
-        d: dict[str, Any] = dict(defaults or {})
-        conv = {"step": float, "eps": float, "steps": int, "step_size": float, "xi": _float_list,
+        d: dict[str, Any] = {LEGACY_FIELDS.get(k, k): v for k, v in (defaults or {}).items()}
+        conv = {"delta": float, "eps": float, "pgd_steps": int, "pgd_step_size": float, "xi": _float_list,
                 "refine_steps": int, "max_margin": float, "xi_momentum": float, "alpha": float,
                 "boundary": str.lower}
-        for f in fields(cls):
-            if f.name in ("xi_source", "bounds"):
-                continue
-            key = prefix + ("MODE" if f.name == "mode" else f.name.upper())
+        for name, var in ENV_NAMES.items():
+            key = prefix + var[len("AMAT_"):]
             if key in env and env[key] != "":
                 raw = env[key]
                 try:
-                    d[f.name] = conv.get(f.name, str)(raw)
+                    d[name] = conv.get(name, str)(raw)
                 except (ValueError, argparse.ArgumentTypeError) as e:
                     raise AdvConfigError(f"environment variable {key}={raw!r} is not valid: {e}") from None
         if d.get("xi") is not None and f"{prefix}XI" in env:
@@ -214,6 +251,19 @@ def env_wording(message: str, prefix: str = "AMAT_") -> str:
         return env + (value or "")
     value = r"(\s+(?:\d[\w.]*|[A-Z][A-Z_]*\b|none\b|sat\b|amat\b|stop\b|mean\+2std|mean\b))"
     return re.sub(r"(--adv(?:-[a-z0-9]+)*)" + value + "?", flag, message)
+
+
+def read_xi_thresholds(path: str, rule: str | None, n_terms: int | None = None,
+                       fix: str = "write it with `amat calibrate <task>`") -> tuple[list[float], str, str]:
+    """(xi, source description, rule) from an xi file (``--adv-xi-file`` / ``AMAT_XI_FILE``)."""
+    from .calibration import XiFileError, read_xi_file
+
+    try:
+        xf = read_xi_file(path, fix=fix)
+        rule = rule or xf.rule or "mean"
+        return xf.thresholds(rule, n_terms, fix=fix), xf.description, rule
+    except XiFileError as e:
+        raise AdvConfigError(str(e)) from None
 
 
 def force_resume_requested(env: Mapping[str, str] | None = None) -> bool:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .attacks import AttackResult, preserved_state
-from .policies import AMAT, BoundLoss, Policy, StepOutput
+from .policies import AMAT, BoundLoss, Policy, StepOutput  # noqa: F401 (StepOutput: public type)
 
 
 class AdapterError(RuntimeError):
@@ -68,9 +68,7 @@ class AdversarialEngine:
     def step(self, model: nn.Module, batch: Any) -> StepOutput:
         x = self.inputs(batch)
         ids = self.sample_ids(batch) if self.policy.name == "amat" else self._ids_or_none(batch)
-        out = self.policy.step(model, x, ids, self.bound_loss(batch, model))
-        self._after(out.updated, ids, out)
-        return out
+        return self.policy.step(model, x, ids, self.bound_loss(batch, model))
 
     def perturb(self, model: nn.Module, batch: Any) -> tuple[Tensor, AttackResult | None]:
         """Noisy inputs for a batch (runner path: the host computes its own loss)."""
@@ -86,28 +84,17 @@ class AdversarialEngine:
         attack = self.policy.perturb(model, x, ids, bl.terms, clean_terms=clean_terms)
         if attack is None:
             return x, None
-        acc, upd = self.policy.observe(ids, attack.terms, attack, clean_terms)
-        self._after(upd, ids, StepOutput(loss=torch.zeros(()), clean_loss=torch.zeros(()),
-                                         clean_terms=attack.terms, noisy_terms=attack.terms,
-                                         attack=attack, eps=self.policy.last_eps, accepted=acc,
-                                         updated=upd))
+        self.policy.observe(ids, attack.terms, attack, clean_terms)
         return attack.x_adv, attack
 
     def _ids_or_none(self, batch: Any):
         ids = self.hook.amat_batch_sample_ids(batch=batch, host=self.host)
         return ids.tolist() if isinstance(ids, Tensor) else ids
 
-    def _after(self, updated, ids, out: StepOutput) -> None:
-        self.hook.amat_after_step(output=out, ids=ids, host=self.host)
-        if isinstance(self.policy, AMAT) and ids is not None:
-            changed = list(ids) if updated is None else [i for i, u in zip(ids, updated.tolist()) if u]
-            self.hook.amat_margins_updated(store=self.policy.margins, ids=changed, host=self.host)
-
     def epoch_end(self, epoch: int) -> dict[str, float]:
-        """Merge margins across ranks, then tell observers; returns the summary."""
+        """Merge margins across ranks, then tell ``amat_epoch_end``; returns the summary."""
         if isinstance(self.policy, AMAT):
             self.policy.margins.sync()
-            self.hook.amat_margins_updated(store=self.policy.margins, ids=[], host=self.host)
         summary = self.policy.summary()
         self.hook.amat_epoch_end(epoch=epoch, summary=summary, host=self.host)
         return summary

@@ -68,6 +68,10 @@ class EvalTask(ABC):
         """Number of batches, for the progress display (None if unknown)."""
         return None
 
+    def describe_scored(self, samples: int) -> str:
+        """What was scored, for the table caption (e.g. "412 slices of 8 cases")."""
+        return f"{samples} samples"
+
 
 @dataclass
 class EvalResult:
@@ -83,6 +87,8 @@ class EvalResult:
     seconds: float
     steps: dict[str, int] = field(default_factory=dict)  # attack -> iterations used
     fingerprint: str = ""  # what was evaluated how (task, levels, attacks, steps, seed)
+    samples: int = 0       # rows scored (slices, images)
+    scored: str = ""       # what they were, in words ("412 slices of 8 cases")
 
     def curve(self, attack: str, metric: str | None = None) -> list[float]:
         m = metric or self.metric
@@ -102,6 +108,7 @@ class EvalResult:
         return {"task": self.task, "metric": self.metric, "higher_is_better": self.higher_is_better,
                 "levels": self.levels, "clean": self.clean, "batches": self.batches,
                 "seconds": self.seconds, "steps": self.steps, "fingerprint": self.fingerprint,
+                "samples": self.samples, "scored": self.scored,
                 "noisy": {a: {str(lv): v for lv, v in d.items()} for a, d in self.noisy.items()}}
 
     @classmethod
@@ -109,6 +116,7 @@ class EvalResult:
         return cls(task=d["task"], metric=d["metric"], higher_is_better=d["higher_is_better"],
                    levels=[float(v) for v in d["levels"]], clean=d["clean"], batches=d["batches"],
                    seconds=d["seconds"], steps=d.get("steps", {}), fingerprint=d.get("fingerprint", ""),
+                   samples=int(d.get("samples", 0)), scored=d.get("scored", ""),
                    noisy={a: {float(lv): v for lv, v in dd.items()} for a, dd in d["noisy"].items()})
 
 
@@ -176,7 +184,7 @@ def _read_state(path: Path, fingerprint: str) -> dict[str, dict]:
                                  f"steps differ); delete it or evaluate without --resume")
             done[rec["key"]] = rec
             good.append(json.dumps(rec) + "\n")
-    from .io import atomic_write_text
+    from .atomic_files import atomic_write_text
 
     atomic_write_text(path, "".join(good))
     return done
@@ -246,17 +254,18 @@ def robustness_eval(task: EvalTask, levels: Sequence[float], *, attacks: Sequenc
         for k, v in vals.items():
             if isinstance(v, float) and math.isnan(v):
                 raise ValueError(f"metric {k} is NaN for {name}: the report would be misleading")
+    samples = sum(int(r.get("n", 0)) for r in records)
     return EvalResult(task=task.name, metric=task.metric, higher_is_better=task.higher_is_better,
                       levels=levels, clean=clean, noisy=noisy, batches=len(records),
                       seconds=time.perf_counter() - t0,
                       steps={a: (pgd_steps if a == "pgd" else ifgsm_steps) for a in attacks},
-                      fingerprint=fp)
+                      fingerprint=fp, samples=samples, scored=task.describe_scored(samples))
 
 
 def _eval_batch(task: EvalTask, batch: EvalBatch, levels, attacks, pgd_steps, ifgsm_steps, seed) -> dict:
     x, target = batch.x, batch.target
     with torch.no_grad():
-        rec: dict[str, Any] = {"clean": task.measure(x, target)}
+        rec: dict[str, Any] = {"clean": task.measure(x, target), "n": int(x.shape[0])}
     n_levels = len(levels)
     xr, eps = multi_level(levels, x)
     terms = lambda z: task.loss_terms(z, target, n_levels)
@@ -273,13 +282,13 @@ def _eval_batch(task: EvalTask, batch: EvalBatch, levels, attacks, pgd_steps, if
 
 
 def save_result(result: EvalResult, path: str | os.PathLike) -> None:
-    from .io import atomic_write_json
+    from .atomic_files import atomic_write_json
 
     atomic_write_json(path, result.to_dict())
 
 
 def load_result(path: str | os.PathLike) -> EvalResult:
-    from .io import read_json
+    from .atomic_files import read_json
 
     return EvalResult.from_dict(read_json(path))
 

@@ -2,14 +2,19 @@
 
 An adapter (a plugin) describes ONE kind of trainer batch: where the input is, which
 sample ids it carries, how to put a perturbed input back and how to get per-sample loss
-terms. ``host`` is whatever drives training (an nnU-Net trainer, an Ultralytics trainer,
-the generic loop, the runner) so an adapter can recognise its own batches. An adapter
-returns ``None`` from a ``firstresult`` hook when a batch is not its kind; the next
-plugin is asked. Plugins registered later (entry points) are asked first.
+terms. A ``firstresult`` hook stops at the first non-None answer; an adapter returns
+``None`` for a batch that is not its kind and the next plugin is asked. Plugins
+registered later (entry points) are asked first; the generic sniffers of the plain
+PyTorch adapter are ``trylast``, so any specific adapter wins over them.
+
+Every hook receives the ``host``: what drives training (an nnU-Net trainer, an
+Ultralytics trainer, :class:`~amat_hooks.integrations.torch_loop.AdversarialLoop`, the
+``amat run`` runner). Adapters recognise their own host by type; the core only needs
+what :class:`Host` names.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Hashable, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Protocol, Sequence, runtime_checkable
 
 import pluggy
 
@@ -18,12 +23,23 @@ if TYPE_CHECKING:
 
     from torch import Tensor, nn
 
-    from .margins import MarginStore
-    from .policies import BoundLoss, StepOutput
+    from .policies import BoundLoss
+    from .tasks import Task
 
 PROJECT = "amat_hooks"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@runtime_checkable
+class Host(Protocol):
+    """What the core asks of a training host: a place for its log lines (the policy's
+    one-line notices, e.g. where xi came from) and the per-epoch summaries that
+    :func:`amat_epoch_end` records (written into checkpoints and sidecars)."""
+
+    amat_history: list[dict[str, float]]
+
+    def amat_log(self, message: str) -> None: ...
 
 
 # -------------------------------------------------------------------------------------
@@ -32,6 +48,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 @hookspec(firstresult=True)
 def amat_batch_inputs(batch: Any, host: Any) -> "Tensor | None":
     """Return the input tensor ``[B, ...]`` of ``batch`` that the attack perturbs.
+
+    :param batch: the trainer's batch, as its data loader yields it.
+    :param host: the training host (see :class:`Host`).
 
     Stops at the first non-None result.
     """
@@ -42,14 +61,22 @@ def amat_batch_sample_ids(batch: Any, host: Any) -> "Sequence[Hashable] | None":
     """Return one hashable id per sample of ``batch`` (file name, case + slice, index).
 
     AMAT keys its margins by these ids, so they must be stable across epochs.
+
+    :param batch: the trainer's batch.
+    :param host: the training host.
+
     Stops at the first non-None result.
     """
 
 
 @hookspec(firstresult=True)
 def amat_batch_with_inputs(batch: Any, inputs: "Tensor", host: Any) -> Any:
-    """Return a batch like ``batch`` whose input is ``inputs`` (possibly with more rows:
-    the runner feeds clean + noisy samples as one batch, targets repeated).
+    """Return a batch like ``batch`` whose input is ``inputs``.
+
+    :param batch: the trainer's batch of B samples.
+    :param inputs: ``[k*B, ...]``: the perturbed input, or clean and noisy rows stacked
+        (the runner's ``--adv-batch joint`` option); targets are repeated k times.
+    :param host: the training host.
 
     Stops at the first non-None result.
     """
@@ -57,42 +84,30 @@ def amat_batch_with_inputs(batch: Any, inputs: "Tensor", host: Any) -> Any:
 
 @hookspec(firstresult=True)
 def amat_bind_loss(batch: Any, model: "nn.Module", host: Any) -> "BoundLoss | None":
-    """Return a :class:`~amat_hooks.policies.BoundLoss` for ``batch``: per-sample loss
-    terms ``[B, K]`` as a function of the input, using the trainer's OWN loss objects,
-    and optionally the trainer's scalar loss from the same forward pass.
+    """Return a :class:`~amat_hooks.policies.BoundLoss` for ``batch``: per-sample loss terms
+    ``[B, K]`` as a function of the input, from the trainer's OWN loss objects, and
+    optionally the trainer's scalar loss of the same forward pass.
+
+    :param batch: the trainer's batch (its targets are bound into the loss).
+    :param model: the network the attack differentiates (unwrapped from DDP if needed).
+    :param host: the training host.
 
     Stops at the first non-None result.
     """
 
 
-@hookspec(firstresult=True)
-def amat_loss_term_names(host: Any) -> "Sequence[str] | None":
-    """Return names for the K loss terms (e.g. ``["box", "cls", "dfl"]``) for logs."""
-
-
 # -------------------------------------------------------------------------------------
-# Observers: all implementations are called; return values are ignored.
+# Training progress: every implementation is called; return values are ignored.
 # -------------------------------------------------------------------------------------
-@hookspec
-def amat_after_step(output: "StepOutput", ids: "Sequence[Hashable] | None", host: Any) -> None:
-    """Called after every adversarial training step with the policy's output
-    (clean/noisy loss terms, attack result, per-sample eps, accepted flags)."""
-
-
-@hookspec
-def amat_margins_updated(store: "MarginStore", ids: "Sequence[Hashable]", host: Any) -> None:
-    """Called after AMAT changed the margins of ``ids`` (after cross-rank sync at epoch end
-    ``ids`` is empty)."""
-
-
 @hookspec
 def amat_epoch_end(epoch: int, summary: "dict[str, float]", host: Any) -> None:
-    """Called once per epoch with the policy summary (margin mean/min/max, xi, NaN count)."""
+    """Called once per epoch, after the margins of all ranks were merged.
 
-
-@hookspec
-def amat_threshold_set(xi: "Tensor", source: str, host: Any) -> None:
-    """Called when xi is fixed from a calibration file (``source`` names it)."""
+    :param epoch: the host's epoch counter (0-based).
+    :param summary: the policy summary: ``margin_mean/min/max/q10/q50/q90``, ``xi_k``,
+        ``nan_samples`` (keys present where they apply).
+    :param host: the training host.
+    """
 
 
 # -------------------------------------------------------------------------------------
@@ -100,17 +115,22 @@ def amat_threshold_set(xi: "Tensor", source: str, host: Any) -> None:
 # -------------------------------------------------------------------------------------
 @hookspec
 def amat_add_commands(subparsers: "argparse._SubParsersAction") -> None:
-    """Add ``amat`` subcommands. Each parser must ``set_defaults(func=callable(args) -> int)``."""
+    """Add ``amat`` subcommands (converters, trainer front ends).
+
+    :param subparsers: ``amat``'s subparsers; each parser must
+        ``set_defaults(func=callable(args) -> int)``.
+    """
+
+
+@hookspec
+def amat_tasks() -> "Sequence[Task]":
+    """Return the :class:`~amat_hooks.tasks.Task` objects this plugin contributes to
+    ``amat calibrate``, ``amat eval`` and ``amat grid`` (``amat eval NAME ...``). Results of
+    all plugins are merged; a later plugin's task replaces one of the same name.
+    """
 
 
 @hookspec
 def amat_demo_backends() -> "dict[str, Any]":
     """Return ``{name: (description, run(args) -> int)}`` for ``amat demo --backend NAME``.
     Results of all plugins are merged; the core supplies ``loop``."""
-
-
-@hookspec
-def amat_add_task_commands(command: str, subparsers: "argparse._SubParsersAction") -> None:
-    """Add a task target under a shared command: ``command`` is ``"calibrate"``, ``"eval"``
-    or ``"grid"``; add e.g. ``nnunet``/``yolo``/``landmark`` parsers to ``subparsers``
-    (so users type ``amat calibrate nnunet ...``). Same ``set_defaults(func=...)`` rule."""

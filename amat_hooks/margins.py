@@ -18,22 +18,23 @@ class MarginStore:
     """The table E of Algorithm 1: one margin per training sample.
 
     Unknown ids start at ``init`` (the paper: E(i) = Delta). ``update`` applies line 10
-    (accepted: ``E += step``, capped by ``max_margin``) or line 12 (``E = (||noise|| + E)/2``).
+    (accepted: ``E += delta``, capped by ``max_margin``) or line 12 (``E = (||noise|| + E)/2``).
     Under ``torch.distributed`` each rank updates its own samples; :meth:`sync` replays
     every rank's updates in rank order so all ranks hold the same table.
     """
 
-    def __init__(self, init: float, step: float, max_margin: float | None = None,
-                 dataset_id: str | None = None) -> None:
+    def __init__(self, init: float, delta: float | None = None, max_margin: float | None = None,
+                 dataset_id: str | None = None, step: float | None = None) -> None:
+        delta = step if delta is None else delta  # ``step``: the name before 0.2
         if not (isinstance(init, (int, float)) and math.isfinite(init) and init >= 0):
             raise ValueError(f"MarginStore init must be a finite number >= 0, got {init!r}")
-        if not (isinstance(step, (int, float)) and math.isfinite(step) and step > 0):
-            raise ValueError(f"MarginStore step (Delta) must be > 0, got {step!r}; "
+        if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0):
+            raise ValueError(f"MarginStore delta (the expansion step) must be > 0, got {delta!r}; "
                              f"pass a positive expansion step such as 0.5")
         if max_margin is not None and not max_margin >= init:
             raise ValueError(f"max_margin ({max_margin}) must be >= init ({init}) or None")
         self.init = float(init)
-        self.step = float(step)
+        self.delta = float(delta)
         self.max_margin = None if max_margin is None else float(max_margin)
         self.dataset_id = dataset_id
         self._index: dict[Hashable, int] = {}
@@ -107,7 +108,7 @@ class MarginStore:
         self._updates += len(rows)
 
     def _rule(self, e: Tensor, accepted: Tensor, noise_norm: Tensor) -> Tensor:
-        grown = e + self.step
+        grown = e + self.delta
         if self.max_margin is not None:
             grown = grown.clamp(max=self.max_margin)
         return torch.where(accepted, grown, (noise_norm + e) / 2)
@@ -147,7 +148,7 @@ class MarginStore:
         return {
             "version": STATE_VERSION,
             "init": self.init,
-            "step": self.step,
+            "delta": self.delta,
             "max_margin": self.max_margin,
             "dataset_id": self.dataset_id,
             "ids": list(self._ids),
@@ -158,14 +159,17 @@ class MarginStore:
     def load_state_dict(self, state: dict[str, Any], force: bool = False) -> None:
         """Restore a table exactly. A table made with another init/step/dataset is refused
         unless ``force=True`` (its margins would mean something else)."""
-        for key in ("init", "step", "ids", "values"):
+        state = dict(state)
+        if "delta" not in state and "step" in state:  # written before 0.2
+            state["delta"] = state["step"]
+        for key in ("init", "delta", "ids", "values"):
             if key not in state:
                 raise MarginMismatchError(f"not a MarginStore state: key {key!r} missing")
         problems = []
         if abs(float(state["init"]) - self.init) > 1e-12:
             problems.append(f"init {state['init']} != {self.init}")
-        if abs(float(state["step"]) - self.step) > 1e-12:
-            problems.append(f"step {state['step']} != {self.step}")
+        if abs(float(state["delta"]) - self.delta) > 1e-12:
+            problems.append(f"step {state['delta']:g} != {self.delta:g}")
         if (self.dataset_id is not None and state.get("dataset_id") is not None
                 and state["dataset_id"] != self.dataset_id):
             problems.append(f"dataset {state['dataset_id']!r} != {self.dataset_id!r}")

@@ -14,12 +14,12 @@ ENTRY_POINT_GROUP = "amat_hooks"
 #: asked last). Integrations whose trainer is not installed are skipped.
 BUILTIN_PLUGINS = (
     "amat_hooks.integrations.torch_loop",
+    "amat_hooks.progress",
     "amat_hooks.cli_core",
 )
 OPTIONAL_PLUGINS = (
     "amat_hooks.integrations.multitask_unet.plugin",
     "amat_hooks.integrations.nnunet.plugin",
-    "amat_hooks.integrations.nnunet.eval_plugin",
     "amat_hooks.integrations.ultralytics.plugin",
     "amat_hooks.integrations.runner",
 )

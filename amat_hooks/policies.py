@@ -19,7 +19,7 @@ from .margins import MarginStore
 from .thresholds import OnlineThreshold, accepted, check_xi
 
 TermsFn = Callable[[Tensor], Tensor]
-TrainingFn = Callable[[Tensor], "tuple[Tensor, Tensor]"]
+TrainingFn = Callable[[Tensor, bool], "tuple[Tensor, Tensor]"]
 
 
 @dataclass
@@ -27,17 +27,19 @@ class BoundLoss:
     """A batch's loss, bound to its targets by the adapter.
 
     ``terms(x)`` -> per-sample loss terms ``[B, K]`` (the attack objective; must not issue
-    collective calls). ``training(x)`` -> ``(trainer's own scalar loss, terms [B, K])``
-    from ONE forward pass; if omitted, the training loss is ``terms.sum(1).mean()``.
+    collective calls). ``training(x, clean)`` -> ``(trainer's own scalar loss, terms [B, K])``
+    from ONE forward pass; ``clean`` is True for the clean input of the step (a trainer
+    that already ran that forward, like nnU-Net, reuses its output) and False for the
+    noisy one. If omitted, the training loss is ``terms.sum(1).mean()``.
     """
 
     terms: TermsFn
     training: TrainingFn | None = None
     term_names: Sequence[str] | None = None
 
-    def training_loss(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def training_loss(self, x: Tensor, clean: bool = False) -> tuple[Tensor, Tensor]:
         if self.training is not None:
-            loss, terms = self.training(x)
+            loss, terms = self.training(x, clean)
         else:
             terms = self.terms(x)
             loss = terms.reshape(terms.shape[0], -1).sum(1).mean()
@@ -150,13 +152,13 @@ class Policy:
     # -- one training step ----------------------------------------------------------------
     def step(self, model: nn.Module | None, x: Tensor, ids: Sequence[Hashable] | None,
              loss: BoundLoss) -> StepOutput:
-        clean_loss, clean_terms = loss.training_loss(x)
+        clean_loss, clean_terms = loss.training_loss(x, clean=True)
         clean_terms_d = clean_terms.detach()
         self.observe_clean(clean_terms_d)
         attack = self.perturb(model, x, ids, loss.terms, clean_terms=clean_terms_d)
         if attack is None:
             return StepOutput(loss=clean_loss, clean_loss=clean_loss, clean_terms=clean_terms_d)
-        noisy_loss, noisy_terms = loss.training_loss(attack.x_adv)
+        noisy_loss, noisy_terms = loss.training_loss(attack.x_adv, clean=False)
         noisy_terms_d = noisy_terms.detach()
         acc, upd = self.observe(ids, noisy_terms_d, attack, clean_terms_d)
         return StepOutput(loss=(clean_loss + noisy_loss) / 2, clean_loss=clean_loss,
@@ -233,12 +235,13 @@ class AMAT(Policy):
 
     name = "amat"
 
-    def __init__(self, step: float, xi: Sequence[float] | Tensor | None = None, xi_rule: str = "mean",
-                 attack: AttackSettings | None = None, max_margin: float | None = None,
+    def __init__(self, delta: float | None = None, xi: Sequence[float] | Tensor | None = None,
+                 xi_rule: str = "mean", attack: AttackSettings | None = None, max_margin: float | None = None,
                  init: float | None = None, dataset_id: str | None = None,
                  xi_momentum: float | None = 0.01, boundary: str = "none",
                  xi_source: str | None = None, calibrate_hint: str = "amat calibrate <task>",
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, step: float | None = None) -> None:
+        step = delta if delta is not None else step  # ``step``: the keyword before 0.2
         if not (isinstance(step, (int, float)) and step > 0):
             raise ValueError(f"AMAT needs a step size Delta > 0, got {step!r}; pass e.g. --adv-step 0.5")
         if boundary not in BOUNDARY_MODES:
@@ -246,7 +249,7 @@ class AMAT(Policy):
         super().__init__(attack)
         self.delta = float(step)
         self.boundary_mode = boundary
-        self.margins = MarginStore(init=float(step if init is None else init), step=float(step),
+        self.margins = MarginStore(init=float(step if init is None else init), delta=float(step),
                                    max_margin=max_margin, dataset_id=dataset_id)
         self.xi_fixed = None if xi is None else check_xi(xi)
         self.online = None if xi is not None else OnlineThreshold(rule=xi_rule, momentum=xi_momentum)
@@ -342,7 +345,7 @@ class AMAT(Policy):
         return acc, update
 
     def config(self):
-        return {**super().config(), "step": self.delta, "xi_rule": self.xi_rule,
+        return {**super().config(), "delta": self.delta, "xi_rule": self.xi_rule,
                 "xi": None if self.xi_fixed is None else self.xi_fixed.tolist(),
                 "xi_source": self.xi_source, "max_margin": self.margins.max_margin,
                 "boundary": self.boundary_mode}

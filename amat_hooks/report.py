@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .evaluation import EvalResult
-from .io import atomic_write_json, atomic_write_text
+from .atomic_files import atomic_write_json, atomic_write_text
 
 _SHORT = {"pgd": "P", "ifgsm": "IF"}
 
@@ -56,7 +56,10 @@ def to_markdown(results: Mapping[str, EvalResult], metric: str | None = None, di
     note = "higher is better" if higher else "lower is better"
     first = next(iter(results.values()))
     steps = ", ".join(f"{_SHORT[a]} = {n}-step {'PGD' if a == 'pgd' else 'IFGSM'}" for a, n in first.steps.items())
-    return "\n".join(lines) + f"\n\nBest per column in bold ({note})" + (f"; {steps}, L2." if steps else ".")
+    scored = sorted({r.scored for r in results.values() if r.scored})
+    what = f" Scored: {'; '.join(scored)}." if scored else ""
+    return ("\n".join(lines) + f"\n\nBest per column in bold ({note})" + (f"; {steps}, L2." if steps else ".")
+            + what)
 
 
 def to_csv(results: Mapping[str, EvalResult], metric: str | None = None) -> str:
@@ -77,7 +80,7 @@ def _save_png(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)
     return path
@@ -103,9 +106,11 @@ def plot_curves(results: Mapping[str, EvalResult], path: str | os.PathLike, metr
         n = first.steps.get(a)
         ax.set_title(f"{n or ('100' if a == 'pgd' else '10')}-step {'PGD' if a == 'pgd' else 'IFGSM'}")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    # outside the axes: with five models a legend inside covers the curves
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     return _save_png(fig, path)
 
 
@@ -124,13 +129,17 @@ def plot_margin_histogram(values: Sequence[float], path: str | os.PathLike, titl
 
 
 def write_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike, name: str = "robustness",
-                 title: str = "", margins: Sequence[float] | None = None) -> dict[str, Path]:
-    """Write ``<name>.md/.csv/.json/.png`` (+ ``<name>_margins.png``) into ``out_dir``."""
+                 title: str = "", margins: Sequence[float] | None = None,
+                 notes: Sequence[str] = ()) -> dict[str, Path]:
+    """Write ``<name>.md/.csv/.json/.png`` (+ ``<name>_margins.png``) into ``out_dir``;
+    ``notes`` (e.g. each AMAT model's margins and xi source) go under the title."""
     out = Path(out_dir)
+    head = (f"# {title}\n\n" if title else "") + "".join(f"- {n}\n" for n in notes) + ("\n" if notes else "")
     paths = {
-        "md": atomic_write_text(out / f"{name}.md", (f"# {title}\n\n" if title else "") + to_markdown(results) + "\n"),
+        "md": atomic_write_text(out / f"{name}.md", head + to_markdown(results) + "\n"),
         "csv": atomic_write_text(out / f"{name}.csv", to_csv(results)),
-        "json": atomic_write_json(out / f"{name}.json", {k: r.to_dict() for k, r in results.items()}),
+        "json": atomic_write_json(out / f"{name}.json", {k: r.to_dict() for k, r in results.items()}
+                                  | ({"_notes": list(notes)} if notes else {})),
         "png": plot_curves(results, out / f"{name}.png", title=title),
     }
     if margins is not None and len(margins):

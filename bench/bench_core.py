@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from amat_hooks import AMAT, AttackSettings, BoundLoss, pgd  # noqa: E402
 from amat_hooks.config import AdvConfig  # noqa: E402
-from amat_hooks.integrations.torch_loop import AdversarialLoop  # noqa: E402
+from amat_hooks.loop import AdversarialLoop  # noqa: E402
 
 
 def make_model(classes: int = 10) -> nn.Module:
@@ -85,7 +85,7 @@ def bench_hooks_overhead(batch: int, size: int, rounds: int, iters: int = 5) -> 
         torch.manual_seed(1)
         model = make_model()
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        pol = AMAT(step=0.5, xi=None, attack=AttackSettings(steps=10))
+        pol = AMAT(delta=0.5, xi=None, attack=AttackSettings(steps=10))
         for _ in range(iters):
             out = pol.step(model, x, ids, BoundLoss(terms=lambda z: per_sample(model(z), y)))
             opt.zero_grad(); out.loss.backward(); opt.step()
@@ -94,7 +94,7 @@ def bench_hooks_overhead(batch: int, size: int, rounds: int, iters: int = 5) -> 
         torch.manual_seed(1)
         model = make_model()
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        adv = AdversarialLoop(model, per_sample, AdvConfig(mode="amat", step=0.5, steps=10))
+        adv = AdversarialLoop(model, per_sample, AdvConfig(mode="amat", delta=0.5, pgd_steps=10))
         for _ in range(iters):
             loss = adv.loss((x, y, ids))
             opt.zero_grad(); loss.backward(); opt.step()

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from amat_hooks.demo import TinySegNet, seg_loss_terms  # noqa: E402
 from amat_hooks.evaluation import robustness_eval  # noqa: E402
-from amat_hooks.integrations.torch_loop import SegmentationEvalTask  # noqa: E402
+from amat_hooks.segmentation import SegmentationEvalTask  # noqa: E402
 from amat_hooks.synthetic import shapes_segmentation  # noqa: E402
 
 

@@ -27,9 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from amat_hooks import commands
+from amat_hooks.cli import grid as grid_command
 from amat_hooks.evaluation import EvalResult
-from amat_hooks.io import atomic_write_json, atomic_write_text, read_json
+from amat_hooks.atomic_files import atomic_write_json, atomic_write_text, read_json
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def best_delta(grid_dir: Path) -> float:
     results = {float(k): EvalResult.from_dict(v["result"]) for k, v in state.items() if v.get("result")}
     if not results:
         raise SystemExit(f"{grid_dir / 'grid.json'} holds no evaluated grid point; run the grid stage first")
-    return commands.best_delta(results)
+    return grid_command.best_delta(results)
 
 
 def make_plans(dataset_dir: Path, batch: int) -> Path:

@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from amat_hooks import AdvConfig
 from amat_hooks.demo import TinySegNet, seg_loss_terms
 from amat_hooks.evaluation import robustness_eval
-from amat_hooks.integrations.torch_loop import AdversarialLoop, SegmentationEvalTask
+from amat_hooks import AdversarialLoop
+from amat_hooks.segmentation import SegmentationEvalTask
 from amat_hooks.synthetic import shapes_segmentation
 
 

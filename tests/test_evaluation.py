@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from amat_hooks.evaluation import EvalResult, check_levels, robustness_eval
-from amat_hooks.integrations.torch_loop import SegmentationEvalTask
+from amat_hooks.segmentation import SegmentationEvalTask
 from amat_hooks.metrics import adi, auc_robust, dice_counts, dice_from_counts, tvdi
 from amat_hooks.report import write_report
 
@@ -127,7 +127,7 @@ def test_report_files_parse_and_png_is_valid(tmp_path):
 def test_grid_trains_each_delta_once_and_picks_the_best_auc(tmp_path):
     import argparse
 
-    from amat_hooks.commands import run_grid
+    from amat_hooks.cli.grid import run_grid
     from amat_hooks.config import AdvConfig
     from amat_hooks.demo import TinySegNet, seg_loss_terms, train_one
     from amat_hooks.synthetic import shapes_segmentation
@@ -138,7 +138,7 @@ def test_grid_trains_each_delta_once_and_picks_the_best_auc(tmp_path):
 
     def train(delta, folder):
         trained.append(delta)
-        model, _, _ = train_one(AdvConfig(mode="amat", step=delta, steps=2), xtr, ytr, 1, 8, 0, lambda s: None)
+        model, _, _ = train_one(AdvConfig(mode="amat", delta=delta, pgd_steps=2), xtr, ytr, 1, 8, 0, lambda s: None)
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), folder / "model.pt")
         return folder / "model.pt"

@@ -33,7 +33,7 @@ def make_loop(mode, **kw):
 
 
 def test_loop_amat_trains_and_moves_margins_keyed_by_ids():
-    model, adv = make_loop("amat", step=0.3, steps=3)
+    model, adv = make_loop("amat", delta=0.3, pgd_steps=3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
     ids = torch.arange(100, 108)
@@ -56,7 +56,7 @@ def test_loop_dict_batches_and_std_ignore_ids():
 
 
 def test_amat_without_ids_says_how_to_fix():
-    model, adv = make_loop("amat", step=0.3)
+    model, adv = make_loop("amat", delta=0.3)
     with pytest.raises(AdapterError, match=r"yield \(x, y, ids\)"):
         adv.loss((torch.randn(4, 6), torch.randint(0, 3, (4,))))
 
@@ -95,7 +95,7 @@ def test_a_plugin_object_can_claim_its_own_batches():
     pm = new_plugin_manager(load_entry_points=False)
     pm.register(PixelsAdapter())
     model = nn.Linear(3, 2)
-    engine = AdversarialEngine(AdvConfig(mode="amat", step=0.1, xi=[100.0]).build_policy(), host=None, pm=pm)
+    engine = AdversarialEngine(AdvConfig(mode="amat", delta=0.1, xi=[100.0]).build_policy(), host=None, pm=pm)
     engine.step(model, Batch())
     assert engine.policy.margins.get(["u", "v"]).tolist() == pytest.approx([0.2, 0.2])
 
@@ -160,9 +160,17 @@ def test_no_network_refuses_connections_without_sending():
     assert blocked and "example.com" in blocked[0]
 
 
-def test_preserved_state_without_model_is_a_noop():
-    with preserved_state(None):
-        pass
+def test_preserved_state_restores_only_the_model_it_is_given():
+    bn = torch.nn.BatchNorm1d(2)
+    with preserved_state(None):  # no model: nothing is saved, so nothing is restored
+        bn(torch.randn(8, 2) + 5)
+    assert bn.num_batches_tracked.item() == 1 and float(bn.running_mean.mean()) > 0.1
+    mean = bn.running_mean.clone()
+    bn.eval()
+    with preserved_state(bn):
+        bn.train()
+        bn(torch.randn(8, 2) - 5)
+    assert bn.num_batches_tracked.item() == 1 and torch.equal(bn.running_mean, mean) and not bn.training
 
 
 def test_plain_loop_example_runs_amat_and_reports(repo_root):

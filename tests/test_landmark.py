@@ -297,7 +297,7 @@ def test_adapter_terms_drive_a_real_amat_step():
     mask, heat, oy, ox = (t.unsqueeze(0).repeat(2, 1, 1, 1) for t in landmark_targets(pts, 40, 32))
     batch = {"image": torch.randn(2, 3, 40, 32), "mask": mask, "heatmap": heat, "offset_y": oy,
              "offset_x": ox, "ids": ["a", "b"]}
-    policy = AMAT(step=0.5, xi=[10.0, 10.0, 10.0], attack=AttackSettings(steps=2, refine_steps=2))
+    policy = AMAT(delta=0.5, xi=[10.0, 10.0, 10.0], attack=AttackSettings(steps=2, refine_steps=2))
     engine = AdversarialEngine(policy, host=Host(), pm=new_plugin_manager(load_entry_points=False))
     out = engine.step(model, batch)
     assert out.clean_terms.shape == (2, 3) and out.noisy_terms.shape == (2, 3)

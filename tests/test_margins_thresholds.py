@@ -13,13 +13,13 @@ from amat_hooks.thresholds import OnlineThreshold, accepted, xi_from_losses
 
 
 def test_unknown_ids_start_at_init_and_are_not_stored_by_get():
-    s = MarginStore(init=0.5, step=0.5)
+    s = MarginStore(init=0.5, delta=0.5)
     assert s.get(["a", ("case", 3)]).tolist() == [0.5, 0.5]
     assert len(s) == 0
 
 
 def test_grow_and_refine_on_hand_computed_numbers():
-    s = MarginStore(init=1.0, step=1.0)
+    s = MarginStore(init=1.0, delta=1.0)
     s.update(["a", "b", "c"], [True, False, True], [1.0, 0.4, 0.9])
     # a: 1 + 1 = 2;  b: (0.4 + 1)/2 = 0.7;  c: 2
     assert s.get(["a", "b", "c"]).tolist() == pytest.approx([2.0, 0.7, 2.0])
@@ -29,7 +29,7 @@ def test_grow_and_refine_on_hand_computed_numbers():
 
 
 def test_duplicate_ids_apply_in_order():
-    s = MarginStore(init=2.0, step=1.0)
+    s = MarginStore(init=2.0, delta=1.0)
     s.update(["x", "x", "x"], [True, False, True], [0.0, 1.0, 0.0])
     # 2 -> 3 -> (1 + 3)/2 = 2 -> 3
     assert s.get(["x"]).item() == pytest.approx(3.0)
@@ -37,37 +37,37 @@ def test_duplicate_ids_apply_in_order():
 
 
 def test_max_margin_caps_growth():
-    s = MarginStore(init=1.0, step=2.0, max_margin=2.5)
+    s = MarginStore(init=1.0, delta=2.0, max_margin=2.5)
     s.update(["a"], [True], [0.0])
     assert s.get(["a"]).item() == 2.5
 
 
 def test_state_round_trip_is_exact_and_validated(tmp_path):
-    s = MarginStore(init=0.3, step=0.3, dataset_id="D1")
+    s = MarginStore(init=0.3, delta=0.3, dataset_id="D1")
     s.update([("c1", 4), ("c2", 0), "img.png"], [True, False, True], [0.1, 0.123456789, 0.2])
     path = tmp_path / "m.pt"
     torch.save(s.state_dict(), path)
-    t = MarginStore(init=0.3, step=0.3, dataset_id="D1")
+    t = MarginStore(init=0.3, delta=0.3, dataset_id="D1")
     t.load_state_dict(torch.load(path, weights_only=False))
     assert t.ids() == s.ids()
     assert torch.equal(t.values(), s.values())
     # JSON round trip (string ids) too
-    j = MarginStore(init=0.3, step=0.3)
+    j = MarginStore(init=0.3, delta=0.3)
     j.update(["a.png", "b.png"], [True, False], [0.0, 0.05])
-    k = MarginStore(init=0.3, step=0.3)
+    k = MarginStore(init=0.3, delta=0.3)
     k.load_state_dict(json.loads(json.dumps(j.state_dict())))
     assert torch.equal(k.values(), j.values())
     with pytest.raises(MarginMismatchError, match="step 0.3 != 0.5"):
-        MarginStore(init=0.3, step=0.5).load_state_dict(s.state_dict())
+        MarginStore(init=0.3, delta=0.5).load_state_dict(s.state_dict())
     with pytest.raises(MarginMismatchError, match="dataset 'D1' != 'D2'"):
-        MarginStore(init=0.3, step=0.3, dataset_id="D2").load_state_dict(s.state_dict())
-    forced = MarginStore(init=0.3, step=0.5)
+        MarginStore(init=0.3, delta=0.3, dataset_id="D2").load_state_dict(s.state_dict())
+    forced = MarginStore(init=0.3, delta=0.5)
     forced.load_state_dict(s.state_dict(), force=True)
     assert torch.equal(forced.values(), s.values())
 
 
 def test_summary_numbers():
-    s = MarginStore(init=1.0, step=1.0)
+    s = MarginStore(init=1.0, delta=1.0)
     s.update(list("abcd"), [True, True, False, False], [0, 0, 0.0, 0.5])
     # a, b -> 2; c -> 0.5; d -> 0.75
     sm = s.summary()
@@ -76,8 +76,8 @@ def test_summary_numbers():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(init=0.5, step=0.0), "step"), (dict(init=0.5, step=-1.0), "step"),
-    (dict(init=-0.1, step=0.5), "init"), (dict(init=1.0, step=1.0, max_margin=0.5), "max_margin"),
+    (dict(init=0.5, delta=0.0), "delta"), (dict(init=0.5, delta=-1.0), "delta"),
+    (dict(init=-0.1, delta=0.5), "init"), (dict(init=1.0, delta=1.0, max_margin=0.5), "max_margin"),
 ])
 def test_bad_store_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -85,7 +85,7 @@ def test_bad_store_arguments(kwargs, match):
 
 
 def test_update_rejects_missing_ids_tensor_ids_and_nan_norms():
-    s = MarginStore(init=1.0, step=1.0)
+    s = MarginStore(init=1.0, delta=1.0)
     with pytest.raises(ValueError, match="sample ids are missing"):
         s.update(None, [True], [0.0])
     with pytest.raises(TypeError, match="hashable"):
@@ -133,7 +133,7 @@ GLOO_SCRIPT = textwrap.dedent("""
     from amat_hooks.margins import MarginStore
     rank = int(sys.argv[1])
     dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=rank, world_size=2)
-    s = MarginStore(init=1.0, step=1.0)
+    s = MarginStore(init=1.0, delta=1.0)
     if rank == 0:
         s.update(["a", "b"], [True, False], [0.0, 0.5])     # a=2, b=0.75
     else:

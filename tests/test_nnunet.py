@@ -120,7 +120,7 @@ def test_amat_training_moves_margins_keyed_by_case_and_slice(nnunet, calibrated,
     split = json.loads((nnunet / "pre" / DATASET / "splits_final.json").read_text())[0]
     for case, z in margins:
         assert case in split["train"] and 0 <= z < 6
-    step = state["config"]["step"]
+    step = state["config"]["delta"]
     assert step == 1.0  # documented default for datasets the paper does not name
     values = torch.tensor(list(margins.values()), dtype=torch.float64)
     assert (values != step).any(), "no margin moved away from its start"
@@ -151,7 +151,7 @@ def test_continue_restores_margins_exactly(nnunet, amat_run):
     log = sorted(amat_run.glob("training_log_*.txt"))[-1].read_text()
     from amat_hooks.margins import MarginStore
 
-    restored = MarginStore(init=1.0, step=1.0)
+    restored = MarginStore(init=1.0, delta=1.0)
     restored.load_state_dict(m_old)
     assert f"restored AMAT state from {amat_run / 'checkpoint_final.pth'}: {restored.format_summary()}" in log
     shutil.copyfile(backup, amat_run / "checkpoint_final.pth")
@@ -304,7 +304,7 @@ def test_hippocampus_smoke(tmp_path):
               AMAT_REFINE_STEPS="2"), timeout=500)
     fold = tmp_path / "res" / "Dataset004_Hippocampus" / "nnUNetTrainerAMAT__nnUNetPlans__2d" / "fold_0"
     state = _amat_state(fold / "checkpoint_final.pth")
-    assert state["config"]["step"] == 0.5  # the paper's Delta for Hippocampus
+    assert state["config"]["delta"] == 0.5  # the paper's Delta for Hippocampus
     margins = _margins(state)
     assert margins and all(c in split[0]["train"] for c, _ in margins)
     assert "This split has 208 training and 1 validation cases" in next(fold.glob("training_log_*.txt")).read_text()

@@ -30,12 +30,12 @@ def test_paper_step_per_dataset_name():
 
 def test_read_settings_defaults_and_overrides():
     s = st.read_settings("amat", "Dataset004_Hippocampus", env={})
-    assert (s.config.mode, s.config.step, s.config.xi_rule, s.xi_source) == ("amat", 0.5, "mean", "auto")
+    assert (s.config.mode, s.config.delta, s.config.xi_rule, s.xi_source) == ("amat", 0.5, "mean", "auto")
     assert s.epochs is None and s.iters is None
     env = {"AMAT_STEP": "2", "AMAT_STEPS": "4", "AMAT_XI_RULE": "mean+2std", "AMAT_EPOCHS": "3",
            "AMAT_ITERS": "5", "AMAT_VAL_ITERS": "2", "AMAT_XI_FILE": "/x/xi.json"}
     s = st.read_settings("amat", "Dataset004_Hippocampus", env=env)
-    assert (s.config.step, s.config.steps, s.config.xi_rule) == (2.0, 4, "mean+2std")
+    assert (s.config.delta, s.config.pgd_steps, s.config.xi_rule) == (2.0, 4, "mean+2std")
     assert (s.epochs, s.iters, s.val_iters, s.xi_source, s.xi_file) == (3, 5, 2, "file", "/x/xi.json")
 
 
@@ -54,11 +54,11 @@ def test_read_settings_bad_input_names_the_variable(mode, env, needle):
     assert needle in str(e.value)
 
 
-def _xi_record(**over):
-    rec = {"kind": st.XI_FILE_KIND, "dataset": "Dataset990_AMATShapes", "configuration": "2d",
-           "plans": "nnUNetPlans", "fold": "0", "xi": {"mean": [-0.25], "mean+2std": [0.1]}}
-    rec.update(over)
-    return rec
+def _xi_record(dataset="Dataset990_AMATShapes", terms=((-0.5,), (0.0,))):
+    from amat_hooks.calibration import xi_record
+
+    return xi_record("nnunet", torch.tensor(terms), ["loss"] * len(terms[0]), "mean",
+                     identity={"dataset": dataset, "configuration": "2d", "plans": "nnUNetPlans"})
 
 
 def test_xi_file_round_trip_and_errors(tmp_path):
@@ -66,7 +66,13 @@ def test_xi_file_round_trip_and_errors(tmp_path):
     path = tmp_path / "xi.json"
     path.write_text(json.dumps(_xi_record()))
     assert st.load_xi_file(path, rule="mean", **kw) == [-0.25]
-    assert st.load_xi_file(path, rule="mean+2std", **kw) == [0.1]
+    assert st.load_xi_file(path, rule="mean+2std", **kw) == pytest.approx([0.25])  # -0.25 + 2 * 0.25
+    # the format written before the shared xi schema still reads
+    path.write_text(json.dumps({"kind": "amat-hooks nnunet xi", "dataset": "Dataset990_AMATShapes",
+                                "configuration": "2d", "plans": "nnUNetPlans", "fold": "0",
+                                "xi": {"mean": [-0.25], "mean+2std": [0.1]}}))
+    with pytest.warns(UserWarning, match="older nnU-Net format"):
+        assert st.load_xi_file(path, rule="mean+2std", **kw) == [0.1]
     fix = "amat calibrate nnunet 990 2d 0"
     with pytest.raises(AdvConfigError, match="no xi calibration file") as e:
         st.load_xi_file(tmp_path / "missing.json", rule="mean", **kw)
@@ -75,9 +81,10 @@ def test_xi_file_round_trip_and_errors(tmp_path):
     with pytest.raises(AdvConfigError, match="calibrated for another run") as e:
         st.load_xi_file(path, rule="mean", **kw)
     assert fix in str(e.value)
-    path.write_text(json.dumps(_xi_record(xi={"mean": [0.1, 0.2]})))
-    with pytest.raises(AdvConfigError, match="no valid 1-term xi"):
+    path.write_text(json.dumps(_xi_record(terms=((0.1, 0.2),))))
+    with pytest.raises(AdvConfigError, match="has 2 thresholds but the loss has 1 terms") as e:
         st.load_xi_file(path, rule="mean", **kw)
+    assert fix in str(e.value)
     path.write_text("{not json")
     with pytest.raises(AdvConfigError, match="unreadable"):
         st.load_xi_file(path, rule="mean", **kw)
@@ -130,7 +137,7 @@ def test_collectives_off_avoids_all_gather_and_restores_flags():
     loss = _nnunet_loss(batch_dice=True, ddp=True)
     outs, tgts = _outputs_targets(b=2)
     assert not torch.distributed.is_initialized()
-    with pytest.raises(Exception):  # ddp=True + batch Dice all-gathers: needs a process group
+    with pytest.raises(ValueError, match="process group has not been initialized"):  # batch Dice all-gathers
         loss([o[:1] for o in outs], [t[:1] for t in tgts])
     terms = per_sample_terms(loss, outs, tgts, deep_supervision=True)
     assert torch.isfinite(terms).all()
@@ -207,7 +214,7 @@ def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    store = MarginStore(init=1.0, step=1.0, dataset_id="Dataset990_AMATShapes/2d")
+    store = MarginStore(init=1.0, delta=1.0, dataset_id="Dataset990_AMATShapes/2d")
     if rank == 0:  # (case, slice) ids exactly as nnUNetTrainerAMAT produces them
         store.update([("shapes_001", 0), ("shapes_002", 4)], torch.tensor([True, True]), torch.tensor([0.9, 1.0]))
     else:

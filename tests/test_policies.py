@@ -50,7 +50,7 @@ def test_amat_default_is_algorithm_1_full_radius():
     """Algorithm 1: x~ = PGD(x, y, E(i)) at full radius; grow by Delta where L1 < xi, else
     E = (||x - x~|| + E) / 2 - which is E itself where the projection binds."""
     m = Linear()
-    pol = AMAT(step=0.5, xi=[10.0], attack=EXACT)
+    pol = AMAT(delta=0.5, xi=[10.0], attack=EXACT)
     x = torch.tensor([[0.0, 0, 0, 0], [9.8, 0, 0, 0], [9.9, 0, 0, 0]])
     ids = ["a", "b", "c"]
     out = pol.step(m, x, ids, bound(m))
@@ -71,7 +71,7 @@ def test_amat_margin_sequence_on_a_known_boundary():
     """Clean loss 7, xi 9.5, Delta 1: E = 1 -> 2 -> 3 (noisy 8, 9 < 9.5), then noisy 10 is
     not < 9.5: E = (||noise|| + E) / 2 = (3 + 3) / 2 = 3 on every later visit."""
     m = Linear()
-    pol = AMAT(step=1.0, xi=[9.5], attack=AttackSettings(steps=10))  # random start, as training
+    pol = AMAT(delta=1.0, xi=[9.5], attack=AttackSettings(steps=10))  # random start, as training
     x = torch.tensor([[7.0, 0.3, -0.2, 0.1]])
     seen = []
     for _ in range(5):
@@ -86,7 +86,7 @@ def test_amat_refine_uses_the_measured_noise_norm():
     takes the measured ||x - x~||: x0 = 0.8 in [0, 1] lets the attack move only 0.2."""
     m = Linear()
     settings = AttackSettings(steps=10, random_start=False, bounds=(0.0, 1.0))
-    pol = AMAT(step=0.5, xi=[0.9], attack=settings)
+    pol = AMAT(delta=0.5, xi=[0.9], attack=settings)
     out = pol.step(m, torch.tensor([[0.8, 0.5, 0.5, 0.5]]), ["s"], bound(m))
     assert out.attack.noise_norm.item() == pytest.approx(0.2, abs=1e-5)
     assert out.accepted.tolist() == [False]  # noisy loss 1.0 >= 0.9
@@ -99,7 +99,7 @@ def test_clean_loss_above_xi_keeps_the_margin(boundary):
     iterate 0 and its margin shrank ~0.6x per visit. Under both semantics it now keeps E
     and is trained on full-radius noise."""
     m = Linear()
-    pol = AMAT(step=1.0, xi=[1.5], attack=AttackSettings(steps=10), boundary=boundary)
+    pol = AMAT(delta=1.0, xi=[1.5], attack=AttackSettings(steps=10), boundary=boundary)
     x = torch.tensor([[2.0, 0.0, 0.0, 0.0]])  # clean loss 2.0 >= xi 1.5
     for _ in range(6):
         out = pol.step(m, x, ["hard"], bound(m))
@@ -111,7 +111,7 @@ def test_boundary_stop_variant_lands_on_the_boundary():
     """--adv-boundary stop: samples that start inside stop at w.x = xi and are refined to
     (distance + E) / 2; a sample whose boundary is outside the ball grows by Delta."""
     m = Linear()
-    pol = AMAT(step=0.5, xi=[10.0], boundary="stop",
+    pol = AMAT(delta=0.5, xi=[10.0], boundary="stop",
                attack=AttackSettings(steps=10, random_start=False, refine_steps=20))
     x = torch.tensor([[0.0, 0, 0, 0], [9.8, 0, 0, 0], [9.9, 0, 0, 0]])
     ids = ["a", "b", "c"]
@@ -124,24 +124,24 @@ def test_boundary_stop_variant_lands_on_the_boundary():
 
 def test_boundary_mode_is_checked_on_resume():
     m = Linear()
-    stop = AMAT(step=0.5, xi=[10.0], attack=EXACT, boundary="stop")
+    stop = AMAT(delta=0.5, xi=[10.0], attack=EXACT, boundary="stop")
     stop.step(m, torch.zeros(2, 4), [1, 2], bound(m))
     with pytest.raises(ValueError, match="trained with --adv-boundary stop.*resume with --adv-boundary stop"):
-        AMAT(step=0.5, xi=[10.0], attack=EXACT).load_state_dict(stop.state_dict())
-    forced = AMAT(step=0.5, xi=[10.0], attack=EXACT)
+        AMAT(delta=0.5, xi=[10.0], attack=EXACT).load_state_dict(stop.state_dict())
+    forced = AMAT(delta=0.5, xi=[10.0], attack=EXACT)
     forced.load_state_dict(stop.state_dict(), force=True)
     assert torch.equal(forced.margins.values(), stop.margins.values())
     # a checkpoint from before the option existed was trained with the boundary stop
     legacy = stop.state_dict()
     del legacy["config"]["boundary"]
     with pytest.raises(ValueError, match="--adv-boundary stop"):
-        AMAT(step=0.5, xi=[10.0], attack=EXACT).load_state_dict(legacy)
-    AMAT(step=0.5, xi=[10.0], attack=EXACT, boundary="stop").load_state_dict(legacy)
+        AMAT(delta=0.5, xi=[10.0], attack=EXACT).load_state_dict(legacy)
+    AMAT(delta=0.5, xi=[10.0], attack=EXACT, boundary="stop").load_state_dict(legacy)
 
 
 def test_amat_multi_term_condition():
     m = Linear(2)
-    pol = AMAT(step=1.0, xi=[5.0, 0.5], attack=EXACT)
+    pol = AMAT(delta=1.0, xi=[5.0, 0.5], attack=EXACT)
     terms = lambda x: torch.stack([m(x), 0.1 * x[:, 1].abs()], 1)
     x = torch.tensor([[0.0, 0.0], [0.0, 9.0]])
     out = pol.step(m, x, ["p", "q"], BoundLoss(terms=terms))
@@ -155,7 +155,7 @@ def test_amat_multi_term_condition():
 def test_amat_online_xi_uses_clean_losses_and_says_so():
     m = Linear()
     lines = []
-    pol = AMAT(step=0.5, xi=None, xi_rule="mean", attack=EXACT, xi_momentum=None,
+    pol = AMAT(delta=0.5, xi=None, xi_rule="mean", attack=EXACT, xi_momentum=None,
                calibrate_hint="amat calibrate demo", log=lines.append)
     x = torch.tensor([[1.0, 0, 0, 0], [3.0, 0, 0, 0]])
     out = pol.step(m, x, ["a", "b"], bound(m))
@@ -170,7 +170,7 @@ def test_amat_online_xi_uses_clean_losses_and_says_so():
 
 
 def test_given_xi_source_is_recorded():
-    pol = AdvConfig(mode="amat", step=1.0, xi=[0.5], xi_source="calibration file /tmp/xi.json").build_policy()
+    pol = AdvConfig(mode="amat", delta=1.0, xi=[0.5], xi_source="calibration file /tmp/xi.json").build_policy()
     assert pol.config()["xi_source"] == "calibration file /tmp/xi.json"
     assert "from calibration file /tmp/xi.json" in pol.describe()
 
@@ -182,7 +182,7 @@ def test_nan_sample_keeps_its_margin_and_is_counted():
         t = m(x)
         return torch.stack([t, torch.where(torch.arange(2) == 1, torch.tensor(float("nan")), t)], 1)
 
-    pol = AMAT(step=0.5, xi=[10.0, 10.0], attack=EXACT)
+    pol = AMAT(delta=0.5, xi=[10.0, 10.0], attack=EXACT)
     with pytest.warns(RuntimeWarning, match="NaN"):
         out = pol.step(m, torch.zeros(2, 4), ["ok", "bad"], BoundLoss(terms=terms))
     assert "bad" not in pol.margins and pol.margins.get(["ok"]).item() == 1.0
@@ -192,14 +192,14 @@ def test_nan_sample_keeps_its_margin_and_is_counted():
 def test_amat_requires_ids():
     m = Linear()
     with pytest.raises(ValueError, match="needs sample ids"):
-        AMAT(step=0.5, xi=[1.0]).step(m, torch.zeros(2, 4), None, bound(m))
+        AMAT(delta=0.5, xi=[1.0]).step(m, torch.zeros(2, 4), None, bound(m))
 
 
 def test_policy_state_round_trip_and_mode_mismatch():
     m = Linear()
-    a = AMAT(step=0.5, xi=[10.0], attack=EXACT)
+    a = AMAT(delta=0.5, xi=[10.0], attack=EXACT)
     a.step(m, torch.zeros(2, 4), [1, 2], bound(m))
-    b = AMAT(step=0.5, xi=[10.0], attack=EXACT)
+    b = AMAT(delta=0.5, xi=[10.0], attack=EXACT)
     b.load_state_dict(a.state_dict())
     assert torch.equal(a.margins.values(), b.margins.values())
     with pytest.raises(ValueError, match="trained with --adv amat"):
@@ -228,7 +228,7 @@ def test_config_from_env_args_and_dict_round_trip():
     import argparse
 
     cfg = AdvConfig.from_env({"AMAT_MODE": "sat", "AMAT_EPS": "5", "AMAT_STEPS": "7", "AMAT_XI": "1,2"})
-    assert (cfg.mode, cfg.eps, cfg.steps, cfg.xi) == ("sat", 5.0, 7, [1.0, 2.0])
+    assert (cfg.mode, cfg.eps, cfg.pgd_steps, cfg.xi) == ("sat", 5.0, 7, [1.0, 2.0])
     assert cfg.label == "SAT5"
     assert AdvConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(AdvConfigError, match="AMAT_STEPS='x'"):
@@ -239,5 +239,27 @@ def test_config_from_env_args_and_dict_round_trip():
     assert AdvConfig.from_args(ns).mode == "none"
     ns = p.parse_args(["--adv", "amat", "--adv-step", "0.5", "--adv-xi", "0.1,0.2,0.3"])
     c = AdvConfig.from_args(ns)
-    assert c.step == 0.5 and c.xi == [0.1, 0.2, 0.3]
+    assert c.delta == 0.5 and c.xi == [0.1, 0.2, 0.3]
     assert isinstance(c.build_policy(), AMAT)
+
+
+def test_settings_and_states_written_with_the_names_before_0_2_still_load():
+    """Delta is ``delta`` in the code now; ``step``/``steps``/``step_size`` (keywords, JSON of
+    sidecars and checkpoints, margin tables) keep working."""
+    old = AdvConfig(mode="amat", step=0.5, steps=7, step_size=0.1)
+    assert (old.delta, old.pgd_steps, old.pgd_step_size) == (0.5, 7, 0.1)
+    assert AdvConfig.from_dict({"mode": "amat", "step": 0.5, "steps": 7, "refine_steps": 2}) == \
+        AdvConfig(mode="amat", delta=0.5, pgd_steps=7)
+    assert AdvConfig.from_env({"AMAT_MODE": "amat", "AMAT_STEP": "0.25", "AMAT_STEPS": "3"}).delta == 0.25
+    with pytest.raises(TypeError, match="unexpected keyword argument 'stepz'"):
+        AdvConfig(stepz=1)
+    from amat_hooks import MarginStore
+
+    s = MarginStore(init=0.5, delta=0.5)
+    s.update(["a"], [True], [0.5])
+    state = s.state_dict()
+    state["step"] = state.pop("delta")  # a table written by 0.1
+    t = MarginStore(init=0.5, step=0.5)
+    t.load_state_dict(state)
+    assert t.get(["a"]).tolist() == [1.0]
+    assert AMAT(step=0.5, xi=[1.0]).delta == 0.5

@@ -114,7 +114,7 @@ def test_patched_dataloader_yields_the_scripts_own_batches_outside_training():
     ds = TensorDataset(torch.arange(10).float())
     torch.manual_seed(5)
     plain = [b[0].tolist() for b in DataLoader(ds, batch_size=3, shuffle=True)]
-    runner = Runner(AdvConfig(mode="amat", step=0.5), verbose=False)
+    runner = Runner(AdvConfig(mode="amat", delta=0.5), verbose=False)
     with Patches(runner):
         torch.manual_seed(5)
         loader = DataLoader(ds, batch_size=3, shuffle=True)
@@ -268,7 +268,7 @@ def test_runner_path_leaves_batchnorm_statistics_to_the_script():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
                           nn.Linear(4 * 6 * 6, 2)).train()
-    runner = Runner(AdvConfig(mode="amat", step=0.5, steps=3, xi_rule="mean+2std"), verbose=False)
+    runner = Runner(AdvConfig(mode="amat", delta=0.5, pgd_steps=3, xi_rule="mean+2std"), verbose=False)
     runner.model, runner.criterion = model, nn.CrossEntropyLoss()
     bn = model[1]
     before = [b.clone() for b in (bn.running_mean, bn.running_var, bn.num_batches_tracked)]

@@ -64,7 +64,7 @@ def _sidecar(run: Path) -> dict:
 def test_bad_adv_settings_are_reported(work):
     base = ["yolo", "detect", "train", "model=yolov5n.yaml", f"data={work['d1']}", "epochs=1", *COMMON]
     rc, out = amat([*base, "--adv", "bogus"], work["root"], check=False)
-    assert rc == 2 and "unknown --adv mode 'bogus'" in out and "none, sat, amat" in out
+    assert rc == 2 and "unknown mode 'bogus' for --adv" in out and "none, sat, amat" in out
     rc, out = amat([*base, "--adv", "amat", "--adv-step", "0"], work["root"], check=False)
     assert rc == 2 and "--adv-step must be > 0" in out
     rc, out = amat([*base, "--adv", "amat", "--adv-step", "-1"], work["root"], check=False)
@@ -184,7 +184,7 @@ def test_resume_restores_margins_exactly_and_refuses_foreign_sidecar(work):
     rc, out = amat(["yolo", "detect", "train", "resume", f"model={last}"], work["root"])
     assert f"restored {len(margins['ids'])} margins" in out and f"digest {digest}" in out
     final = _sidecar(run)
-    assert final["epoch"] == 3 and final["config"]["step"] == 0.5
+    assert final["epoch"] == 3 and final["config"]["delta"] == 0.5
     assert final["engine"]["policy"]["margins"]["updates"] > margins["updates"]
 
 
@@ -323,7 +323,7 @@ def test_grid_trains_each_delta_once_and_resumes(work):
     weights = {d: out / f"delta_{d}" / "train" / "weights" / "last.pt" for d in ("0.5", "1")}
     for d, w in weights.items():
         side = json.loads((w.parent / "amat_state.json").read_text())
-        assert side["config"]["mode"] == "amat" and side["config"]["step"] == float(d)
+        assert side["config"]["mode"] == "amat" and side["config"]["delta"] == float(d)
         assert side["config"]["steps"] == 3  # the extra --adv-steps reached the training
     state = json.loads((out / "grid.json").read_text())
     assert set(state) == {"0.5", "1"}

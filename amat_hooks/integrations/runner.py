@@ -333,12 +333,12 @@ class Runner:
         }
 
     def write_state(self, path: Path) -> Path:
-        from ..io import atomic_write_json
+        from ..atomic_files import atomic_write_json
 
         return atomic_write_json(path, self.state())
 
     def load_state(self, path: str | Path, force: bool = False) -> None:
-        from ..io import read_json
+        from ..atomic_files import read_json
 
         path = Path(path)
         if not path.is_file():

@@ -109,15 +109,6 @@ def amat_bind_loss(batch: Any, model: nn.Module, host: Any):
 
 
 @hookimpl
-def amat_loss_term_names(host: Any) -> Sequence[str] | None:
-    if getattr(host, "landmark_heatmap_loss", None) is None:
-        return None
-    from .losses import TERM_NAMES
-
-    return list(TERM_NAMES)
-
-
-@hookimpl
 def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "landmark-data", help="write a generated landmark dataset in the ISBI 2015 layout",
@@ -143,7 +134,7 @@ def _make_data(args: argparse.Namespace) -> int:
 
 
 @hookimpl
-def amat_add_task_commands(command: str, subparsers: argparse._SubParsersAction) -> None:
-    from .commands import add_task_commands
+def amat_tasks():
+    from .task import LandmarkTask
 
-    add_task_commands(command, subparsers)
+    return [LandmarkTask()]

@@ -1,28 +1,22 @@
-"""``amat calibrate nnunet``: xi from a clean (STD) nnU-Net model (paper section 2.2).
+"""Clean slice losses of an nnU-Net model for ``amat calibrate nnunet`` (paper section 2.2).
 
 Every training slice of the fold is scored once with the trainer's own loss object
 (the same per-sample function AMAT uses during training), prepared the way nnU-Net's
 validation pipeline prepares a sample: centre crop/pad to the patch size, labels -1 -> 0,
-deep-supervision targets. xi = mean (or mean + 2 std) of those clean losses.
+deep-supervision targets. The shared command turns them into xi (mean, mean + 2 std).
 """
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ...io import atomic_write_json
-from ...thresholds import RULES, xi_from_losses
+from ...tasks import CalibrationSet, TaskError
 from .losses import TERM_NAMES, per_sample_terms
-from .settings import XI_FILE_KIND, default_xi_path
-
-
-class CalibrationError(RuntimeError):
-    """The clean model or data needed for calibration is missing."""
+from .settings import default_xi_path
 
 
 def clean_losses(trainer, keys, batch_size: int, log=print) -> tuple[np.ndarray, list[tuple[str, int]]]:
@@ -30,7 +24,7 @@ def clean_losses(trainer, keys, batch_size: int, log=print) -> tuple[np.ndarray,
     from .slices import load_cases, prepared_slices
 
     if len(trainer.configuration_manager.patch_size) != 2:
-        raise CalibrationError(f"calibration is implemented for 2d configurations (samples = slices); "
+        raise TaskError(f"calibration is implemented for 2d configurations (samples = slices); "
                                f"{trainer.configuration_name!r} has a "
                                f"{len(trainer.configuration_manager.patch_size)}D patch")
     net = trainer.network
@@ -67,11 +61,11 @@ def clean_losses(trainer, keys, batch_size: int, log=print) -> tuple[np.ndarray,
     return np.asarray(losses, dtype=np.float64), ids
 
 
-def calibrate(dataset: str, configuration: str, fold: str, trainer_name: str = "nnUNetTrainerSTD",
-              plans: str = "nnUNetPlans", checkpoint: str = "checkpoint_final.pth", device: str = "cpu",
-              out: str | None = None, batch_size: int | None = None, max_cases: int | None = None,
-              log=print) -> tuple[Path, dict[str, Any]]:
-    """Compute xi from a clean model's per-slice training losses and write the xi file."""
+def clean_losses_of_model(dataset: str, configuration: str, fold: str, trainer_name: str = "nnUNetTrainerSTD",
+                          plans: str = "nnUNetPlans", checkpoint: str = "checkpoint_final.pth",
+                          device: str = "cpu", batch_size: int | None = None, max_cases: int | None = None,
+                          log=print) -> CalibrationSet:
+    """The clean model's per-slice losses on the fold's training cases."""
     from nnunetv2.run.run_training import get_trainer_from_args
 
     fold_arg: Any = fold if fold == "all" else int(fold)
@@ -79,7 +73,7 @@ def calibrate(dataset: str, configuration: str, fold: str, trainer_name: str = "
                                     device=torch.device(device))
     ckpt = Path(trainer.output_folder) / checkpoint
     if not ckpt.is_file():
-        raise CalibrationError(
+        raise TaskError(
             f"no clean model at {ckpt}; train one first: nnUNetv2_train {dataset} {configuration} {fold} "
             f"-tr {trainer_name}" + ("" if plans == "nnUNetPlans" else f" -p {plans}"))
     trainer.initialize()
@@ -96,24 +90,14 @@ def calibrate(dataset: str, configuration: str, fold: str, trainer_name: str = "
     bs = batch_size or int(trainer.configuration_manager.batch_size)
     log(f"calibrating xi on {len(tr_keys)} training cases of {trainer.plans_manager.dataset_name} "
         f"({configuration}, fold {fold}) with {ckpt}")
+    t0 = time.perf_counter()
     losses, ids = clean_losses(trainer, tr_keys, bs, log=log)
-    finite = np.isfinite(losses)
-    if not finite.any():
-        raise CalibrationError(f"every clean loss was NaN/inf ({len(losses)} slices); is {ckpt} a trained model?")
-    xi = {rule: xi_from_losses(torch.from_numpy(losses), rule).tolist() for rule in RULES}
-    f = losses[finite]
-    record = {
-        "kind": XI_FILE_KIND, "dataset": trainer.plans_manager.dataset_name, "configuration": configuration,
-        "plans": trainer.plans_manager.plans_name, "fold": fold, "trainer": trainer_name,
-        "checkpoint": str(ckpt), "term_names": list(TERM_NAMES), "n_samples": int(len(losses)),
-        "n_nonfinite": int((~finite).sum()), "n_cases": len(tr_keys), "xi": xi,
-        "loss_stats": {"mean": float(f.mean()), "std": float(f.std()), "min": float(f.min()),
-                       "max": float(f.max())},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    path = Path(out) if out else default_xi_path(trainer.preprocessed_dataset_folder_base, configuration,
-                                                 trainer.plans_manager.plans_name, fold)
-    atomic_write_json(path, record)
-    log(f"xi (mean) = {xi['mean'][0]:.5f}, xi (mean+2std) = {xi['mean+2std'][0]:.5f} over "
-        f"{len(losses)} slices -> {path}")
-    return path, record
+    log(f"scored {len(losses)} slices in {time.perf_counter() - t0:.0f} s")
+    default = default_xi_path(trainer.preprocessed_dataset_folder_base, configuration,
+                              trainer.plans_manager.plans_name, fold)
+    return CalibrationSet(
+        terms=torch.from_numpy(losses).unsqueeze(1), term_names=list(TERM_NAMES),
+        identity={"dataset": trainer.plans_manager.dataset_name, "configuration": configuration,
+                  "plans": trainer.plans_manager.plans_name},
+        source={"fold": str(fold), "trainer": trainer_name, "checkpoint": str(ckpt), "n_cases": len(tr_keys),
+                "default_path": str(default)})

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ...io import atomic_write_json
+from ...atomic_files import atomic_write_json
 
 #: Paper split of MSD Task04 Hippocampus (section 3.1): train / validation / test cases.
 HIPPOCAMPUS_SPLIT = (208, 17, 35)

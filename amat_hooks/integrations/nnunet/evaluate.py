@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...config import ENV_NAMES, LEGACY_FIELDS
 from ...evaluation import EvalBatch, EvalTask
 from ...metrics import adi, dice_counts, tvdi
 from .losses import per_sample_terms
@@ -39,7 +40,7 @@ def load_trainer(dataset: str, configuration: str, fold: str, trainer_name: str,
     from nnunetv2.run.run_training import get_trainer_from_args
 
     fold_arg: Any = fold if fold == "all" else int(fold)
-    ckpt = _checkpoint_path(dataset, configuration, fold, trainer_name, plans, checkpoint)
+    ckpt = checkpoint_path(dataset, configuration, fold, trainer_name, plans, checkpoint)
     if ckpt is not None and not ckpt.is_file():
         raise NnUNetEvalError(f"no checkpoint {ckpt}; train the model first: nnUNetv2_train {dataset} "
                               f"{configuration} {fold} -tr {trainer_name}")
@@ -62,12 +63,13 @@ def load_trainer(dataset: str, configuration: str, fold: str, trainer_name: str,
     return trainer
 
 
-_ENV_OF = {"mode": "AMAT_MODE", "step": "AMAT_STEP", "eps": "AMAT_EPS", "steps": "AMAT_STEPS",
-           "step_size": "AMAT_STEP_SIZE", "norm": "AMAT_NORM", "xi_rule": "AMAT_XI_RULE",
-           "refine_steps": "AMAT_REFINE_STEPS", "max_margin": "AMAT_MAX_MARGIN"}
+#: checkpoint config key -> environment variable (both the 0.2 names and the older ones)
+#: (xi is not passed: the trainer restores it from the checkpoint itself)
+_ENV_OF = {k: v for k, v in {**ENV_NAMES, **{old: ENV_NAMES[new] for old, new in LEGACY_FIELDS.items()}}.items()
+           if k != "xi"}
 
 
-def _checkpoint_path(dataset, configuration, fold, trainer_name, plans, checkpoint) -> Path | None:
+def checkpoint_path(dataset, configuration, fold, trainer_name, plans, checkpoint) -> Path | None:
     """Where nnU-Net keeps this model's checkpoint (None if the dataset is unknown)."""
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
@@ -86,7 +88,7 @@ def _saved_settings(dataset, configuration, fold, trainer_name, plans, checkpoin
     ``AMAT_EPS`` for a SAT model, and AMAT's margin table only loads under its own Delta."""
     saved = {k: v for k, v in os.environ.items() if k.startswith("AMAT_") and k != "AMAT_NETWORK_GUARD"}
     env: dict[str, str] = {"AMAT_XI_SOURCE": "online"}
-    ckpt = _checkpoint_path(dataset, configuration, fold, trainer_name, plans, checkpoint)
+    ckpt = checkpoint_path(dataset, configuration, fold, trainer_name, plans, checkpoint)
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=False).get("amat_hooks") \
             if ckpt is not None and ckpt.is_file() else None
@@ -180,6 +182,11 @@ class NnUNetSliceEvalTask(EvalTask):
     def size(self) -> int:
         return -(-len(self._slices) // self.batch_size)
 
+    def describe_scored(self, samples: int) -> str:
+        cases = len({key.rsplit(":", 1)[0] for key, *_ in self._slices})
+        empty = "" if self.include_empty else " with foreground"
+        return f"{samples} {self.split} slices{empty} of {cases} cases"
+
     def batches(self) -> Iterable[EvalBatch]:
         dev = self.trainer.device
         for s in range(0, len(self._slices), self.batch_size):
@@ -204,11 +211,3 @@ class NnUNetSliceEvalTask(EvalTask):
     def reduce(self, stats) -> dict[str, float]:
         counts = torch.tensor([row for s in stats for row in s], dtype=torch.float64)
         return {"ADI": adi(counts), "TVDI": tvdi(counts)}
-
-
-def margins_of(trainer) -> list[float] | None:
-    """The AMAT margin table of a loaded AMAT trainer (for the margin histogram)."""
-    eng = getattr(trainer, "amat_engine", None)
-    pol = getattr(eng, "policy", None)
-    margins = getattr(pol, "margins", None)
-    return None if margins is None or len(margins) == 0 else margins.values().tolist()

@@ -42,11 +42,6 @@ def amat_batch_with_inputs(batch: Any, inputs: Tensor, host: Any) -> Any:
     return dataclasses.replace(batch, data=inputs, clean_output=None)
 
 
-@hookimpl
-def amat_loss_term_names(host: Any) -> Sequence[str] | None:
-    return list(TERM_NAMES) if getattr(host, "amat_is_nnunet", False) else None
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     """The attack scores samples through the bare network: under DDP its forward must not
     arm the gradient reducer (the attack only takes gradients w.r.t. the input)."""
@@ -70,9 +65,9 @@ def amat_bind_loss(batch: Any, model: nn.Module, host: Any) -> BoundLoss | None:
             return terms
         return torch.where(bad.to(terms.device).unsqueeze(1), torch.full_like(terms, float("nan")), terms)
 
-    def training(x: Tensor) -> tuple[Tensor, Tensor]:
-        reuse = x is batch.data and batch.clean_output is not None
-        output = batch.clean_output if reuse else model(x)
+    def training(x: Tensor, clean: bool) -> tuple[Tensor, Tensor]:
+        # the step's clean forward already ran inside nnU-Net's own train_step
+        output = batch.clean_output if clean and batch.clean_output is not None else model(x)
         loss = own_loss(output, target)  # nnU-Net's scalar loss (DDP batch Dice as nnU-Net does it)
         with torch.no_grad():
             det = [o.detach() for o in output] if isinstance(output, (list, tuple)) else output.detach()
@@ -85,30 +80,23 @@ def amat_bind_loss(batch: Any, model: nn.Module, host: Any) -> BoundLoss | None:
     return BoundLoss(terms=terms, training=training, term_names=TERM_NAMES)
 
 
-# -- commands ----------------------------------------------------------------------------------
+# -- the task and the demo back end -------------------------------------------------------------
 @hookimpl
-def amat_add_task_commands(command: str, subparsers: argparse._SubParsersAction) -> None:
-    if command != "calibrate":
-        return
-    p = subparsers.add_parser(
-        "nnunet", help="xi from a clean nnU-Net model (nnUNetTrainerSTD) for nnUNetTrainerAMAT",
-        description="Score every training slice of the fold with a clean (STD) nnU-Net model and the "
-                    "trainer's own loss; write xi (mean and mean+2std) where nnUNetTrainerAMAT finds it "
-                    "(next to the preprocessed dataset).")
-    p.add_argument("dataset", help="dataset id or name, as for nnUNetv2_train")
-    p.add_argument("configuration", help="nnU-Net configuration (2d)")
-    p.add_argument("fold", help="fold (0-4 or all)")
-    p.add_argument("-tr", dest="trainer", default="nnUNetTrainerSTD", help="trainer of the clean model")
-    p.add_argument("-p", dest="plans", default="nnUNetPlans", help="plans identifier")
-    p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file in the fold folder")
-    p.add_argument("-device", default="cpu", choices=["cpu", "cuda", "mps"], help="device (default cpu)")
-    p.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: plans)")
-    p.add_argument("--max-cases", type=int, default=None, help="score only the first N training cases")
-    p.add_argument("-o", "--out", default=None, help="xi file (default: next to the preprocessed dataset, "
-                                                     "where nnUNetTrainerAMAT looks)")
-    p.set_defaults(func=_calibrate)
+def amat_tasks():
+    from .task import NnUNetTask
+
+    return [NnUNetTask()]
 
 
+@hookimpl
+def amat_demo_backends() -> dict:
+    from .demo import run_nnunet_demo
+
+    return {"nnunet": ("the real nnU-Net trainer (nnUNetv2_train) on generated 2D data, ~15 min",
+                       run_nnunet_demo)}
+
+
+# -- commands ----------------------------------------------------------------------------------
 @hookimpl
 def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("nnunet-hippocampus", help="convert MSD Hippocampus to nnU-Net raw format "
@@ -148,30 +136,6 @@ def _need(var: str, given: str | None) -> str:
     if not value:
         raise SystemExit(f"error: set {var} (nnU-Net's folder variable) or pass the folder explicitly")
     return value
-
-
-def _nnunet_missing() -> bool:
-    import importlib.util
-
-    if importlib.util.find_spec("nnunetv2") is None:
-        print("error: nnU-Net v2 is not installed; pip install 'amat-hooks[nnunet]'", file=sys.stderr)
-        return True
-    return False
-
-
-def _calibrate(args: argparse.Namespace) -> int:
-    if _nnunet_missing():
-        return 2
-    from .calibrate import CalibrationError, calibrate
-
-    try:
-        calibrate(args.dataset, args.configuration, args.fold, trainer_name=args.trainer, plans=args.plans,
-                  checkpoint=args.checkpoint, device=args.device, out=args.out, batch_size=args.batch_size,
-                  max_cases=args.max_cases)
-    except CalibrationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def _convert_hippocampus(args: argparse.Namespace) -> int:

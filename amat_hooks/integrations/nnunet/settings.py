@@ -7,7 +7,6 @@ result is logged and stored in every checkpoint.
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -79,7 +78,7 @@ def read_settings(mode: str, dataset_name: str, env: Mapping[str, str] | None = 
     env = os.environ if env is None else env
     defaults: dict[str, Any] = {"mode": mode}
     if mode == "amat":
-        defaults["step"] = paper_step(dataset_name)
+        defaults["delta"] = paper_step(dataset_name)
     cfg = AdvConfig.from_env(env, defaults=defaults)
     if cfg.mode != mode:
         want = {"none": "nnUNetTrainerSTD", "sat": "nnUNetTrainerSAT", "amat": "nnUNetTrainerAMAT"}[cfg.mode] \
@@ -104,9 +103,6 @@ def read_settings(mode: str, dataset_name: str, env: Mapping[str, str] | None = 
 
 
 # -- the xi file --------------------------------------------------------------------------------
-XI_FILE_KIND = "amat-hooks nnunet xi"
-
-
 def default_xi_path(preprocessed_dataset_folder_base: str | os.PathLike, configuration: str,
                     plans: str, fold: int | str) -> Path:
     """Where ``amat calibrate nnunet`` writes xi and ``nnUNetTrainerAMAT`` looks for it:
@@ -123,29 +119,20 @@ def calibrate_command(dataset: str, configuration: str, fold: int | str, plans: 
 def load_xi_file(path: str | os.PathLike, *, dataset: str, configuration: str, plans: str,
                  fold: int | str, rule: str, n_terms: int) -> list[float]:
     """Read and check a calibration file; every problem names the command that fixes it."""
-    from ...io import read_json
+    from ...calibration import XiFileError, read_xi_file
 
-    fix = calibrate_command(dataset, configuration, fold, plans)
+    fix = f"run `{calibrate_command(dataset, configuration, fold, plans)}`"
     path = Path(path)
     if not path.is_file():
         raise AdvConfigError(f"no xi calibration file at {path}; compute it from a clean (STD) model with "
-                             f"`{fix}` (or set AMAT_XI_SOURCE=online to estimate xi during training)")
+                             f"`{calibrate_command(dataset, configuration, fold, plans)}` (or set "
+                             f"AMAT_XI_SOURCE=online to estimate xi during training)")
     try:
-        data = read_json(path)
-    except (OSError, ValueError) as e:
-        raise AdvConfigError(f"xi file {path} is unreadable ({e}); recreate it with `{fix}`") from None
-    if not isinstance(data, dict) or data.get("kind") != XI_FILE_KIND:
-        raise AdvConfigError(f"{path} is not an xi file written by amat calibrate; recreate it with `{fix}`")
-    problems = []
-    for key, want in (("dataset", dataset), ("configuration", configuration), ("plans", plans)):
-        if data.get(key) != want:
-            problems.append(f"{key} {data.get(key)!r} != {want!r}")
-    if problems:
-        raise AdvConfigError(f"xi file {path} was calibrated for another run ({'; '.join(problems)}); "
-                             f"run `{fix}`")
-    xi = (data.get("xi") or {}).get(rule)
-    if not isinstance(xi, list) or len(xi) != n_terms or not all(
-            isinstance(v, (int, float)) and math.isfinite(v) for v in xi):
-        raise AdvConfigError(f"xi file {path} has no valid {n_terms}-term xi for rule {rule!r} "
-                             f"(got {xi!r}); run `{fix}`")
-    return [float(v) for v in xi]
+        xf = read_xi_file(path, fix=fix)
+        if xf.task not in (None, "nnunet"):
+            raise XiFileError(f"{path} holds xi of a {xf.task} model, not of nnU-Net; {fix}")
+        xf.check_identity({"dataset": dataset, "configuration": configuration, "plans": plans},
+                          fix=calibrate_command(dataset, configuration, fold, plans))
+        return xf.thresholds(rule, n_terms, fix=fix)
+    except XiFileError as e:
+        raise AdvConfigError(str(e)) from None

@@ -21,7 +21,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from ...config import AdvConfig, env_wording, force_resume_requested
 from ...engine import AdversarialEngine
-from ...io import atomic_torch_save
+from ...atomic_files import atomic_torch_save
 from ...margins import MarginMismatchError
 from ...plugins import get_plugin_manager
 from ...policies import AMAT
@@ -53,16 +53,17 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.amat = read_settings(self.amat_mode, self.plans_manager.dataset_name,
+        self.amat_settings = read_settings(self.amat_mode, self.plans_manager.dataset_name,
                                   trainer_name=type(self).__name__)
-        epochs = self.amat.epochs or self.amat_epochs
+        epochs = self.amat_settings.epochs or self.amat_epochs
         if epochs:
             self.num_epochs = epochs
-        if self.amat.iters:
-            self.num_iterations_per_epoch = self.amat.iters
-        if self.amat.val_iters:
-            self.num_val_iterations_per_epoch = self.amat.val_iters
+        if self.amat_settings.iters:
+            self.num_iterations_per_epoch = self.amat_settings.iters
+        if self.amat_settings.val_iters:
+            self.num_val_iterations_per_epoch = self.amat_settings.val_iters
         self.amat_engine: AdversarialEngine | None = None
+        self.amat_history: list[dict[str, float]] = []
         self.amat_xi_origin: str | None = None
         self.amat_last = None
         self.amat_dataset_id = f"{self.plans_manager.dataset_name}/{configuration}"
@@ -74,15 +75,14 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
             self.print_to_log_file(f"amat-hooks: STD baseline ({self.num_epochs} epochs x "
                                    f"{self.num_iterations_per_epoch} iterations)")
             return
-        cfg = AdvConfig.from_dict(self.amat.config.to_dict())
+        cfg = AdvConfig.from_dict(self.amat_settings.config.to_dict())
         if cfg.mode == "amat":
             cfg.xi, self.amat_xi_origin = self._resolve_xi(cfg)
             if cfg.xi is not None:
                 cfg.xi_source = self.amat_xi_origin
         hint = calibrate_command(self.plans_manager.dataset_name, self.configuration_name, self.fold,
                                  self.plans_manager.plans_name)
-        policy = cfg.build_policy(dataset_id=self.amat_dataset_id, calibrate_hint=hint,
-                                  log=self.print_to_log_file)
+        policy = cfg.build_policy(dataset_id=self.amat_dataset_id, calibrate_hint=hint, log=self.amat_log)
         self.amat_engine = AdversarialEngine(policy, host=self, pm=get_plugin_manager())
         self.amat_config = cfg
         if cfg.mode == "amat":
@@ -93,19 +93,20 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
             what = f"eps {cfg.eps:g} for every sample"
         self.print_to_log_file(f"amat-hooks: {cfg.label} training, settings {cfg.to_json()}, "
                                f"{self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations, {what}")
-        if cfg.mode == "amat" and cfg.xi is not None:
-            self.amat_engine.hook.amat_threshold_set(xi=torch.tensor(cfg.xi), source=self.amat_xi_origin,
-                                                     host=self)
+
+    def amat_log(self, message: str) -> None:
+        """Host protocol: the policy's notices go to nnU-Net's training log."""
+        self.print_to_log_file(message)
 
     def _resolve_xi(self, cfg: AdvConfig) -> tuple[list[float] | None, str]:
         if cfg.xi is not None:
             return cfg.xi, cfg.xi_source or "environment AMAT_XI"
-        if self.amat.xi_source == "online":
+        if self.amat_settings.xi_source == "online":
             return None, "online estimate (AMAT_XI_SOURCE=online)"
-        path = self.amat.xi_file or default_xi_path(self.preprocessed_dataset_folder_base,
+        path = self.amat_settings.xi_file or default_xi_path(self.preprocessed_dataset_folder_base,
                                                     self.configuration_name, self.plans_manager.plans_name,
                                                     self.fold)
-        if self.amat.xi_source == "auto" and not os.path.isfile(path):
+        if self.amat_settings.xi_source == "auto" and not os.path.isfile(path):
             return None, f"online estimate (no calibration file {path})"
         xi = load_xi_file(path, dataset=self.plans_manager.dataset_name, configuration=self.configuration_name,
                           plans=self.plans_manager.plans_name, fold=self.fold, rule=cfg.xi_rule, n_terms=1)
@@ -189,10 +190,11 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
         policy = self.amat_engine.policy
         xi = policy.xi() if isinstance(policy, AMAT) else None
         return {"version": 1, "trainer": type(self).__name__, "mode": self.amat_mode,
-                "dataset_id": self.amat_dataset_id, "settings": self.amat.to_dict(),
+                "dataset_id": self.amat_dataset_id, "settings": self.amat_settings.to_dict(),
                 "config": self.amat_config.to_dict(),
                 "xi_origin": getattr(policy, "xi_source", None), "boundary": self.amat_config.boundary,
-                "xi": None if xi is None else xi.tolist(), "engine": self.amat_engine.state_dict()}
+                "xi": None if xi is None else xi.tolist(), "engine": self.amat_engine.state_dict(),
+                "history": list(self.amat_history)}
 
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's checkpoint plus ``checkpoint['amat_hooks']``, written atomically."""
@@ -235,6 +237,7 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
             raise AdversarialCheckpointError(
                 f"cannot continue from {where}: {env_wording(str(e))} (or start a fresh output folder "
                 f"without --c)") from None
+        self.amat_history = list(state.get("history") or [])
         policy = self.amat_engine.policy
         if isinstance(policy, AMAT) and state.get("xi") is not None and policy.xi_fixed is not None:
             policy.xi_fixed = torch.tensor(state["xi"], dtype=torch.float32)  # resume exactly

@@ -1,8 +1,8 @@
-"""xi from a clean YOLO model: per-image (box, cls, dfl) terms on the training images.
+"""Clean per-image terms of a YOLO model for ``amat calibrate yolo``.
 
 The clean model runs in eval mode on the training split WITHOUT augmentation (letterbox
-only), its own criterion gives each image's terms (:mod:`.terms`), and
-``xi = mean`` or ``mean + 2 std`` per term (paper section 2.2, 3.7: mean+2std on BCCD).
+only) and its own criterion gives each image's terms (:mod:`.terms`); the shared command
+computes ``xi = mean`` or ``mean + 2 std`` per term (paper section 2.2; 3.7: mean+2std on BCCD).
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from .offline import prepare_offline
 
 
 def per_image_terms(model: str, data: str, split: str = "train", imgsz: int | None = None, batch: int = 16,
-                    device: str | None = None, workers: int = 0, **_: Any) -> tuple[torch.Tensor, list[str]]:
-    """``[N, 3]`` clean terms and the image paths, in dataset order."""
+                    device: str | None = None, workers: int = 0,
+                    **_: Any) -> tuple[torch.Tensor, list[str], list[str]]:
+    """``[N, K]`` clean terms, the image paths in dataset order, and the term names."""
     prepare_offline()
     from ultralytics.cfg import get_cfg
     from ultralytics.data import build_dataloader, build_yolo_dataset
@@ -24,7 +25,7 @@ def per_image_terms(model: str, data: str, split: str = "train", imgsz: int | No
     from ultralytics.utils import DEFAULT_CFG_KEYS
     from ultralytics.utils.torch_utils import select_device
 
-    from .terms import criterion_with_terms
+    from .terms import criterion_with_terms, term_names
     from .validator import build_criterion
 
     data_dict = check_det_dataset(data)
@@ -49,19 +50,4 @@ def per_image_terms(model: str, data: str, split: str = "train", imgsz: int | No
             targets = {k: b[k].to(dev) for k in ("batch_idx", "cls", "bboxes")}
             rows.append(criterion_with_terms(crit, net(img), targets).terms.cpu())
             files.extend(b["im_file"])
-    return torch.cat(rows), files
-
-
-def calibrate(model: str, data: str, rule: str = "mean+2std", out: str | None = None, **kwargs: Any) -> dict:
-    """Compute xi and (optionally) write it as JSON for ``--adv-xi-file``."""
-    from ...io import atomic_write_json
-    from ...thresholds import xi_from_losses
-
-    terms, files = per_image_terms(model, data, **kwargs)
-    xi = xi_from_losses(terms, rule)
-    result = {"xi": xi.tolist(), "rule": rule, "terms": ["box", "cls", "dfl"], "n": len(files),
-              "mean": terms.mean(0).tolist(), "std": terms.std(0, unbiased=False).tolist(),
-              "model": str(model), "data": str(data), "split": kwargs.get("split", "train")}
-    if out:
-        atomic_write_json(out, result)
-    return result
+    return torch.cat(rows), files, term_names(crit)

@@ -40,21 +40,6 @@ class YoloEvalError(ValueError):
     """A model file, data YAML or split needed for evaluation is missing or unusable."""
 
 
-def sidecar_margins(weights: str | Path) -> list[float] | None:
-    """AMAT margins from ``weights/amat_state.json`` next to ``weights`` (None if absent/not AMAT)."""
-    from ...io import read_json
-    from .trainer import SIDECAR_NAME
-
-    side = Path(weights).parent / SIDECAR_NAME
-    if not side.is_file():
-        return None
-    try:
-        values = read_json(side)["engine"]["policy"]["margins"]["values"]
-    except (KeyError, TypeError, ValueError):
-        return None
-    return [float(v) for v in values] or None
-
-
 def repeat_targets(target: dict[str, Any], x: Tensor) -> dict[str, Tensor]:
     """Targets of a batch for inputs ``x`` that hold its images several times (level-major):
     the adapter's own batch stretching (``batch_idx`` shifted per copy)."""
@@ -157,6 +142,9 @@ class YoloEvalTask(EvalTask):
     # -- data ---------------------------------------------------------------------------------
     def size(self) -> int:
         return len(self.loader)
+
+    def describe_scored(self, samples: int) -> str:
+        return f"{samples} {self.split} images"
 
     def batches(self) -> Iterable[EvalBatch]:
         for i, raw in enumerate(self.loader):

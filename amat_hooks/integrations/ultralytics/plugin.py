@@ -78,18 +78,16 @@ def amat_bind_loss(batch: Any, model: Any, host: Any):
     def terms(x):
         return criterion_with_terms(criterion, model(x), targets).terms
 
-    def training(x):
-        r = criterion_with_terms(criterion, host.amat_forward(model, x), targets)
+    def training(x, clean):
+        r = criterion_with_terms(criterion, host.amat_forward(model, x, clean), targets)
         host.amat_record_items(r.items)
         return r.loss.sum(), r.terms  # Ultralytics' convention: loss x batch size, summed
 
-    return BoundLoss(terms=terms, training=training, term_names=amat_loss_term_names(host=host))
+    return BoundLoss(terms=terms, training=training, term_names=loss_term_names(host))
 
 
-@hookimpl
-def amat_loss_term_names(host: Any):
-    if not _is_yolo_host(host):
-        return None
+def loss_term_names(host: Any) -> list[str]:
+    """The criterion's per-image terms: box, cls, dfl (l1 instead of dfl for reg_max=1)."""
     if host.amat_base_criterion is None:
         return list(TERM_NAMES)
     from .terms import term_names
@@ -126,7 +124,6 @@ def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("yolo", help="Ultralytics `yolo` + --adv none|sat|amat (detection)",
                               description=_YOLO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     AdvConfig.add_arguments(p, default_mode=None)
-    p.add_argument("--adv-xi-file", default=None, help="xi from `amat calibrate yolo` (JSON)")
     _add_val_arguments(p)
     p.set_defaults(func=_yolo_command, accepts_extra=True)
 
@@ -142,68 +139,10 @@ def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 @hookimpl
-def amat_add_task_commands(command: str, subparsers: argparse._SubParsersAction) -> None:
-    if command == "calibrate":
-        p = subparsers.add_parser(
-            "yolo", help="xi per loss term (box, cls, dfl) from a clean YOLO model on its training images",
-            description="Per-image loss terms of a clean (STD) model on the training split, without "
-                        "augmentation, and xi = mean or mean+2std per term. Ultralytics arguments as "
-                        "key=value: model=best.pt data=bccd.yaml [imgsz=320 batch=16 device=cpu split=train]")
-        p.add_argument("--rule", default="mean+2std", choices=["mean", "mean+2std"])
-        p.add_argument("--out", required=True, help="JSON file to write (atomically)")
-        p.set_defaults(func=_calibrate_command, accepts_extra=True)
-    elif command == "eval":
-        from ...commands import add_eval_arguments
+def amat_tasks():
+    from .task import YoloTask
 
-        p = subparsers.add_parser(
-            "yolo", help="mAP50-95 / avg IoU of YOLO models under L2 PGD and IFGSM (paper Table 7)",
-            description="Evaluate Ultralytics detection models side by side under 100-step L2 PGD and 10-step "
-                        "IFGSM at several noise levels (all levels of a batch in one attack call) and write a "
-                        "paper-style report. Ultralytics arguments as key=value: data=bccd.yaml [split=val|test "
-                        "imgsz=320 batch=16 device=cpu workers=0]",
-            epilog="e.g. amat eval yolo --models STD=std/weights/best.pt,AMAT=amat/weights/best.pt "
-                   "data=data/bccd/bccd.yaml split=test imgsz=320")
-        p.add_argument("--models", help="NAME=WEIGHTS.pt[,NAME=WEIGHTS.pt...] (a bare path is named after its "
-                                        "run folder)")
-        _add_yolo_metric_arguments(p, default_metric="mAP50-95")
-        add_eval_arguments(p, default_levels="bccd")
-        p.set_defaults(func=_eval_command, accepts_extra=True)
-    elif command == "grid":
-        from ...commands import add_eval_arguments
-
-        p = subparsers.add_parser(
-            "yolo", help="choose AMAT's Delta for a YOLO model (train per Delta, avg IoU on the val split)",
-            description="Train `amat yolo detect train ... --adv amat --adv-step D` once per Delta (fixed budget, "
-                        "each into OUT/delta_D/train) and compare on the data YAML's val split under 100-step "
-                        "PGD (paper Appendix A, Table 12). Finished grid points are not retrained. Ultralytics "
-                        "training arguments as key=value and extra --adv-* training flags are passed on.",
-            epilog="e.g. amat grid yolo --deltas 2.5,3.5,4.5 data=data/bccd/bccd.yaml model=yolov5s.yaml "
-                   "imgsz=320 epochs=50 pretrained=False --adv-xi-rule mean+2std")
-        p.add_argument("--deltas", required=True, help="comma-separated AMAT step sizes, e.g. 0.5,1,2")
-        _add_yolo_metric_arguments(p, default_metric="IoU")
-        add_eval_arguments(p, default_levels="bccd")
-        p.set_defaults(func=_grid_command, accepts_extra=True, out="amat_out/grid_yolo")
-
-
-def _add_yolo_metric_arguments(p: argparse.ArgumentParser, default_metric: str) -> None:
-    g = p.add_argument_group("detection metrics")
-    g.add_argument("--metric", default=default_metric, choices=["mAP50-95", "mAP50", "IoU"],
-                   help=f"the table's metric (default {default_metric}; all are computed and kept in the JSON)")
-    g.add_argument("--det-conf", type=float, default=0.25,
-                   help="confidence above which a prediction counts as a detection for the avg IoU of "
-                        "detected objects (default 0.25, Ultralytics' predict default)")
-
-
-def _eval_command(args: argparse.Namespace) -> int:
-    from .eval_commands import eval_command
-
-    return eval_command(args)
-
-
-def _grid_command(args: argparse.Namespace) -> int:
-    from .eval_commands import grid_command
-
-    return grid_command(args)
+    return [YoloTask()]
 
 
 def _fail(msg: str) -> int:
@@ -265,18 +204,7 @@ def _requested_config(args: argparse.Namespace) -> AdvConfig | None:
         if given:
             raise AdvConfigError(f"{', '.join(given)} given without --adv; add --adv amat or --adv sat")
         return None
-    cfg = AdvConfig.from_args(args)
-    if args.adv_xi_file:
-        from ...io import read_json
-
-        try:
-            data = read_json(args.adv_xi_file)
-            cfg.xi = [float(v) for v in data["xi"]]
-            cfg.xi_source = f"calibration file {args.adv_xi_file}"
-        except (OSError, KeyError, ValueError, TypeError) as e:
-            raise AdvConfigError(f"--adv-xi-file {args.adv_xi_file}: cannot read xi ({e}); "
-                                 f"write it with `amat calibrate yolo ... --out FILE`") from None
-    return cfg.validate()
+    return AdvConfig.from_args(args)
 
 
 def _yolo_command(args: argparse.Namespace) -> int:
@@ -355,34 +283,4 @@ def _bccd_command(args: argparse.Namespace) -> int:
         print(f"amat bccd: error: {e}", file=sys.stderr)
         return 2
     print(report.format())
-    return 0
-
-
-def _ultralytics_overrides(words: Sequence[str]) -> dict[str, Any]:
-    from ultralytics.cfg import parse_key_value_pair
-
-    out: dict[str, Any] = {}
-    for w in words:
-        if "=" not in w:
-            raise AdvConfigError(f"unexpected argument {w!r}; give Ultralytics arguments as key=value")
-        k, v = parse_key_value_pair(w)
-        out[k] = v
-    for key in ("model", "data"):
-        if key not in out:
-            raise AdvConfigError(f"missing {key}=...; e.g. model=runs/detect/train/weights/best.pt data=data.yaml")
-    return out
-
-
-def _calibrate_command(args: argparse.Namespace) -> int:
-    try:
-        overrides = _ultralytics_overrides(args.extra)
-    except AdvConfigError as e:
-        return _fail(str(e))
-    from .calibrate import calibrate
-
-    result = calibrate(rule=args.rule, out=args.out, **overrides)
-    xi = ",".join(f"{v:.6g}" for v in result["xi"])
-    print(f"xi ({args.rule}) over {result['n']} images: box={result['xi'][0]:.6g} cls={result['xi'][1]:.6g} "
-          f"dfl={result['xi'][2]:.6g}\nwritten to {args.out}; train with --adv-xi {xi} "
-          f"(or --adv-xi-file {args.out})")
     return 0

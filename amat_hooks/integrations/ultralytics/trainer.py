@@ -34,7 +34,7 @@ from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
 from ...config import AdvConfig, AdvConfigError, force_resume_requested  # noqa: E402
 from ...engine import AdversarialEngine  # noqa: E402
-from ...io import atomic_write_json, read_json  # noqa: E402
+from ...atomic_files import atomic_write_json, read_json  # noqa: E402
 from ...margins import MarginMismatchError  # noqa: E402
 from ...policies import AMAT, StepOutput  # noqa: E402
 
@@ -157,14 +157,20 @@ class AMATDetectionTrainer(DetectionTrainer):
         if requested is not None:
             requested = replace(requested, bounds=requested.bounds or PIXEL_BOUNDS).validate()
         self.adv_requested = requested
-        self.amat: AdversarialEngine | None = None
+        self.amat_engine: AdversarialEngine | None = None
         self.amat_base_criterion: Any = None
-        self._amat_cached: tuple[torch.Tensor, Any] | None = None
+        self._amat_clean_preds: Any = None
         self._amat_items: list[dict[str, torch.Tensor]] = []
         self.amat_last: StepOutput | None = None
+        self.amat_history: list[dict[str, float]] = []
         super().__init__(cfg, overrides, _callbacks)
         if self.args.task != "detect" and requested is not None and requested.mode != "none":
             raise unsupported_task(self.args.task)
+
+    def amat_log(self, message: str) -> None:
+        """Host protocol: the policy's notices go to Ultralytics' log (rank 0 only)."""
+        if RANK in {-1, 0}:
+            LOGGER.info(message)
 
     # -- configuration for the Python API --------------------------------------------------
     @classmethod
@@ -184,7 +190,7 @@ class AMATDetectionTrainer(DetectionTrainer):
     @property
     def adv(self) -> AdvConfig | None:
         """The settings in effect (after resume resolution), or the requested ones."""
-        return self.amat_config if self.amat is not None else self.adv_requested
+        return self.amat_config if self.amat_engine is not None else self.adv_requested
 
     # -- Ultralytics overrides ---------------------------------------------------------------
     def train(self):
@@ -211,10 +217,10 @@ class AMATDetectionTrainer(DetectionTrainer):
         return super().get_validator()
 
     def run_callbacks(self, event: str):
-        if event == "on_train_epoch_end" and self.amat is not None:
-            self.amat.epoch_end(self.epoch)  # MarginStore.sync(): every rank runs this
-            if RANK in {-1, 0} and isinstance(self.amat.policy, AMAT):
-                LOGGER.info(f"AMAT epoch {self.epoch + 1}: {self.amat.policy.describe()}")
+        if event == "on_train_epoch_end" and self.amat_engine is not None:
+            self.amat_engine.epoch_end(self.epoch)  # MarginStore.sync(): every rank runs this
+            if RANK in {-1, 0} and isinstance(self.amat_engine.policy, AMAT):
+                LOGGER.info(f"AMAT epoch {self.epoch + 1}: {self.amat_engine.policy.describe()}")
         super().run_callbacks(event)
 
     def save_metrics(self, metrics):
@@ -222,7 +228,7 @@ class AMATDetectionTrainer(DetectionTrainer):
 
     def save_model(self):
         result = super().save_model()
-        if self.amat is not None:
+        if self.amat_engine is not None:
             self.write_sidecar()
         return result
 
@@ -276,7 +282,7 @@ class AMATDetectionTrainer(DetectionTrainer):
         if self.args.task != "detect":
             raise unsupported_task(self.args.task)
         self._check_labels()
-        policy = cfg.build_policy(dataset_id=self.dataset_id(), log=LOGGER.info,
+        policy = cfg.build_policy(dataset_id=self.dataset_id(), log=self.amat_log,
                                   calibrate_hint=f"amat calibrate yolo model=<STD best.pt> data={self.args.data}")
         engine = AdversarialEngine(policy, host=self)
         if saved is not None:
@@ -288,6 +294,7 @@ class AMATDetectionTrainer(DetectionTrainer):
                 margins = engine.policy.margins.state_dict()
                 LOGGER.info(f"amat-hooks: restored {len(margins['ids'])} margins from {self.sidecar_path} "
                             f"(epoch {saved.get('epoch', -1) + 1}, digest {margin_digest(margins)})")
+            self.amat_history = list(saved.get("history") or [])
             if saved.get("epoch") is not None and saved["epoch"] != self.start_epoch - 1 and RANK in {-1, 0}:
                 LOGGER.warning(f"AMAT: margins in {self.sidecar_path} are from epoch {saved['epoch'] + 1}, "
                                f"the weights from epoch {self.start_epoch}; training continues with them")
@@ -300,48 +307,45 @@ class AMATDetectionTrainer(DetectionTrainer):
         detection_parts(base)  # clear error now if this criterion has no per-sample terms
         self.amat_base_criterion = base
         model.criterion = AdversarialCriterion(base, self)
-        self.amat = engine
-        if cfg.mode == "amat" and cfg.xi is not None:
-            engine.hook.amat_threshold_set(xi=torch.tensor(cfg.xi), source=policy.xi_source, host=self)
+        self.amat_engine = engine
         if RANK in {-1, 0}:
             LOGGER.info(f"amat-hooks: {cfg.label} ({cfg.to_json()}), {policy.describe()}")
 
     def amat_state(self) -> dict[str, Any]:
-        assert self.amat is not None
+        assert self.amat_engine is not None
         return {"format": SIDECAR_FORMAT, "config": self.amat_config.to_dict(), "epoch": self.epoch,
-                "weights": str(self.last.name), "engine": self.amat.state_dict(),
-                "summary": self.amat.policy.summary()}
+                "weights": str(self.last.name), "engine": self.amat_engine.state_dict(),
+                "summary": self.amat_engine.policy.summary(), "history": list(self.amat_history)}
 
     def write_sidecar(self) -> Path:
         """Margins, xi and settings next to ``last.pt`` (atomic: never a truncated file)."""
         return atomic_write_json(self.sidecar_path, self.amat_state())
 
     def amat_metrics(self) -> dict[str, float]:
-        if self.amat is None or not isinstance(self.amat.policy, AMAT):
+        if self.amat_engine is None or not isinstance(self.amat_engine.policy, AMAT):
             return {}
-        s = self.amat.policy.margins.summary()
+        s = self.amat_engine.policy.margins.summary()
         return {"amat/margin_mean": round(s["mean"], 5), "amat/margin_max": round(s["max"], 5)}
 
     # -- one adversarial step (called by AdversarialCriterion) ----------------------------------
     def adversarial_loss(self, preds: Any, batch: dict[str, Any]):
         """Clean predictions come from DetectionModel.loss; the engine does the rest."""
-        self._amat_cached = (batch["img"], preds)
+        self._amat_clean_preds = preds
         self._amat_items = []
         try:
-            out = self.amat.step(unwrap_model(self.model), batch)
+            out = self.amat_engine.step(unwrap_model(self.model), batch)
         finally:
-            self._amat_cached = None
+            self._amat_clean_preds = None
         self.amat_last = out
         items = self._amat_items
         loss_items = {k: sum(d[k] for d in items) / len(items) for k in items[0]}
         return out.loss, loss_items
 
-    def amat_forward(self, model: torch.nn.Module, x: torch.Tensor) -> Any:
-        """Predictions for x: the clean ones already computed, else a forward pass."""
-        if self._amat_cached is not None and self._amat_cached[0] is x:
-            preds = self._amat_cached[1]
-            self._amat_cached = None
-            return preds
+    def amat_forward(self, model: torch.nn.Module, x: torch.Tensor, clean: bool) -> Any:
+        """Predictions for x: for the step's clean input those DetectionModel.loss already
+        computed (the policy says which input is the clean one), else a forward pass."""
+        if clean and self._amat_clean_preds is not None:
+            return self._amat_clean_preds
         return model(x)
 
     def amat_record_items(self, items: dict[str, torch.Tensor]) -> None:

@@ -1,4 +1,9 @@
-"""Atomic writes: a crash mid-save never leaves a truncated checkpoint or sidecar."""
+"""Atomic writes: a crash mid-save never leaves a truncated checkpoint or sidecar.
+
+Files get the mode a plain ``open(path, "w")`` would give them (0666 minus the umask:
+0644 under umask 0022), not ``mkstemp``'s private 0600, so colleagues on a shared
+cluster can read checkpoints, xi files and reports as they read nnU-Net's own.
+"""
 from __future__ import annotations
 
 import json
@@ -18,6 +23,7 @@ def _atomic(path: str | os.PathLike, write) -> Path:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -27,6 +33,13 @@ def _atomic(path: str | os.PathLike, write) -> Path:
             pass
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -1,0 +1,133 @@
+"""``amat``: one console script. ``calibrate``, ``eval`` and ``grid`` are written once
+(:mod:`.calibrate`, :mod:`.evaluate`, :mod:`.grid`) over the tasks plugins contribute
+(``amat_tasks``); other subcommands come from plugins (``amat_add_commands``).
+
+Every error that is the user's to fix (:class:`~amat_hooks.tasks.TaskError`, bad
+settings, a wrong xi file or checkpoint) is printed as one line naming the command, and
+the exit code is 2; a failed training or evaluation run prints one line and exits 1.
+``AMAT_DEBUG=1`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from functools import partial
+from typing import Sequence
+
+from .. import __version__
+from ..offline import apply_offline_env
+from ..tasks import COMMANDS, Task, TaskError
+from .options import add_eval_arguments
+
+#: What the shared commands do, for ``amat --help``.
+SHARED_COMMANDS = {
+    "calibrate": "compute the thresholds xi from a clean (STD) model's per-sample losses",
+    "eval": "evaluate models under L2 PGD / IFGSM at several noise levels, side by side",
+    "grid": "choose AMAT's step size Delta by a grid search on the validation split",
+}
+
+#: Exceptions that mean "bad input": one line, exit 2.
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    from ..calibration import XiFileError
+    from ..config import AdvConfigError
+    from ..margins import MarginMismatchError
+    from ..policies import SemanticsMismatchError
+
+    return (TaskError, AdvConfigError, XiFileError, MarginMismatchError, SemanticsMismatchError,
+            FileNotFoundError)
+
+
+def tasks(pm=None) -> dict[str, Task]:
+    """Every task the registered plugins contribute, by name (later plugins win)."""
+    from ..plugins import get_plugin_manager
+
+    pm = pm or get_plugin_manager()
+    found: dict[str, Task] = {}
+    for result in reversed(pm.hook.amat_tasks()):
+        for task in result or ():
+            found[task.name] = task
+    return found
+
+
+def build_parser(pm=None) -> argparse.ArgumentParser:
+    from ..plugins import get_plugin_manager
+
+    pm = pm or get_plugin_manager()
+    parser = argparse.ArgumentParser(
+        prog="amat", description="Adaptive-margin adversarial training (AMAT) for existing trainers.")
+    parser.add_argument("--version", action="version", version=f"amat-hooks {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    pm.hook.amat_add_commands(subparsers=sub)
+    known = tasks(pm)
+    for command, text in SHARED_COMMANDS.items():
+        p = sub.add_parser(command, help=text, description=text)
+        targets = p.add_subparsers(dest="task", metavar="TASK")
+        p.set_defaults(func=lambda args, p=p: (p.print_help(), 2)[1])
+        for task in known.values():
+            if command in task.commands:
+                add_task_parser(targets, task, command)
+    return parser
+
+
+def add_task_parser(targets: argparse._SubParsersAction, task: Task, command: str) -> argparse.ArgumentParser:
+    """``amat <command> <task.name>`` with the shared options, then the task's own."""
+    from .calibrate import run_calibrate
+    from .evaluate import run_eval
+    from .grid import run_grid_command
+
+    what = {"calibrate": "xi from a clean (STD) model: the per-sample loss terms on the training split, "
+                         "xi = mean or mean + 2 std per term (paper section 2.2); both rules are written",
+            "eval": "models side by side, clean and under L2 PGD / IFGSM at every noise level",
+            "grid": "train AMAT once per Delta (fixed budget, one process each) and compare the models on "
+                    "the validation split under PGD (paper section 3.8, Appendix A)"}[command]
+    p = targets.add_parser(task.name, help=task.help, description=f"{task.help}.\n\namat {command} {task.name}: {what}.",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    if command == "calibrate":
+        p.add_argument("--rule", default=None, choices=["mean", "mean+2std"],
+                       help=f"the rule printed first (both are written; the paper's for this task: {task.xi_rule})")
+        p.add_argument("-o", "--out", default=None, help="xi file to write (default: the task's place for it)")
+        run = run_calibrate
+    elif command == "eval":
+        p.add_argument("--models", default=task.default_models, required=task.default_models is None,
+                       help=f"NAME={task.model_spec_help}[,NAME={task.model_spec_help}...], evaluated side by side")
+        add_eval_arguments(p, task.default_levels, default_out=f"amat_out/eval_{task.name}")
+        run = run_eval
+    else:
+        p.add_argument("--deltas", required=True, help="comma-separated AMAT step sizes, e.g. 0.5,1,2")
+        add_eval_arguments(p, task.default_levels, default_out=f"amat_out/grid_{task.name}")
+        run = run_grid_command
+    task.add_arguments(p, command)
+    p.set_defaults(func=partial(run, task), accepts_extra=task.accepts_extra)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    apply_offline_env()
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "command", None) is None:
+        parser.print_help()
+        return 2
+    if extra and not getattr(args, "accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    prog = " ".join(w for w in ("amat", args.command, getattr(args, "task", None)) if w)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except _usage_errors() as e:
+        if os.environ.get("AMAT_DEBUG"):
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as e:
+        if os.environ.get("AMAT_DEBUG"):
+            raise
+        print(f"{prog}: error: {e}\n(set AMAT_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+__all__ = ["COMMANDS", "SHARED_COMMANDS", "TaskError", "add_task_parser", "build_parser", "main", "tasks"]

@@ -1,0 +1,76 @@
+"""``amat eval <task>``: every model of ``--models`` clean and under attack at every level,
+cached per model (``--resume``), one side-by-side report, a margin histogram per AMAT
+model and the source of its xi in the report header. Written once for every task."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from ..evaluation import EvalResult, EvalTask, check_levels, fingerprint, load_result, robustness_eval, save_result
+from ..report import plot_margin_histogram, to_markdown, write_report
+from ..sidecars import read_adversarial_state
+from ..tasks import Task
+from .options import checked_levels, parse_model_specs
+
+
+def run_eval(task: Task, args: argparse.Namespace) -> int:
+    """The whole command: parse and check ``--models``, evaluate, report."""
+    checked_levels(args.levels)
+    task.check(args, "eval")
+    models = parse_model_specs(args.models, task.default_model_name)
+    for name, spec in models.items():
+        task.check_model(name, spec, args)
+    factories = {name: (lambda name=name, spec=spec: task.eval_task(name, spec, args))
+                 for name, spec in models.items()}
+    states = {name: read_adversarial_state(p) for name, spec in models.items()
+              if (p := task.adversarial_state(spec, args)) is not None}
+    notes = [s.describe() for s in states.values() if s is not None]
+    run_evaluations(factories, args, title=task.title(args), notes=notes)
+    out = Path(args.out)
+    for name, state in states.items():
+        if state is not None and state.margins:
+            path = plot_margin_histogram(state.margins, out / f"{args.name}_{name}_margins.png",
+                                         title=f"{name} margins")
+            print(f"margin histogram: {path}")
+    return 0
+
+
+def run_evaluations(tasks: Mapping[str, Callable[[], EvalTask]], args: argparse.Namespace,
+                    title: str = "", margins: Sequence[float] | None = None,
+                    notes: Sequence[str] = ()) -> dict[str, EvalResult]:
+    """Evaluate each named model (results cached per model in ``--out``), print and write
+    the side-by-side report."""
+    out = Path(args.out)
+    levels = check_levels(args.levels)
+    attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
+    results: dict[str, EvalResult] = {}
+    for name, make in tasks.items():
+        done = out / "models" / f"{_safe(name)}.json"
+        state = out / "models" / f"{_safe(name)}.partial.jsonl"
+        task = make()
+        if args.resume and done.exists():
+            r = load_result(done)
+            if r.fingerprint == fingerprint(task, levels, attacks, args.pgd_steps, args.ifgsm_steps, args.seed):
+                print(f"{name}: already evaluated ({done})")
+                results[name] = r
+                continue
+            print(f"{name}: {done} was evaluated differently; evaluating again")
+        print(f"{name}: evaluating at levels {levels} ({', '.join(attacks)})", flush=True)
+        r = robustness_eval(task, levels, attacks=attacks, pgd_steps=args.pgd_steps,
+                            ifgsm_steps=args.ifgsm_steps, state_path=state, resume=args.resume,
+                            progress=not args.no_progress, seed=args.seed)
+        save_result(r, done)
+        state.unlink(missing_ok=True)
+        results[name] = r
+    paths = write_report(results, out, name=args.name, title=title, margins=margins, notes=notes)
+    print()
+    print(to_markdown(results))
+    for line in notes:
+        print(line)
+    print("\nwritten: " + ", ".join(str(p) for p in paths.values()))
+    return results
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -1,0 +1,169 @@
+"""The nnU-Net task: ``amat calibrate|eval|grid nnunet`` for 2D nnU-Net v2 models.
+
+Models are addressed as nnU-Net addresses them (``DATASET CONFIGURATION FOLD``, a trainer,
+plans, a checkpoint name), read from ``nnUNet_results`` (or, per model, another results
+root: ``--models SAT5=nnUNetTrainerSAT@/runs/sat5``). Evaluation and calibration prepare
+each slice as nnU-Net's validation pipeline does (:mod:`.slices`); the grid trains with the
+real ``nnUNetv2_train -tr nnUNetTrainerAMAT``, one process per Delta.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from ...tasks import CalibrationSet, Task, TaskError, TrainRun
+
+
+def _preset_for(dataset: str) -> str:
+    low = str(dataset).lower()
+    for key in ("heart", "hippocampus", "prostate"):
+        if key in low:
+            return key
+    return "hippocampus"
+
+
+@contextlib.contextmanager
+def results_root(path: str | None) -> Iterator[None]:
+    """Point nnU-Net at another results folder for one model (``NAME=TRAINER@ROOT``);
+    nnU-Net 2.8 reads ``nnUNet_results`` from the environment when a trainer is built."""
+    if not path:
+        yield
+        return
+    old = os.environ.get("nnUNet_results")
+    os.environ["nnUNet_results"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("nnUNet_results", None)
+        else:
+            os.environ["nnUNet_results"] = old
+
+
+def _split_spec(spec: str) -> tuple[str, str | None]:
+    trainer, _, root = spec.partition("@")
+    return trainer, root or None
+
+
+def _nnunet_installed() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("nnunetv2") is None:
+        raise TaskError("nnU-Net v2 is not installed; pip install 'amat-hooks[nnunet]'")
+
+
+class NnUNetTask(Task):
+    """2D nnU-Net models in nnU-Net results folders."""
+
+    name = "nnunet"
+    help = "2D nnU-Net v2 models: ADI/TVDI of slices under L2 PGD and IFGSM (paper Tables 1-3)"
+    default_levels = "hippocampus"
+    xi_rule = "mean"  # paper section 3.5
+    model_spec_help = "TRAINER[@RESULTS_ROOT]"
+    default_models = "STD=nnUNetTrainerSTD,AMAT=nnUNetTrainerAMAT"
+
+    def add_arguments(self, p: argparse.ArgumentParser, command: str) -> None:
+        p.add_argument("dataset", help="dataset name or id, as for nnUNetv2_train")
+        p.add_argument("configuration", help="2d (samples are slices)")
+        p.add_argument("fold", help="fold (0-4 or all)")
+        p.add_argument("-p", "--plans", dest="plans", default="nnUNetPlans", help="plans identifier")
+        p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file in the fold folder")
+        p.add_argument("-device", "--device", dest="device", default="cpu", choices=["cpu", "cuda", "mps"])
+        if command == "calibrate":
+            p.add_argument("-tr", dest="trainer", default="nnUNetTrainerSTD", help="trainer of the clean model")
+            p.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: plans)")
+            p.add_argument("--max-cases", type=int, default=None, help="score only the first N training cases")
+            return
+        p.add_argument("--split", default="val", choices=["val", "test"],
+                       help="val: the fold's validation cases; test: imagesTs/labelsTs of the raw dataset")
+        p.add_argument("--batch-size", type=int, default=16, help="slices per attack batch")
+        p.add_argument("--include-empty", action="store_true", help="also score slices without foreground")
+        p.add_argument("--max-cases", type=int, help="evaluate only the first N cases (CPU budgets)")
+        p.add_argument("--max-slices", type=int, help="evaluate only the first N slices")
+        if command == "grid":
+            p.add_argument("--epochs", type=int, default=5)
+            p.add_argument("--iters", type=int, default=50)
+            p.add_argument("--adv-steps", type=int, default=10)
+            p.add_argument("--pretrained-weights", default=None, metavar="CHECKPOINT",
+                           help="start every grid run from these weights (nnUNetv2_train -pretrained_weights)")
+
+    def check(self, args: argparse.Namespace, command: str) -> None:
+        _nnunet_installed()
+        if command == "grid":
+            args.split = "val"
+
+    # -- eval ---------------------------------------------------------------------------------
+    def default_model_name(self, spec: str) -> str:
+        trainer, _ = _split_spec(spec)
+        return trainer.replace("nnUNetTrainer", "") or trainer
+
+    def check_model(self, name: str, spec: str, args: argparse.Namespace) -> None:
+        from .evaluate import checkpoint_path
+
+        trainer, root = _split_spec(spec)
+        with results_root(root):
+            ckpt = checkpoint_path(args.dataset, args.configuration, args.fold, trainer, args.plans, args.checkpoint)
+        if ckpt is not None and not ckpt.is_file():
+            raise TaskError(f"model {name}: no checkpoint {ckpt}; train the model first: nnUNetv2_train "
+                            f"{args.dataset} {args.configuration} {args.fold} -tr {trainer}")
+
+    def eval_task(self, name: str, spec: str, args: argparse.Namespace):
+        from .evaluate import NnUNetSliceEvalTask, load_trainer
+
+        trainer_name, root = _split_spec(spec)
+        with results_root(root):
+            trainer = load_trainer(args.dataset, args.configuration, args.fold, trainer_name, args.plans,
+                                   args.checkpoint, args.device)
+        return NnUNetSliceEvalTask(trainer, split=args.split, batch_size=args.batch_size,
+                                   include_empty=args.include_empty, max_cases=args.max_cases,
+                                   max_slices=args.max_slices)
+
+    def adversarial_state(self, spec: str, args: argparse.Namespace) -> Path | None:
+        from .evaluate import checkpoint_path
+
+        trainer, root = _split_spec(spec)
+        with results_root(root):
+            return checkpoint_path(args.dataset, args.configuration, args.fold, trainer, args.plans, args.checkpoint)
+
+    def title(self, args: argparse.Namespace) -> str:
+        return f"nnU-Net {args.dataset} {args.configuration} fold {args.fold}, {args.split} slices"
+
+    # -- calibrate ----------------------------------------------------------------------------
+    def calibration_set(self, args: argparse.Namespace, log=print) -> CalibrationSet:
+        from .calibrate import clean_losses_of_model
+
+        return clean_losses_of_model(args.dataset, args.configuration, args.fold, trainer_name=args.trainer,
+                                     plans=args.plans, checkpoint=args.checkpoint, device=args.device,
+                                     batch_size=args.batch_size, max_cases=args.max_cases, log=log)
+
+    def default_xi_path(self, args: argparse.Namespace, calibration: CalibrationSet) -> Path:
+        return Path(calibration.source["default_path"])
+
+    def xi_usage(self, path: Path, xi: Sequence[float], args: argparse.Namespace) -> str:
+        from .settings import default_xi_path
+
+        here = Path(path) == Path(default_xi_path(Path(path).parent, args.configuration,
+                                                   args.plans, args.fold))
+        use = ("nnUNetv2_train ... -tr nnUNetTrainerAMAT finds it there" if here else
+               f"train with AMAT_XI_FILE={path} nnUNetv2_train ... -tr nnUNetTrainerAMAT")
+        return f"{use} (or AMAT_XI={xi[0]:.6g})"
+
+    # -- grid ---------------------------------------------------------------------------------
+    def train_run(self, delta: float, folder: Path, args: argparse.Namespace) -> TrainRun:
+        env = {"nnUNet_results": str(folder / "results"), "AMAT_STEP": f"{delta:g}",
+               "AMAT_EPOCHS": str(args.epochs), "AMAT_ITERS": str(args.iters), "AMAT_VAL_ITERS": "1",
+               "AMAT_STEPS": str(args.adv_steps)}
+        exe = Path(sys.executable).with_name("nnUNetv2_train")
+        cmd = [str(exe), str(args.dataset), args.configuration, str(args.fold), "-tr", "nnUNetTrainerAMAT",
+               "-p", args.plans, "-device", args.device]
+        if args.pretrained_weights:
+            cmd += ["-pretrained_weights", str(args.pretrained_weights)]
+        root = folder / "results"
+        return TrainRun(cmd=cmd, env=env, artefact=lambda: root if root.is_dir() else None)
+
+    def grid_eval_task(self, artefact: Path, args: argparse.Namespace):
+        return self.eval_task("AMAT", f"nnUNetTrainerAMAT@{artefact}", args)
