@@ -16,6 +16,29 @@ from torch import Tensor, nn
 
 LossFn = Callable[[Tensor], Tensor]
 
+
+class IterationLoss:
+    """A loss whose terms depend on the attack iteration (SegPGD's weight moves from the
+    correct to the wrong pixels over the iterations).
+
+    :func:`pgd` and :func:`min_norm` call ``terms_at(x_adv, iteration, steps)`` (iteration
+    0-based) in their loop wherever ``loss_fn`` has that method; everything else (the
+    terms at the returned point, the boundary bisection) calls ``loss_fn(x_adv)``, which
+    here means the last iteration's weighting. A plain ``Callable[[Tensor], Tensor]`` is
+    the same loss at every iteration.
+    """
+
+    def terms_at(self, x: Tensor, iteration: int, steps: int) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.terms_at(x, None, None)
+
+
+def _loss_at(loss_fn, z: Tensor, iteration: int, steps: int) -> Tensor:
+    at = getattr(loss_fn, "terms_at", None)
+    return at(z, iteration, steps) if at is not None else loss_fn(z)
+
 #: PGD step relative to the radius (``alpha * eps / steps``): 2.5, the Madry lab's rule of
 #: thumb, so the iterate can cross the ball in 40 % of the steps. The authors' AMAT code uses 4
 #: (nnU-Net) or 5 (YOLO, landmarks) with 20 steps; ``--adv-alpha`` sets it.
@@ -204,7 +227,8 @@ def pgd(
 ) -> AttackResult:
     """Projected gradient ascent on the sum of per-sample loss terms.
 
-    ``loss_fn(x_adv)`` returns terms ``[B]`` or ``[B, K]``. Each step moves every sample
+    ``loss_fn(x_adv)`` returns terms ``[B]`` or ``[B, K]`` (an :class:`IterationLoss` is
+    asked ``terms_at(x_adv, iteration, steps)`` inside the loop). Each step moves every sample
     along its own gradient normalised to unit L2 norm (sign for ``norm="linf"``) by
     ``step_size[i]`` (default ``alpha * eps / steps``), projects the noise onto the ball of
     radius ``eps[i]`` and clamps to ``bounds``. ``eps[i] == 0`` leaves sample i unchanged.
@@ -259,7 +283,7 @@ def pgd(
         for _ in range(steps):
             d = delta.detach().requires_grad_(True)
             with torch.enable_grad():  # callers often evaluate under no_grad
-                terms = loss_fn(x + d)
+                terms = _loss_at(loss_fn, x + d, steps_run, steps)
                 total = terms.sum()
             if steps_run == 0:
                 terms = _check_terms(terms, batch)
@@ -360,3 +384,127 @@ def multi_level(eps_levels: Sequence[float], x: Tensor) -> tuple[Tensor, Tensor]
         raise ValueError("eps_levels must be a non-empty list of finite noise levels")
     b = x.shape[0]
     return x.repeat(len(levels), *([1] * (x.dim() - 1))), levels.repeat_interleave(b)
+
+
+class MinNormResult:
+    """What :func:`min_norm` returns; all tensors are detached.
+
+    ``radius[i]`` is the smallest noise norm at which sample i was found broken (``inf``
+    where no iterate within ``max_radius`` broke it, 0 where it is broken without noise);
+    ``x_adv[i]`` is that point (``x[i]`` where none was found); ``found[i]`` says whether
+    there is one. The radius is an upper bound of the sample's true minimal radius under
+    this objective: the attack found a breaking point at that distance.
+    """
+
+    def __init__(self, x_adv: Tensor, radius: Tensor, found: Tensor, steps_run: int) -> None:
+        self.x_adv, self.radius, self.found, self.steps_run = x_adv, radius, found, steps_run
+
+    def __repr__(self) -> str:
+        fin = self.radius[self.found]
+        med = f"{float(fin.median()):.4g}" if fin.numel() else "-"
+        return (f"MinNormResult(batch={self.x_adv.shape[0]}, found={int(self.found.sum())}, "
+                f"median_radius={med}, steps_run={self.steps_run})")
+
+
+#: :func:`min_norm` defaults: the per-sample radius moves by ``gamma`` (relative) per step,
+#: annealed from 5 % to 0.5 % (the radius precision at the end); the ascent step is
+#: ``alpha`` times the current radius, annealed from 0.5 to 0.02; a sample not yet broken
+#: grows its radius from ``init`` to ``max_radius`` within ``GROW_FRACTION`` of the steps.
+MIN_NORM_GAMMA = (0.05, 0.005)
+MIN_NORM_ALPHA = (0.5, 0.02)
+GROW_FRACTION = 0.3
+
+
+def min_norm(
+    step_fn: Callable[[Tensor, int, int], tuple[Tensor, Tensor]],
+    x: Tensor,
+    *,
+    max_radius: float | Tensor,
+    init: float | Tensor | None = None,
+    steps: int = 100,
+    gamma: tuple[float, float] = MIN_NORM_GAMMA,
+    alpha: tuple[float, float] = MIN_NORM_ALPHA,
+    bounds: tuple[float, float] | None = None,
+    model: nn.Module | None = None,
+) -> MinNormResult:
+    """Smallest L2 noise that breaks each sample: a minimal-norm attack in the style of
+    FMN (Pintor et al. 2021) with a per-sample radius, in L2.
+
+    ``step_fn(x_adv, iteration, steps)`` returns ``(terms, broken)`` from ONE forward pass:
+    loss terms ``[B]``/``[B, K]`` to ascend and a bool ``[B]`` saying whether each sample
+    is broken at ``x_adv`` (e.g. its Dice fell below half its clean Dice). Each step:
+    record the smallest broken iterate per sample; adapt that sample's radius eps (not
+    broken yet: grow geometrically from ``init`` to ``max_radius``; broken:
+    ``eps = min(eps (1 - gamma), best)``; not broken after a break: ``eps (1 + gamma)``,
+    gamma annealed by a cosine); move along the unit-L2 gradient of the terms by
+    ``alpha * eps`` (annealed the same way); project onto the ball of radius eps; clamp
+    to ``bounds``. So samples that break early spend their steps refining their own
+    radius, while robust ones keep searching further out, in one batched loop. The last
+    iterate is checked once more (one no-grad forward).
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if bounds is not None and not (len(bounds) == 2 and bounds[0] < bounds[1]):
+        raise ValueError(f"bounds must be (lo, hi) with lo < hi, got {bounds!r}")
+    x = x.detach()
+    batch = x.shape[0]
+    max_t = _per_sample(max_radius, batch, "max_radius", x)
+    if not bool((max_t > 0).all()):
+        raise ValueError("max_radius must be > 0 for every sample")
+    init_t = (max_t / 16 if init is None else _per_sample(init, batch, "init", x)).clamp(min=1e-6)
+    init_t = torch.minimum(init_t, max_t)
+    grow_steps = max(1, int(round(GROW_FRACTION * steps)))
+    grow = (max_t / init_t).pow(1.0 / grow_steps)
+    dev = x.device
+    eps = init_t.clone()
+    delta = torch.zeros_like(x)
+    best = torch.full((batch,), math.inf, device=dev)
+    best_delta = torch.zeros_like(x)
+    found = torch.zeros(batch, dtype=torch.bool, device=dev)
+
+    def record(broken: Tensor, d: Tensor) -> Tensor:
+        nonlocal best, best_delta
+        n = _norms(d.float(), "l2")
+        better = broken & (n < best)
+        best = torch.where(better, n, best)
+        best_delta = torch.where(_bcast(better, d), d, best_delta)
+        return broken
+
+    def checked(out, n) -> tuple[Tensor, Tensor]:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError("step_fn must return (terms, broken) from one forward pass")
+        terms, broken = out
+        terms = _check_terms(terms, n)
+        broken = torch.as_tensor(broken, device=dev).reshape(-1).bool()
+        if broken.shape != (n,):
+            raise ValueError(f"step_fn's broken mask must be [B]=[{n}], got {tuple(broken.shape)}")
+        return terms, broken & torch.isfinite(terms.detach()).all(dim=1)
+
+    with preserved_state(model):
+        for k in range(steps):
+            d = delta.detach().requires_grad_(True)
+            with torch.enable_grad():
+                terms, broken = checked(step_fn(x + d, k, steps), batch)
+                total = terms.sum()
+            if not total.requires_grad:
+                raise ValueError("step_fn's terms do not depend on the input with autograd; "
+                                 "do not detach or compute them under torch.no_grad()")
+            (grad,) = torch.autograd.grad(total, d)
+            record(broken.detach(), delta)
+            found |= broken
+            c = (1 + math.cos(math.pi * k / steps)) / 2
+            gam = gamma[1] + (gamma[0] - gamma[1]) * c
+            a = alpha[1] + (alpha[0] - alpha[1]) * c
+            eps = torch.where(found, torch.where(broken, torch.minimum(eps * (1 - gam), best), eps * (1 + gam)),
+                              eps * grow)
+            eps = torch.minimum(eps, max_t)
+            g = grad / _bcast(_norms(grad, "l2").clamp_min(1e-12), grad)
+            g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+            delta = delta + _bcast(a * eps, x).to(x.dtype) * g
+            delta = _clamp(x + _project(delta, eps, "l2"), bounds) - x
+        with torch.no_grad():
+            _, broken = checked(step_fn(x + delta, steps, steps), batch)
+            record(broken, delta)
+            found |= broken
+    x_adv = torch.where(_bcast(found, x), x + best_delta, x).detach()
+    return MinNormResult(x_adv=x_adv, radius=best, found=found, steps_run=steps)

@@ -1,17 +1,20 @@
-"""``amat eval <task>``: every model of ``--models`` clean and under attack at every level,
-cached per model (``--resume``), one side-by-side report, a margin histogram per AMAT
-model and the source of its xi in the report header. Written once for every task."""
+"""``amat eval <task>``: every model of ``--models`` clean and under attack at every level
+(``--attacks``: the training loss, SegPGD, CosPGD, masked CE, the per-sample worst case;
+``--radius``: each sample's robust radius), cached per model (``--resume``), one
+side-by-side report with the gradient-masking check, a margin histogram per AMAT model and
+the source of its xi in the report header. Written once for every task."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from ..evaluation import EvalResult, EvalTask, check_levels, fingerprint, load_result, robustness_eval, save_result
-from ..report import plot_margin_histogram, to_markdown, write_report
+from ..evaluation import (EvalResult, EvalTask, RadiusSpec, check_attacks, check_levels, fingerprint, load_result,
+                          robustness_eval, save_result)
+from ..report import masking_lines, plot_margin_histogram, radius_markdown, to_markdown, write_report
 from ..sidecars import read_adversarial_state
-from ..tasks import Task
-from .options import checked_levels, parse_model_specs
+from ..tasks import Task, TaskError
+from .options import checked_levels, parse_attacks, parse_model_specs
 
 
 def run_eval(task: Task, args: argparse.Namespace) -> int:
@@ -36,6 +39,16 @@ def run_eval(task: Task, args: argparse.Namespace) -> int:
     return 0
 
 
+def radius_spec(args: argparse.Namespace) -> RadiusSpec | None:
+    """The radius run the arguments ask for (None without ``--radius``)."""
+    if not getattr(args, "radius", False):
+        return None
+    thr, rel = getattr(args, "radius_threshold", (0.5, True))
+    objs = tuple(o.strip().lower() for o in str(getattr(args, "radius_objective", "auto")).split(",") if o.strip())
+    return RadiusSpec(objectives=objs or ("auto",), threshold=thr, relative=rel,
+                      steps=int(getattr(args, "radius_steps", 100)), max_radius=getattr(args, "radius_max", None))
+
+
 def run_evaluations(tasks: Mapping[str, Callable[[], EvalTask]], args: argparse.Namespace,
                     title: str = "", margins: Sequence[float] | None = None,
                     notes: Sequence[str] = ()) -> dict[str, EvalResult]:
@@ -43,29 +56,44 @@ def run_evaluations(tasks: Mapping[str, Callable[[], EvalTask]], args: argparse.
     the side-by-side report."""
     out = Path(args.out)
     levels = check_levels(args.levels)
-    attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
+    attacks = parse_attacks(args.attacks)
+    radius = radius_spec(args)
     results: dict[str, EvalResult] = {}
     for name, make in tasks.items():
         done = out / "models" / f"{_safe(name)}.json"
         state = out / "models" / f"{_safe(name)}.partial.jsonl"
         task = make()
+        try:  # a segmentation objective on a detection task, worst alone ...: the user's to fix
+            check_attacks(task, attacks, radius)
+            fp = fingerprint(task, levels, attacks, args.pgd_steps, args.ifgsm_steps, args.seed, radius)
+        except ValueError as e:
+            raise TaskError(str(e)) from None
         if args.resume and done.exists():
             r = load_result(done)
-            if r.fingerprint == fingerprint(task, levels, attacks, args.pgd_steps, args.ifgsm_steps, args.seed):
+            if r.fingerprint == fp:
                 print(f"{name}: already evaluated ({done})")
                 results[name] = r
                 continue
             print(f"{name}: {done} was evaluated differently; evaluating again")
-        print(f"{name}: evaluating at levels {levels} ({', '.join(attacks)})", flush=True)
+        what = ", ".join(attacks) + (" + radius" if radius is not None else "")
+        print(f"{name}: evaluating at levels {levels} ({what.lstrip(', ')})", flush=True)
         r = robustness_eval(task, levels, attacks=attacks, pgd_steps=args.pgd_steps,
                             ifgsm_steps=args.ifgsm_steps, state_path=state, resume=args.resume,
-                            progress=not args.no_progress, seed=args.seed)
+                            progress=not args.no_progress, seed=args.seed, radius=radius)
         save_result(r, done)
         state.unlink(missing_ok=True)
         results[name] = r
     paths = write_report(results, out, name=args.name, title=title, margins=margins, notes=notes)
     print()
     print(to_markdown(results))
+    rad = radius_markdown(results)
+    if rad:
+        print("\n" + rad)
+    checks = masking_lines(results)
+    if checks:
+        print("\ngradient-masking check (largest level):")
+        for line in checks:
+            print("  " + line)
     for line in notes:
         print(line)
     print("\nwritten: " + ", ".join(str(p) for p in paths.values()))

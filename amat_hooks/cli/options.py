@@ -64,6 +64,27 @@ def parse_model_specs(text: str | None, default_name: Callable[[str], str]) -> d
     return models
 
 
+def parse_threshold(text: str) -> tuple[float, bool]:
+    """``--radius-threshold 0.5`` (relative to the clean score) or ``abs:0.3`` -> (value, relative)."""
+    t = str(text).strip()
+    relative = not t.startswith("abs:")
+    try:
+        v = float(t[4:] if not relative else t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--radius-threshold takes a number (relative) or abs:NUMBER, "
+                                         f"got {text!r}") from None
+    if not (math.isfinite(v) and v > 0) or (relative and v > 1):
+        raise argparse.ArgumentTypeError(f"--radius-threshold must be in (0, 1] (relative) or abs:V with V > 0, "
+                                         f"got {text!r}")
+    return v, relative
+
+
+def parse_attacks(text: str) -> tuple[str, ...]:
+    """``--attacks pgd,segpgd,worst`` -> the names (``none`` -> none)."""
+    items = tuple(a.strip().lower() for a in str(text).split(",") if a.strip())
+    return () if items == ("none",) else items
+
+
 def checked_levels(levels) -> list[float]:
     """``--levels`` as :func:`~amat_hooks.evaluation.check_levels` accepts them, or a
     :class:`TaskError` naming the problem."""
@@ -81,9 +102,24 @@ def add_eval_arguments(p: argparse.ArgumentParser, default_levels: str, default_
     g.add_argument("--levels", type=parse_levels, default=parse_levels(default_levels),
                    help=f"L2 noise levels, comma-separated or a paper preset {sorted(PAPER_LEVELS)} "
                         f"(default {default_levels})")
-    g.add_argument("--attacks", default="pgd,ifgsm", help="pgd, ifgsm or both (default)")
-    g.add_argument("--pgd-steps", type=int, default=100)
+    g.add_argument("--attacks", default="pgd,ifgsm",
+                   help="comma-separated (default pgd,ifgsm): pgd, ifgsm (the training loss), segpgd, cospgd, "
+                        "mce (segmentation tasks: SegPGD, CosPGD, masked CE, as L2 PGD), worst (per sample and "
+                        "level the worst of the others listed: the number to quote); 'none' with --radius")
+    g.add_argument("--pgd-steps", type=int, default=100, help="steps of pgd, segpgd, cospgd, mce (100)")
     g.add_argument("--ifgsm-steps", type=int, default=10)
+    g.add_argument("--radius", action="store_true",
+                   help="also each sample's robust radius (smallest L2 noise that breaks it) from one "
+                        "minimal-norm attack: the robustness curve at every level from one run, a histogram")
+    g.add_argument("--radius-objective", default="auto",
+                   help="objective(s) of the radius run: auto (mce for segmentation, else loss), loss, segpgd, "
+                        "cospgd, mce; several comma-separated = the per-sample minimum")
+    g.add_argument("--radius-threshold", type=parse_threshold, default=(0.5, True), metavar="T|abs:V",
+                   help="a sample is broken when its metric falls below T x its clean value (0.5; lower-is-better "
+                        "metrics: rises above clean / T), or with abs:V below V")
+    g.add_argument("--radius-steps", type=int, default=100, help="iterations of the radius run (100)")
+    g.add_argument("--radius-max", type=float, default=None,
+                   help="largest radius searched (default twice the largest level)")
     g.add_argument("--out", default=default_out, help=f"report folder (default {default_out})")
     g.add_argument("--name", default="robustness", help="report file stem")
     g.add_argument("--resume", action="store_true", help="continue an interrupted evaluation")
