@@ -36,7 +36,16 @@ def _atomic(path: str | os.PathLike, write) -> Path:
 
 
 def current_umask() -> int:
-    """The process umask (read by setting and restoring it: there is no getter)."""
+    """The process umask. Linux reports it in ``/proc/self/status`` (read-only, so another
+    thread creating a file meanwhile is not affected); elsewhere it is read by setting and
+    restoring it, as there is no getter."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

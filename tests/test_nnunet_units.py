@@ -39,19 +39,121 @@ def test_read_settings_defaults_and_overrides():
     assert (s.epochs, s.iters, s.val_iters, s.xi_source, s.xi_file) == (3, 5, 2, "file", "/x/xi.json")
 
 
-@pytest.mark.parametrize("mode,env,needle", [
-    ("sat", {}, "AMAT_EPS"),
-    ("amat", {"AMAT_MODE": "sat", "AMAT_EPS": "5"}, "-tr nnUNetTrainerSAT"),
-    ("amat", {"AMAT_EPOCHS": "0"}, "AMAT_EPOCHS"),
-    ("amat", {"AMAT_ITERS": "ten"}, "AMAT_ITERS"),
-    ("amat", {"AMAT_XI_SOURCE": "sometimes"}, "AMAT_XI_SOURCE"),
-    ("amat", {"AMAT_STEP": "-1"}, "must be > 0"),
-    ("amat", {"AMAT_XI_SOURCE": "online", "AMAT_XI_FILE": "a.json"}, "unset one"),
+@pytest.mark.parametrize("mode,env,needles", [
+    ("sat", {}, ["AMAT_EPS", "AMAT_EPS=5"]),
+    ("sat", {"AMAT_EPS": "0"}, ["AMAT_EPS must be > 0", "set AMAT_EPS to a noise level > 0"]),
+    ("amat", {"AMAT_MODE": "sat", "AMAT_EPS": "5"}, ["-tr nnUNetTrainerSAT", "unset AMAT_MODE"]),
+    ("amat", {"AMAT_MODE": "bogus"}, ["AMAT_MODE='bogus' is not a mode", "none (aliases std, clean, off), sat "
+                                      "and amat", "unset AMAT_MODE"]),
+    ("amat", {"AMAT_EPOCHS": "0"}, ["AMAT_EPOCHS", "set AMAT_EPOCHS to an integer >= 1"]),
+    ("amat", {"AMAT_ITERS": "ten"}, ["AMAT_ITERS='ten'", "set AMAT_ITERS to an integer >= 1"]),
+    ("amat", {"AMAT_SAVE_EVERY": "-2"}, ["AMAT_SAVE_EVERY='-2'", "1 = every epoch"]),
+    ("amat", {"AMAT_XI_SOURCE": "sometimes"}, ["AMAT_XI_SOURCE", "auto, file, online"]),
+    ("amat", {"AMAT_STEP": "-1"}, ["AMAT_STEP must be > 0", "AMAT_STEP=0.5"]),
+    ("amat", {"AMAT_STEPS": "0"}, ["AMAT_STEPS must be an integer >= 1", "default 10"]),
+    ("amat", {"AMAT_STEPS": "x"}, ["AMAT_STEPS='x' is not valid", "set AMAT_STEPS"]),
+    ("amat", {"AMAT_ALPHA": "0"}, ["AMAT_ALPHA must be > 0", "default 2.5"]),
+    ("amat", {"AMAT_STEP_SIZE": "0"}, ["AMAT_STEP_SIZE must be > 0", "unset it"]),
+    ("amat", {"AMAT_REFINE_STEPS": "-1"}, ["AMAT_REFINE_STEPS must be >= 0", "default 2"]),
+    ("amat", {"AMAT_BOUNDARY": "x"}, ["AMAT_BOUNDARY 'x'", "choose one of: none, stop"]),
+    ("amat", {"AMAT_XI_RULE": "median"}, ["AMAT_XI_RULE 'median'", "mean, mean+2std"]),
+    ("amat", {"AMAT_NORM": "l1"}, ["AMAT_NORM 'l1'", "choose l2 or linf"]),
+    ("amat", {"AMAT_XI": "1,2"}, ["AMAT_XI='1,2' holds 2 numbers", "set AMAT_XI to one number"]),
+    ("amat", {"AMAT_MAX_MARGIN": "0.5"}, ["AMAT_MAX_MARGIN='0.5' is below the initial margin AMAT_STEP=1",
+                                          "AMAT_MAX_MARGIN to a number >= AMAT_STEP"]),
+    ("amat", {"AMAT_XI_MOMENTUM": "2"}, ["AMAT_XI_MOMENTUM='2' is outside (0, 1]", "default 0.01"]),
+    ("amat", {"AMAT_XI_SOURCE": "online", "AMAT_XI_FILE": "a.json"}, ["unset one"]),
 ])
-def test_read_settings_bad_input_names_the_variable(mode, env, needle):
-    with pytest.raises(AdvConfigError, match=None) as e:
-        st.read_settings(mode, "Dataset990_AMATShapes", env=env)
-    assert needle in str(e.value)
+def test_read_settings_bad_input_names_the_variable_and_a_fix(mode, env, needles):
+    with pytest.raises(AdvConfigError) as e:
+        st.read_settings(mode, "Dataset990_AMATShapes", env=env,
+                         trainer_name={"sat": "nnUNetTrainerSAT", "amat": "nnUNetTrainerAMAT"}[mode])
+    for needle in needles:
+        assert needle in str(e.value), (needle, str(e.value))
+    assert "--adv" not in str(e.value)  # nnUNetv2_train has no such flags
+
+
+def test_save_interval_every_epoch_for_short_runs():
+    s = st.read_settings("amat", "Dataset990_AMATShapes", env={})
+    assert s.save_every is None
+    assert st.save_interval(s, num_epochs=5) == 1
+    assert st.save_interval(s, num_epochs=100) == 1  # nnUNetTrainerAMAT_100epochs
+    assert st.save_interval(s, num_epochs=1000) == 50  # nnU-Net's own interval for its default length
+    assert st.save_interval(s, num_epochs=5, current=7) == 7  # a subclass that set save_every keeps it
+    s = st.read_settings("none", "Dataset990_AMATShapes", env={"AMAT_SAVE_EVERY": "3"})
+    assert s.save_every == 3 and st.save_interval(s, num_epochs=1000) == 3 == st.save_interval(s, 5)
+    assert s.to_dict()["save_every"] == 3
+
+
+def test_margin_table_digest_changes_with_one_bit():
+    from amat_hooks.integrations.nnunet.trainer import margin_table_digest
+    from amat_hooks.margins import MarginStore
+
+    store = MarginStore(init=1.0, delta=1.0)
+    store.update([("a", 0), ("b", 3)], torch.tensor([True, False]), torch.tensor([1.0, 0.7]))
+    state = store.state_dict()
+    d = margin_table_digest(state)
+    assert len(d) == 16 and d == margin_table_digest(MarginStore(init=1.0, delta=1.0).state_dict() | state)
+    bumped = dict(state, values=[np.nextafter(state["values"][0], 10.0), state["values"][1]])
+    assert margin_table_digest(bumped) != d
+    assert margin_table_digest(dict(state, ids=[["a", 0], ["b", 4]])) != d
+
+
+def test_progress_amat_figure_after_nnunets_own_plot(tmp_path):
+    """nnU-Net's progress plot sets seaborn's font_scale=2.5 globally; the margin plot must
+    still fit its title, show whole epochs and keep its legend off the axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from nnunetv2.training.logging.nnunet_logger import LocalLogger
+
+    from amat_hooks.integrations.nnunet.trainer import _plot_margins, margins_figure
+
+    logger = LocalLogger()
+    n = 3
+    for e in range(n):
+        for k in ("mean_fg_dice", "ema_fg_dice", "train_losses", "val_losses", "lrs"):
+            logger.log(k, 0.1 * e, e)
+        logger.log("dice_per_class_or_region", [0.1], e)
+        logger.log("epoch_start_timestamps", float(e), e)
+        logger.log("epoch_end_timestamps", e + 0.5, e)
+    logger.plot_progress_png(str(tmp_path))  # leaves sns.set(font_scale=2.5) behind
+    log = {"amat_margin_mean": [1.0, 1.5, 2.0], "amat_margin_min": [1.0, 1.0, 1.0],
+           "amat_margin_max": [1.0, 2.0, 3.0], "amat_xi": [0.3, 0.3, 0.3], "amat_nan_samples": [0, 0, 0]}
+    with plt.style.context("default"):
+        fig = margins_figure(log)
+        ax = fig.axes[0]
+        frame = fig.bbox
+        title = ax.title.get_window_extent()
+        assert frame.x0 <= title.x0 and title.x1 <= frame.x1 and title.y1 <= frame.y1
+        ticks = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+        assert ticks and all(t.lstrip("\u2212-").isdigit() for t in ticks), ticks
+        legend = ax.get_legend().get_window_extent()
+        assert legend.y1 <= ax.get_window_extent().y0 and legend.y0 >= frame.y0  # below the axes, inside
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["margin mean", "margin min..max", "xi"]
+        plt.close(fig)
+    _plot_margins(log, str(tmp_path))
+    assert (tmp_path / "progress_amat.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob(".progress_amat*"))
+    assert margins_figure({k: [] for k in log}) is None
+
+
+def test_atomic_writer_gives_the_mode_of_a_plain_open(tmp_path):
+    from amat_hooks.atomic_files import atomic_torch_save, atomic_write_json, current_umask
+
+    old = os.umask(0o022)
+    try:
+        for mask in (0o027, 0o077, 0o002):
+            os.umask(mask)
+            assert current_umask() == mask
+            plain = tmp_path / f"plain_{mask:o}"
+            plain.write_text("x")
+            for path in (atomic_write_json(tmp_path / f"a_{mask:o}.json", {"a": 1}),
+                         atomic_torch_save({"a": 1}, tmp_path / f"a_{mask:o}.pth")):
+                assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~mask
+    finally:
+        os.umask(old)
 
 
 def _xi_record(dataset="Dataset990_AMATShapes", terms=((-0.5,), (0.0,))):

@@ -13,13 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ...config import AdvConfig, AdvConfigError
+from ...config import AdvConfig, AdvConfigError, env_wording
+from ...policies import MODES
 
 #: Paper table (section 3.3): AMAT step size Delta per nnU-Net dataset.
 PAPER_STEP = {"heart": 5.0, "hippocampus": 0.5, "prostate": 3.0}
 #: Delta for any other dataset (documented in docs/nnunet.md).
 DEFAULT_STEP = 1.0
 XI_SOURCES = ("auto", "file", "online")
+#: Runs of at most this many epochs write ``checkpoint_latest.pth`` every epoch unless
+#: ``AMAT_SAVE_EVERY`` says otherwise (nnU-Net's own interval, 50, loses up to 49 epochs -
+#: margins included - when a short run is interrupted).
+SHORT_RUN_EPOCHS = 100
+#: nnU-Net's ``save_every`` (``nnUNetTrainer.__init__``), kept for longer runs.
+NNUNET_SAVE_EVERY = 50
+#: The trainer class of each mode.
+TRAINER_OF_MODE = {"none": "nnUNetTrainerSTD", "sat": "nnUNetTrainerSAT", "amat": "nnUNetTrainerAMAT"}
 
 NNUNET_ENV = {
     "AMAT_EPOCHS": "number of epochs (nnU-Net default 1000; length variants set their own)",
@@ -27,7 +36,40 @@ NNUNET_ENV = {
     "AMAT_VAL_ITERS": "validation iterations per epoch (nnU-Net default 50)",
     "AMAT_XI_SOURCE": "auto (calibration file if present, else online) | file | online",
     "AMAT_XI_FILE": "path of the xi file written by `amat calibrate nnunet`",
+    "AMAT_SAVE_EVERY": f"write checkpoint_latest.pth every N epochs (default: 1 for runs of at most "
+                       f"{SHORT_RUN_EPOCHS} epochs, else nnU-Net's {NNUNET_SAVE_EVERY})",
+    "AMAT_FORCE_RESUME": "1: let --c continue margins trained with another AMAT_STEP, AMAT_BOUNDARY or dataset",
 }
+
+#: What a user can do about a bad value, per variable (appended to the message that names it).
+FIXES = {
+    "AMAT_STEP": "set AMAT_STEP to a number > 0 (e.g. AMAT_STEP=0.5), or unset it for the dataset's default",
+    "AMAT_EPS": "set AMAT_EPS to a noise level > 0 (e.g. AMAT_EPS=5)",
+    "AMAT_STEPS": "set AMAT_STEPS to an integer >= 1, or unset it (default 10)",
+    "AMAT_STEP_SIZE": "set AMAT_STEP_SIZE to a number > 0, or unset it (the PGD step is then "
+                      "AMAT_ALPHA * eps / AMAT_STEPS)",
+    "AMAT_ALPHA": "set AMAT_ALPHA to a number > 0, or unset it (default 2.5)",
+    "AMAT_REFINE_STEPS": "set AMAT_REFINE_STEPS to an integer >= 0, or unset it (default 2)",
+    "AMAT_MAX_MARGIN": "set AMAT_MAX_MARGIN to a number >= AMAT_STEP, or unset it (no cap)",
+    "AMAT_XI": "set AMAT_XI to one number (nnU-Net's loss is one term), or unset it to use the calibration file",
+    "AMAT_XI_MOMENTUM": "set AMAT_XI_MOMENTUM to a number in (0, 1], or unset it (default 0.01)",
+    "AMAT_EPOCHS": "set AMAT_EPOCHS to an integer >= 1, or unset it",
+    "AMAT_ITERS": "set AMAT_ITERS to an integer >= 1, or unset it (nnU-Net's 250)",
+    "AMAT_VAL_ITERS": "set AMAT_VAL_ITERS to an integer >= 1, or unset it (nnU-Net's 50)",
+    "AMAT_SAVE_EVERY": "set AMAT_SAVE_EVERY to an integer >= 1 (1 = every epoch), or unset it",
+}
+
+
+def env_error(message: str) -> AdvConfigError:
+    """A core message in ``nnUNetv2_train``'s terms: flag names become the ``AMAT_*``
+    variables (:func:`~amat_hooks.config.env_wording`) and, where the message does not
+    already list the choices, the fix for the variable it names is appended."""
+    text = env_wording(message)
+    named = re.findall(r"AMAT_[A-Z_]*[A-Z]", text)
+    fix = next((FIXES[v] for v in named if v in FIXES), None)
+    if fix and "choose" not in text and fix not in text:
+        text = f"{text}; {fix}"
+    return AdvConfigError(text)
 
 
 def paper_step(dataset_name: str) -> float:
@@ -46,9 +88,9 @@ def _positive_int(env: Mapping[str, str], key: str) -> int | None:
     try:
         value = int(raw)
     except ValueError:
-        raise AdvConfigError(f"environment variable {key}={raw!r} must be a positive integer") from None
+        value = 0
     if value < 1:
-        raise AdvConfigError(f"environment variable {key}={raw!r} must be a positive integer (>= 1)")
+        raise env_error(f"environment variable {key}={raw!r} must be a positive integer (>= 1)")
     return value
 
 
@@ -62,10 +104,12 @@ class NnUNetAdvSettings:
     val_iters: int | None = None
     xi_source: str = "auto"
     xi_file: str | None = None
+    save_every: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "epochs": self.epochs, "iters": self.iters,
-                "val_iters": self.val_iters, "xi_source": self.xi_source, "xi_file": self.xi_file}
+                "val_iters": self.val_iters, "xi_source": self.xi_source, "xi_file": self.xi_file,
+                "save_every": self.save_every}
 
 
 def read_settings(mode: str, dataset_name: str, env: Mapping[str, str] | None = None,
@@ -79,19 +123,31 @@ def read_settings(mode: str, dataset_name: str, env: Mapping[str, str] | None = 
     defaults: dict[str, Any] = {"mode": mode}
     if mode == "amat":
         defaults["delta"] = paper_step(dataset_name)
-    cfg = AdvConfig.from_env(env, defaults=defaults)
+    try:
+        cfg = AdvConfig.from_env(env, defaults=defaults)
+    except AdvConfigError as e:
+        raise env_error(str(e)) from None
+    if cfg.mode not in MODES:
+        raise AdvConfigError(
+            f"AMAT_MODE={env.get('AMAT_MODE')!r} is not a mode; the modes are none (aliases std, clean, off), "
+            f"sat and amat, and -tr {trainer_name} trains {mode!r}: unset AMAT_MODE (the trainer decides) "
+            f"or set AMAT_MODE={mode}")
     if cfg.mode != mode:
-        want = {"none": "nnUNetTrainerSTD", "sat": "nnUNetTrainerSAT", "amat": "nnUNetTrainerAMAT"}[cfg.mode] \
-            if cfg.mode in ("none", "sat", "amat") else "a matching trainer"
         raise AdvConfigError(
             f"AMAT_MODE={env.get('AMAT_MODE')!r} contradicts -tr {trainer_name} (which trains mode "
-            f"{mode!r}); unset AMAT_MODE or use -tr {want}")
+            f"{mode!r}); unset AMAT_MODE or use -tr {TRAINER_OF_MODE[cfg.mode]}")
     if mode == "sat" and cfg.eps is None:
         raise AdvConfigError(f"-tr {trainer_name} needs a noise level: set AMAT_EPS (e.g. AMAT_EPS=5)")
-    cfg.validate()
+    try:
+        cfg.validate()
+    except AdvConfigError as e:
+        raise env_error(str(e)) from None
+    if mode == "amat":
+        _check_amat_extras(cfg, env)
     xi_source = env.get("AMAT_XI_SOURCE", "") or "auto"
     if xi_source not in XI_SOURCES:
-        raise AdvConfigError(f"AMAT_XI_SOURCE={xi_source!r} is not valid; use one of {', '.join(XI_SOURCES)}")
+        raise AdvConfigError(f"AMAT_XI_SOURCE={xi_source!r} is not valid; use one of {', '.join(XI_SOURCES)} "
+                             f"(or unset it: auto)")
     xi_file = env.get("AMAT_XI_FILE", "") or None
     if xi_file is not None and xi_source == "online":
         raise AdvConfigError("AMAT_XI_FILE is set but AMAT_XI_SOURCE=online; unset one of them")
@@ -99,7 +155,29 @@ def read_settings(mode: str, dataset_name: str, env: Mapping[str, str] | None = 
                              iters=_positive_int(env, "AMAT_ITERS"),
                              val_iters=_positive_int(env, "AMAT_VAL_ITERS"),
                              xi_source="file" if xi_file and xi_source == "auto" else xi_source,
-                             xi_file=xi_file)
+                             xi_file=xi_file, save_every=_positive_int(env, "AMAT_SAVE_EVERY"))
+
+
+def _check_amat_extras(cfg: AdvConfig, env: Mapping[str, str]) -> None:
+    """What the core only notices when training starts: say it before, in variable names."""
+    if cfg.xi is not None and len(cfg.xi) != 1:
+        raise env_error(f"AMAT_XI={env.get('AMAT_XI')!r} holds {len(cfg.xi)} numbers")
+    if cfg.max_margin is not None and not cfg.max_margin >= cfg.delta:
+        raise env_error(f"AMAT_MAX_MARGIN={env.get('AMAT_MAX_MARGIN')!r} is below the initial margin "
+                        f"AMAT_STEP={cfg.delta:g}")
+    if cfg.xi_momentum is not None and not 0 < cfg.xi_momentum <= 1:
+        raise env_error(f"AMAT_XI_MOMENTUM={env.get('AMAT_XI_MOMENTUM')!r} is outside (0, 1]")
+
+
+def save_interval(settings: NnUNetAdvSettings, num_epochs: int, current: int = NNUNET_SAVE_EVERY) -> int:
+    """Epochs between two ``checkpoint_latest.pth``: ``AMAT_SAVE_EVERY``, else 1 for runs of
+    at most :data:`SHORT_RUN_EPOCHS` epochs, else ``current`` (nnU-Net's 50, or what a
+    subclass set)."""
+    if settings.save_every:
+        return settings.save_every
+    if current == NNUNET_SAVE_EVERY and num_epochs <= SHORT_RUN_EPOCHS:
+        return 1
+    return current
 
 
 # -- the xi file --------------------------------------------------------------------------------

@@ -10,16 +10,20 @@ So autocast, clipping, deep supervision and ``self.loss`` stay nnU-Net's.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
+import sys
 import warnings
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
 import torch
 from torch import Tensor
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from ...config import AdvConfig, env_wording, force_resume_requested
+from ...config import AdvConfig, AdvConfigError, env_wording, force_resume_requested
 from ...engine import AdversarialEngine
 from ...atomic_files import atomic_torch_save
 from ...margins import MarginMismatchError
@@ -27,7 +31,7 @@ from ...plugins import get_plugin_manager
 from ...policies import AMAT
 from .batch import NnUNetBatch
 from .loader import SLICE_KEY, slice_reporting_loader
-from .settings import calibrate_command, default_xi_path, load_xi_file, read_settings
+from .settings import calibrate_command, default_xi_path, load_xi_file, read_settings, save_interval
 
 #: Key of our state inside nnU-Net's checkpoint dict.
 CHECKPOINT_KEY = "amat_hooks"
@@ -37,6 +41,22 @@ LOG_KEYS = ("amat_margin_mean", "amat_margin_min", "amat_margin_max", "amat_xi",
 
 class AdversarialCheckpointError(RuntimeError):
     """A checkpoint's AMAT state does not fit this run."""
+
+
+#: Prefix of the one-line reason a failed run prints to stderr and its training log.
+ERROR_PREFIX = "amat-hooks: error: "
+#: Settings a user sets for ``nnUNetv2_train``: the problems we can name before nnU-Net's traceback.
+_USER_ERRORS = (AdvConfigError, AdversarialCheckpointError)
+
+
+def margin_table_digest(margins: dict) -> str:
+    """First 16 hex digits of the SHA-256 of a margin table (``MarginStore.state_dict()``):
+    its ids and the exact bits of its float64 values, so two tables with the same digest are
+    the same table bit for bit. Logged when ``--c`` restores one."""
+    ids = [list(i) if isinstance(i, (list, tuple)) else i for i in margins["ids"]]
+    values = [float(v).hex() for v in margins["values"]]
+    payload = json.dumps([ids, values], separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
 class nnUNetTrainerAdversarial(nnUNetTrainer):
@@ -53,8 +73,9 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.amat_settings = read_settings(self.amat_mode, self.plans_manager.dataset_name,
-                                  trainer_name=type(self).__name__)
+        with self._amat_errors():  # the training log exists now: a bad setting is written into it
+            self.amat_settings = read_settings(self.amat_mode, self.plans_manager.dataset_name,
+                                               trainer_name=type(self).__name__)
         epochs = self.amat_settings.epochs or self.amat_epochs
         if epochs:
             self.num_epochs = epochs
@@ -67,14 +88,38 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
         self.amat_xi_origin: str | None = None
         self.amat_last = None
         self.amat_dataset_id = f"{self.plans_manager.dataset_name}/{configuration}"
+        self.amat_config: AdvConfig | None = None
+        self.amat_latest_epoch: int | None = None  # epochs done when checkpoint_latest.pth was last written
+
+    # -- failures ------------------------------------------------------------------------
+    def amat_report_failure(self, reason: str) -> None:
+        """One line to stderr (before the traceback Python prints) and into the training log."""
+        line = ERROR_PREFIX + " ".join(str(reason).split())
+        print(line, file=sys.stderr, flush=True)
+        try:
+            self.print_to_log_file(line, also_print_to_console=False)
+        except Exception:  # the log is a convenience; the error itself must surface
+            pass
+
+    @contextlib.contextmanager
+    def _amat_errors(self, kinds: tuple[type[BaseException], ...] = _USER_ERRORS) -> Iterator[None]:
+        try:
+            yield
+        except kinds as e:
+            if not getattr(e, "amat_reported", False):
+                self.amat_report_failure(str(e))
+                e.amat_reported = True
+            raise
 
     # -- set-up --------------------------------------------------------------------------
     def initialize(self):
         super().initialize()
         if self.amat_mode == "none":
-            self.print_to_log_file(f"amat-hooks: STD baseline ({self.num_epochs} epochs x "
-                                   f"{self.num_iterations_per_epoch} iterations)")
             return
+        with self._amat_errors((AdvConfigError, AdversarialCheckpointError, ValueError)):
+            self._amat_initialize()
+
+    def _amat_initialize(self) -> None:
         cfg = AdvConfig.from_dict(self.amat_settings.config.to_dict())
         if cfg.mode == "amat":
             cfg.xi, self.amat_xi_origin = self._resolve_xi(cfg)
@@ -82,17 +127,36 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
                 cfg.xi_source = self.amat_xi_origin
         hint = calibrate_command(self.plans_manager.dataset_name, self.configuration_name, self.fold,
                                  self.plans_manager.plans_name)
-        policy = cfg.build_policy(dataset_id=self.amat_dataset_id, calibrate_hint=hint, log=self.amat_log)
+        try:
+            policy = cfg.build_policy(dataset_id=self.amat_dataset_id, calibrate_hint=hint, log=self.amat_log)
+        except (AdvConfigError, ValueError) as e:
+            raise AdvConfigError(env_wording(str(e))) from None
         self.amat_engine = AdversarialEngine(policy, host=self, pm=get_plugin_manager())
         self.amat_config = cfg
-        if cfg.mode == "amat":
-            what = (f"xi from {policy.xi_source}, boundary {cfg.boundary} "
-                    f"({'Algorithm 1, full-radius PGD' if cfg.boundary == 'none' else 'stop at xi + bisection'}), "
-                    f"margins keyed by (case, slice)")
-        else:
-            what = f"eps {cfg.eps:g} for every sample"
-        self.print_to_log_file(f"amat-hooks: {cfg.label} training, settings {cfg.to_json()}, "
-                               f"{self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations, {what}")
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.save_every = save_interval(self.amat_settings, self.num_epochs, self.save_every)
+        self.print_to_log_file(self.amat_startup_line())
+
+    def amat_startup_line(self) -> str:
+        """What this run trains, printed once when training starts (not when a model is only
+        loaded, as ``amat calibrate`` / ``amat eval`` do)."""
+        budget = (f"{self.num_epochs} epochs x {self.num_iterations_per_epoch} iterations"
+                  + (f", continuing at epoch {self.current_epoch}" if self.current_epoch else "")
+                  + f", checkpoint_latest.pth every {self.save_every} epoch{'s' if self.save_every != 1 else ''}")
+        cfg = self.amat_config
+        if self.amat_engine is None or cfg is None:
+            return f"amat-hooks: STD baseline (clean nnU-Net training), {budget}"
+        pgd = (f"{cfg.pgd_steps} L2 PGD steps of "
+               + (f"{cfg.pgd_step_size:g}" if cfg.pgd_step_size else f"{cfg.alpha:g} * radius / {cfg.pgd_steps}"))
+        if cfg.mode == "sat":
+            return (f"amat-hooks: {cfg.label} training, noise of radius eps {cfg.eps:g} for every sample "
+                    f"({pgd}), {budget}")
+        policy = self.amat_engine.policy
+        what = ("Algorithm 1, full-radius PGD" if cfg.boundary == "none" else "stop at xi + bisection")
+        return (f"amat-hooks: {cfg.label} training, settings {cfg.to_json()}, {budget}, xi from "
+                f"{policy.xi_source}, boundary {cfg.boundary} ({what}), {pgd}, margins keyed by (case, slice)")
 
     def amat_log(self, message: str) -> None:
         """Host protocol: the policy's notices go to nnU-Net's training log."""
@@ -115,6 +179,26 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
     def get_dataloaders(self):
         with slice_reporting_loader():
             return super().get_dataloaders()
+
+    def run_training(self):
+        try:
+            super().run_training()
+        except KeyboardInterrupt:
+            self.amat_report_failure(f"interrupted in epoch {self.current_epoch}; " + self._continue_hint())
+            raise
+        except Exception as e:
+            if not getattr(e, "amat_reported", False):
+                self.amat_report_failure(f"training stopped in epoch {self.current_epoch}: "
+                                         f"{type(e).__name__}: {e}")
+                e.amat_reported = True
+            raise
+
+    def _continue_hint(self) -> str:
+        if self.amat_latest_epoch is not None:
+            return (f"the same nnUNetv2_train command with --c continues from checkpoint_latest.pth "
+                    f"(written after epoch {self.amat_latest_epoch - 1})")
+        return ("no checkpoint_latest.pth was written in this run (AMAT_SAVE_EVERY); --c would continue from "
+                "checkpoint_final.pth, else checkpoint_best.pth, else start again")
 
     # -- the step ------------------------------------------------------------------------
     def sample_ids(self, batch: dict) -> list[tuple[str, int]]:
@@ -198,6 +282,8 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
 
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's checkpoint plus ``checkpoint['amat_hooks']``, written atomically."""
+        if os.path.basename(filename) == "checkpoint_latest.pth" and not self.disable_checkpointing:
+            self.amat_latest_epoch = self.current_epoch + 1
         if self.local_rank != 0 or self.disable_checkpointing or self.amat_engine is None:
             return super().save_checkpoint(filename)
         tmp = f"{filename}.nnunet-part"
@@ -212,37 +298,84 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
         super().load_checkpoint(filename_or_checkpoint)
+        where = "the checkpoint" if isinstance(filename_or_checkpoint, dict) else filename_or_checkpoint
+        if isinstance(filename_or_checkpoint, str):
+            self._warn_if_best_fallback(filename_or_checkpoint)
         if self.amat_engine is None:
             return
         checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
             torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
-        where = "the checkpoint" if isinstance(filename_or_checkpoint, dict) else filename_or_checkpoint
         state = checkpoint.get(CHECKPOINT_KEY)
         if state is None:
             self.print_to_log_file(f"amat-hooks: {where} has no AMAT state (not written by an amat-hooks "
                                    f"trainer); margins start fresh")
             return
+        with self._amat_errors():
+            self._restore(state, where)
+        policy = self.amat_engine.policy
+        table = (f": {policy.margins.format_summary()}, table sha256 "
+                 f"{margin_table_digest(policy.margins.state_dict())}") if isinstance(policy, AMAT) else ""
+        self.print_to_log_file(f"amat-hooks: restored AMAT state from {where} (continues at epoch "
+                               f"{self.current_epoch}){table}")
+
+    def _warn_if_best_fallback(self, filename: str) -> None:
+        """nnU-Net's ``--c`` takes checkpoint_final, else checkpoint_latest, else checkpoint_best."""
+        folder = os.path.dirname(filename)
+        if os.path.basename(filename) != "checkpoint_best.pth" or any(
+                os.path.isfile(os.path.join(folder, f)) for f in ("checkpoint_final.pth", "checkpoint_latest.pth")):
+            return
+        self.print_to_log_file(
+            f"amat-hooks: WARNING: continuing from checkpoint_best.pth (epoch {self.current_epoch}) because there "
+            f"is no checkpoint_latest.pth: the epochs after the best one are trained again and their margin "
+            f"updates are lost. AMAT_SAVE_EVERY=1 writes checkpoint_latest.pth after every epoch")
+
+    def _restore(self, state: dict, where: str) -> None:
+        force = force_resume_requested()
         if state.get("mode") != self.amat_mode:
             raise AdversarialCheckpointError(
                 f"{where} was trained with -tr {state.get('trainer')} (mode {state.get('mode')!r}); "
-                f"continue it with that trainer, not -tr {type(self).__name__}")
-        if state.get("dataset_id") != self.amat_dataset_id:
+                f"continue it with -tr {state.get('trainer')}, or train -tr {type(self).__name__} from scratch "
+                f"without --c (in a fresh output folder: set nnUNet_results to another folder to keep this one)")
+        if state.get("dataset_id") != self.amat_dataset_id and not force:
             raise AdversarialCheckpointError(
                 f"{where} holds the AMAT margin table of {state.get('dataset_id')!r}, but this run trains "
                 f"{self.amat_dataset_id!r}; margins are per sample of one dataset - start this run without "
-                f"--c (or point it at the right results folder)")
+                f"--c in a fresh output folder (or point nnUNet_results at the right results folder), or "
+                f"set AMAT_FORCE_RESUME=1 to continue anyway")
         try:
-            self.amat_engine.load_state_dict(state["engine"], force=force_resume_requested())
+            self.amat_engine.load_state_dict(state["engine"], force=force)
         except (MarginMismatchError, ValueError) as e:
-            raise AdversarialCheckpointError(
-                f"cannot continue from {where}: {env_wording(str(e))} (or start a fresh output folder "
-                f"without --c)") from None
+            raise AdversarialCheckpointError(self._refusal(where, state, e)) from None
+        if force:
+            self.print_to_log_file("amat-hooks: AMAT_FORCE_RESUME=1: the saved margins are continued under this "
+                                   "run's settings")
         self.amat_history = list(state.get("history") or [])
         policy = self.amat_engine.policy
         if isinstance(policy, AMAT) and state.get("xi") is not None and policy.xi_fixed is not None:
             policy.xi_fixed = torch.tensor(state["xi"], dtype=torch.float32)  # resume exactly
-        self.print_to_log_file(f"amat-hooks: restored AMAT state from {where}"
-                               + (f": {policy.margins.format_summary()}" if isinstance(policy, AMAT) else ""))
+
+    def _refusal(self, where: str, state: dict, error: Exception) -> str:
+        """Why ``--c`` cannot continue, in variable names, and what the user can do."""
+        saved = dict((state.get("config") or {}))
+        saved_delta = saved.get("delta", saved.get("step"))
+        saved_boundary = saved.get("boundary") or (state.get("boundary") or "stop")
+        match = []
+        if self.amat_mode == "amat" and saved_delta is not None and float(saved_delta) != self.amat_config.delta:
+            match.append(f"AMAT_STEP={float(saved_delta):g}")
+        if self.amat_mode == "amat" and saved_boundary != self.amat_config.boundary:
+            match.append(f"AMAT_BOUNDARY={saved_boundary}")
+        now = " ".join(f"{m.split('=')[0]}={self._current(m.split('=')[0])}" for m in match)
+        options = []
+        if match:
+            options.append(f"rerun with {' '.join(match)} (what the saved margins were trained with)")
+        options.append("set AMAT_FORCE_RESUME=1 to continue the saved margins under this run's settings"
+                       + (f" ({now})" if now else ""))
+        options.append("or start from scratch without --c in a fresh output folder (set nnUNet_results to "
+                       "another folder; without --c this folder's checkpoints are overwritten)")
+        return f"cannot continue from {where}: {env_wording(str(error))}. What you can do: " + "; ".join(options)
+
+    def _current(self, variable: str) -> str:
+        return {"AMAT_STEP": f"{self.amat_config.delta:g}", "AMAT_BOUNDARY": self.amat_config.boundary}[variable]
 
 
 class _AdversarialLossCall:
@@ -284,36 +417,51 @@ def _replace_non_finite_rows(data: Tensor, target) -> tuple[Tensor, Any, Tensor]
 
 
 def _plot_margins(log: dict, output_folder: str) -> None:
+    """``progress_amat.png``: written to a temporary file and renamed (a plain ``savefig``:
+    the file gets the umask's mode, like nnU-Net's ``progress.png``)."""
     import matplotlib
 
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
 
+    with plt.style.context("default"):  # nnU-Net's progress plot leaves seaborn's font_scale=2.5 set
+        fig = margins_figure(log)
+        if fig is None:
+            return
+        tmp = os.path.join(output_folder, ".progress_amat.tmp.png")
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+    os.replace(tmp, os.path.join(output_folder, "progress_amat.png"))
+
+
+def margins_figure(log: dict):
+    """The figure of ``progress_amat.png`` (None before the first epoch): margin mean and
+    min..max, xi on a second axis, integer epochs, one legend below the axes. Call it inside
+    ``plt.style.context("default")`` (as :func:`_plot_margins` does), so seaborn's global
+    font scale does not push the title out of the figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
     n = min(len(log.get(k, [])) for k in LOG_KEYS)
     if n == 0:
-        return
+        return None
     x = list(range(n))
-    small = {"font.size": 10, "axes.labelsize": 10, "legend.fontsize": 9, "xtick.labelsize": 9,
-             "ytick.labelsize": 9}  # nnU-Net's progress plot sets a global seaborn font scale of 2.5
-    with matplotlib.rc_context(small):
-        _draw_margins(plt, log, x, n, output_folder)
-
-
-def _draw_margins(plt, log: dict, x: list[int], n: int, output_folder: str) -> None:
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot(x, log["amat_margin_mean"][:n], label="margin mean", color="b")
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    ax.plot(x, log["amat_margin_mean"][:n], label="margin mean", color="b", marker="o" if n < 20 else None)
     ax.fill_between(x, log["amat_margin_min"][:n], log["amat_margin_max"][:n], color="b", alpha=0.15,
                     label="margin min..max")
     ax.set_xlabel("epoch")
     ax.set_ylabel("AMAT margin E (L2)")
-    ax.set_title("amat-hooks: per-sample margins and threshold xi per epoch")
+    ax.set_title("amat-hooks: per-sample margins and threshold xi per epoch", fontsize=11)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if n == 1:
+        ax.set_xlim(-0.5, 0.5)
     ax2 = ax.twinx()
-    ax2.plot(x, log["amat_xi"][:n], color="r", ls="--", label="xi")
+    ax2.plot(x, log["amat_xi"][:n], color="r", ls="--", label="xi", marker="x" if n < 20 else None)
     ax2.set_ylabel("xi (nnU-Net loss scale)")
-    ax.legend(loc="upper left")
-    ax2.legend(loc="upper right")
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.14),
+              ncol=3, frameon=False)
     fig.tight_layout()
-    tmp = os.path.join(output_folder, ".progress_amat.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, os.path.join(output_folder, "progress_amat.png"))
+    fig.canvas.draw()  # tick labels exist (and use this style) from here on
+    return fig
