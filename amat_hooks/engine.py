@@ -1,6 +1,7 @@
 """Drives one adversarial training step through the hooks: adapter -> policy -> trainer."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Hashable, Sequence
 
 import pluggy
@@ -71,21 +72,63 @@ class AdversarialEngine:
         return self.policy.step(model, x, ids, self.bound_loss(batch, model))
 
     def perturb(self, model: nn.Module, batch: Any) -> tuple[Tensor, AttackResult | None]:
-        """Noisy inputs for a batch (runner path: the host computes its own loss)."""
+        """Noisy inputs for a batch, margins updated at once from the attack's own terms at
+        ``x_adv`` (one extra forward pass). Hosts that run the noisy forward themselves use
+        :meth:`attack` + :meth:`observe` instead and pay no extra forward."""
+        p = self.attack(model, batch)
+        if p.attack is None:
+            return p.x, None
+        if p.clean_terms is None and self.policy.needs_clean_terms:
+            with torch.no_grad(), preserved_state(model):  # this extra forward must not move BN stats
+                p.clean_terms = _as_terms(p.bound_loss.terms(p.x).detach())
+        self.observe(p, p.attack.terms, p.clean_terms)
+        return p.x_adv, p.attack
+
+    # -- the runner's path: attack now, observe after the host's own noisy forward ------------
+    @property
+    def clean_terms_before_attack(self) -> bool:
+        """Whether the policy needs a batch's clean terms BEFORE its attack (the boundary-stop
+        variant stops PGD at xi and exempts samples already above it). Otherwise the clean
+        terms of the host's own clean forward, given to :meth:`observe`, are enough."""
+        return getattr(self.policy, "boundary_mode", "none") == "stop"
+
+    def attack(self, model: nn.Module, batch: Any, bound_loss: BoundLoss | None = None) -> "Perturbation":
+        """Algorithm 1 line 3 only: the noisy inputs of ``batch``, margins NOT updated.
+
+        ``bound_loss`` (default: the ``amat_bind_loss`` hook) is the attack objective. Where
+        :attr:`clean_terms_before_attack`, the clean terms are computed here (one no-grad
+        forward, normalisation statistics preserved) and given to the policy. The host then
+        runs its own clean and noisy forward and calls :meth:`observe` with their terms.
+        """
         x = self.inputs(batch)
         ids = self.sample_ids(batch) if self.policy.name == "amat" else self._ids_or_none(batch)
-        bl = self.bound_loss(batch, model)
+        bl = bound_loss if bound_loss is not None else self.bound_loss(batch, model)
         clean_terms = None
-        if self.policy.needs_clean_terms:  # online xi / boundary stop need the clean losses
-            with torch.no_grad(), preserved_state(model):  # this extra forward must not move BN stats
-                clean_terms = bl.terms(x).detach()
-                clean_terms = clean_terms if clean_terms.dim() == 2 else clean_terms.unsqueeze(1)
+        clean_observed = False
+        if self.clean_terms_before_attack:
+            with torch.no_grad(), preserved_state(model):  # must not move BN stats
+                clean_terms = _as_terms(bl.terms(x).detach())
             self.policy.observe_clean(clean_terms)
+            clean_observed = True
         attack = self.policy.perturb(model, x, ids, bl.terms, clean_terms=clean_terms)
-        if attack is None:
-            return x, None
-        self.policy.observe(ids, attack.terms, attack, clean_terms)
-        return attack.x_adv, attack
+        return Perturbation(x=x, ids=ids, attack=attack, bound_loss=bl, clean_terms=clean_terms,
+                            clean_observed=clean_observed, eps=getattr(self.policy, "last_eps", None))
+
+    def observe(self, perturbation: "Perturbation", noisy_terms: Tensor,
+                clean_terms: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """Algorithm 1 lines 9-12 for a batch attacked with :meth:`attack`, with the
+        per-sample terms of the host's own noisy training forward (and of its clean forward:
+        AMAT's online xi, NaN checks). Returns (accepted [B], updated [B]) where relevant."""
+        p = perturbation
+        if clean_terms is not None:
+            clean_terms = _as_terms(clean_terms.detach())
+            if not p.clean_observed:
+                self.policy.observe_clean(clean_terms)
+                p.clean_observed = True
+        if p.attack is None:
+            return None, None
+        ct = p.clean_terms if p.clean_terms is not None else clean_terms
+        return self.policy.observe(p.ids, _as_terms(noisy_terms.detach()), p.attack, ct)
 
     def _ids_or_none(self, batch: Any):
         ids = self.hook.amat_batch_sample_ids(batch=batch, host=self.host)
@@ -105,6 +148,27 @@ class AdversarialEngine:
 
     def load_state_dict(self, state: dict[str, Any], force: bool = False) -> None:
         self.policy.load_state_dict(state["policy"], force=force)
+
+
+@dataclass
+class Perturbation:
+    """One batch attacked by :meth:`AdversarialEngine.attack`, waiting for its observation."""
+
+    x: Tensor
+    ids: Sequence[Hashable] | None
+    attack: AttackResult | None
+    bound_loss: BoundLoss
+    clean_terms: Tensor | None = None
+    clean_observed: bool = False
+    eps: Tensor | None = None
+
+    @property
+    def x_adv(self) -> Tensor:
+        return self.x if self.attack is None else self.attack.x_adv
+
+
+def _as_terms(t: Tensor) -> Tensor:
+    return t if t.dim() == 2 else t.reshape(t.shape[0], -1) if t.dim() > 2 else t.unsqueeze(1)
 
 
 def _describe(batch: Any) -> str:

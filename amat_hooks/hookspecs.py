@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from torch import Tensor, nn
 
+    from .integrations.runner.loss import ScriptLoss
     from .policies import BoundLoss
     from .tasks import Task
 
@@ -93,6 +94,32 @@ def amat_bind_loss(batch: Any, model: "nn.Module", host: Any) -> "BoundLoss | No
     :param host: the training host.
 
     Stops at the first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def amat_runner_loss(batch: Any, host: Any) -> "ScriptLoss | None":
+    """``amat run`` only: describe the loss an unmodified training script computes on its
+    batches, so that the runner can attack it and test the per-sample terms of the script's
+    own noisy forward against xi (no extra forward pass).
+
+    Called once, with the first training batch; the returned
+    :class:`~amat_hooks.integrations.runner.ScriptLoss` serves every later batch: its
+    ``bound_loss(batch, model)`` is the attack objective, ``terms(batch, output)`` the
+    per-sample terms ``[B, K]`` of a model output, ``confirm(host)`` is called after the
+    script computed its loss on the first batch and before its first optimizer step (to
+    check or refine what was inferred; raise ``RunnerError`` to refuse the run).
+
+    :param batch: the script's first training batch, as its DataLoader yields it (no ids).
+    :param host: the runner (:class:`~amat_hooks.integrations.runner.Runner`):
+        ``host.options`` holds the parsed ``amat run`` flags (an adapter adds its own to the
+        ``run`` parser in :func:`amat_add_commands`, which the runner creates first),
+        ``host.loss_modules`` the ``torch.nn`` loss modules the script created (in order),
+        ``host.loss_calls`` (in ``confirm``) those it called on a training output.
+
+    Return None for a batch that is not your kind. Stops at the first non-None result; the
+    runner's generic ``(x, y)`` answer is ``trylast``. Implemented by the Multi-Task U-Net
+    adapter (heatmap BCE or Dice, inferred from the script's ``nn.BCELoss``).
     """
 
 

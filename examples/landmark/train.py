@@ -36,7 +36,8 @@ def dice_loss(pred, gt, smooth=1.0):
 
 def main():
     parser = argparse.ArgumentParser(description="Train Multi-Task U-Net landmark detection")
-    parser.add_argument("--data", required=True, help="ISBI 2015 folder (dataset/benchmark, senior_csv)")
+    parser.add_argument("--data", required=True, help="ISBI 2015 folder: the challenge's layout (RawImage/, "
+                                                      "AnnotationsByMD/) or the CSV one (dataset/benchmark, senior_csv)")
     parser.add_argument("--train-ids", default="1-150")
     parser.add_argument("--val-ids", default="151-200")
     parser.add_argument("--size", type=int, nargs=2, default=[200, 160], metavar=("H", "W"))
@@ -62,6 +63,7 @@ def main():
     dataloader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers)
     val_set = Cephalometric(args.data, parse_ids(args.val_ids), num_landmark=args.num_landmarks, size=args.size)
     val_loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, num_workers=0)
+    print(f"data: {dataset.layout}", flush=True)
     print(f"train set: {len(dataset)} images ({dataset.annotation}); val set: {len(val_set)} images", flush=True)
 
     device = torch.device(args.device)

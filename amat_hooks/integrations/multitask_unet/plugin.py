@@ -3,9 +3,13 @@
 A batch is ``(image, mask, heatmap, offset_y, offset_x[, landmarks, ...])`` - the tuple
 the original ``Cephalometric`` dataset yields - or a dict with keys ``image``, ``mask``,
 ``heatmap``, ``offset_y``, ``offset_x``. The model returns ``(heatmap, offset_y,
-offset_x)``. A host opts in to the loss by having ``landmark_heatmap_loss`` ("bce" or
-"dice"; the runner sets it) and optionally ``landmark_bce`` (the script's own
-``nn.BCELoss``, called unreduced).
+offset_x)``. Three per-sample loss terms: heatmap (Dice or BCE), masked L1 of x and y offsets.
+
+* ``amat run``: ``amat_runner_loss`` describes the loss (:mod:`.runner_loss`: BCE vs Dice
+  inferred from the script's ``nn.BCELoss``, or ``--heatmap-loss``, a flag this plugin adds
+  to ``amat run``).
+* other hosts opt in to ``amat_bind_loss`` by having ``landmark_heatmap_loss`` ("bce" or
+  "dice") and optionally ``landmark_bce`` (a ``nn.BCELoss``, called unreduced).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from ...hookspecs import hookimpl
 _DICT_KEYS = ("image", "mask", "heatmap", "offset_y", "offset_x")
 
 
-def _maps(batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None:
+def landmark_maps(batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None:
     """(image, mask, heatmap, offset_y, offset_x) if ``batch`` looks like a landmark batch."""
     if isinstance(batch, (tuple, list)) and len(batch) >= 5:
         items = batch[:5]
@@ -38,7 +42,10 @@ def _maps(batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None:
 
 
 def is_landmark_batch(batch: Any) -> bool:
-    return _maps(batch) is not None
+    return landmark_maps(batch) is not None
+
+
+_maps = landmark_maps  # the name before 0.2
 
 
 def repeat_rows(v: Any, b: int, k: int) -> Any:
@@ -60,13 +67,13 @@ def repeat_rows(v: Any, b: int, k: int) -> Any:
 # -- hook implementations ----------------------------------------------------------------------
 @hookimpl
 def amat_batch_inputs(batch: Any, host: Any) -> Tensor | None:
-    maps = _maps(batch)
+    maps = landmark_maps(batch)
     return None if maps is None else maps[0]
 
 
 @hookimpl
 def amat_batch_sample_ids(batch: Any, host: Any) -> Sequence[Hashable] | None:
-    if isinstance(batch, dict) and _maps(batch) is not None:
+    if isinstance(batch, dict) and landmark_maps(batch) is not None:
         for key in ("ids", "id", "index"):
             if key in batch:
                 ids = batch[key]
@@ -76,7 +83,7 @@ def amat_batch_sample_ids(batch: Any, host: Any) -> Sequence[Hashable] | None:
 
 @hookimpl
 def amat_batch_with_inputs(batch: Any, inputs: Tensor, host: Any) -> Any:
-    maps = _maps(batch)
+    maps = landmark_maps(batch)
     if maps is None:
         return None
     b, n = maps[0].shape[0], inputs.shape[0]
@@ -93,7 +100,7 @@ def amat_batch_with_inputs(batch: Any, inputs: Tensor, host: Any) -> Any:
 @hookimpl
 def amat_bind_loss(batch: Any, model: nn.Module, host: Any):
     kind = getattr(host, "landmark_heatmap_loss", None)
-    maps = _maps(batch)
+    maps = landmark_maps(batch)
     if kind is None or maps is None:
         return None
     from ...policies import BoundLoss
@@ -109,18 +116,42 @@ def amat_bind_loss(batch: Any, model: nn.Module, host: Any):
 
 
 @hookimpl
+def amat_runner_loss(batch: Any, host: Any):
+    """``amat run``: the three landmark terms, heatmap BCE or Dice (see :mod:`.runner_loss`)."""
+    if landmark_maps(batch) is None:
+        return None
+    from .runner_loss import LandmarkScriptLoss
+
+    options = getattr(host, "options", None)
+    return LandmarkScriptLoss(getattr(options, "heatmap_loss", None) or "auto",
+                              list(getattr(host, "loss_modules", None) or []))
+
+
+@hookimpl
 def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.choices.get("run")  # the runner's plugin adds it first (tryfirst)
+    if run is not None:
+        from .runner_loss import HEATMAP_CHOICES
+
+        run.add_argument("--heatmap-loss", choices=HEATMAP_CHOICES, default="auto",
+                         help="Multi-Task U-Net scripts: the heatmap term the script trains with. auto "
+                              "(default): bce if the script creates an nn.BCELoss, else dice, confirmed by "
+                              "the script's first loss before its first optimizer step; dice|bce: refused "
+                              "before the first step if the script trains otherwise")
     p = subparsers.add_parser(
-        "landmark-data", help="write a generated landmark dataset in the ISBI 2015 layout",
-        description="Write a seeded, generated cephalometric-like landmark dataset in the ISBI 2015 "
-                    "folder layout (dataset/benchmark/images, points.csv, metadata.yaml, senior_csv/), "
-                    "for the example script and CI. No downloads.")
+        "landmark-data", help="write a generated landmark dataset (CSV or ISBI 2015 challenge layout)",
+        description="Write a seeded, generated cephalometric-like landmark dataset, for the example script "
+                    "and CI, in this repo's CSV layout (dataset/benchmark/images, points.csv, metadata.yaml, "
+                    "senior_csv/) or the ISBI 2015 challenge layout (RawImage/TrainingData/NNN.bmp, "
+                    "AnnotationsByMD/400_junior|400_senior/NNN.txt). No downloads.")
     p.add_argument("out", help="folder to create (like ../shared/data/isbi2015_ceph)")
     p.add_argument("--n", type=int, default=40, help="number of images (default 40)")
     p.add_argument("--height", type=int, default=240, help="original image height (default 240)")
     p.add_argument("--width", type=int, default=192, help="original image width (default 192)")
     p.add_argument("--landmarks", type=int, default=19, help="landmarks per image (default 19)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", choices=["csv", "isbi2015"], default="csv",
+                   help="csv (default): points.csv + senior_csv/; isbi2015: the challenge's folders")
     p.set_defaults(func=_make_data)
 
 
@@ -128,8 +159,8 @@ def _make_data(args: argparse.Namespace) -> int:
     from .data import write_generated_isbi
 
     root = write_generated_isbi(args.out, n=args.n, height=args.height, width=args.width,
-                                num_landmarks=args.landmarks, seed=args.seed)
-    print(f"wrote {args.n} generated images with {args.landmarks} landmarks to {root}")
+                                num_landmarks=args.landmarks, seed=args.seed, layout=args.layout)
+    print(f"wrote {args.n} generated images with {args.landmarks} landmarks to {root} ({args.layout} layout)")
     return 0
 
 

@@ -1,7 +1,9 @@
 """The landmark task: ``amat calibrate|eval|grid landmark`` for Multi-Task U-Nets.
 
-Checkpoints of the example script (``examples/landmark/train.py``) and of
-:class:`.model.MultiTaskUNet` load alike. Evaluation: MRE (mm, original resolution) and SDR
+Checkpoints load as scripts save them (:func:`load_model`: nested state dicts,
+DataParallel's ``module.``, unused keys such as torchvision's ``vgg.classifier.*`` named and
+ignored); the input size and heatmap term come from the checkpoint's ``amat run`` sidecar
+where the flags do not give them. Data: either layout of :mod:`.data`. Evaluation: MRE (mm, original resolution) and SDR
 under L2 PGD / IFGSM on the three loss terms (paper Table 6). The grid trains the user's
 script once per Delta through ``amat run``.
 """
@@ -19,25 +21,110 @@ from ...evaluation import EvalBatch, EvalTask
 from ...tasks import CalibrationSet, Task, TaskError, TrainRun, amat_executable
 
 
-def load_model(checkpoint: str | Path, in_channels: int = 3) -> nn.Module:
-    """A :class:`MultiTaskUNet` from a state_dict file (``module.`` prefixes of
-    DataParallel are dropped; the landmark count comes from the head's shape)."""
+#: Buffers a checkpoint may lack without harm (BatchNorm's counter, absent before torch 0.4.1).
+_OPTIONAL_KEYS = ("num_batches_tracked",)
+
+
+def load_model(checkpoint: str | Path, in_channels: int | None = None, log=None) -> nn.Module:
+    """A :class:`MultiTaskUNet` from a checkpoint as training scripts save it.
+
+    Accepts a ``state_dict`` or a dict holding one (``state_dict``/``model``/``net`` ...),
+    with or without DataParallel's ``module.`` prefixes. The landmark count comes from the
+    head, the input channels from the first convolution. Keys the model does not use (the
+    public code keeps torchvision's unused ``vgg.classifier.*``) are ignored and named
+    through ``log``; a key the model needs that is missing or has another shape is a
+    :class:`TaskError` naming it.
+    """
+    from ..runner.checkpoints import CheckpointError, read_state_dict
     from .model import MultiTaskUNet
 
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
-    if "final.weight" not in state:
-        raise TaskError(f"{path} is not a Multi-Task U-Net state_dict (no 'final.weight'); save "
-                        f"net.state_dict() of examples/landmark/network.py or MultiTaskUNet")
-    n = state["final.weight"].shape[0] // 3
-    model = MultiTaskUNet(num_landmarks=n, in_channels=in_channels)
-    model.load_state_dict(state)
+    try:
+        state = read_state_dict(path)
+    except CheckpointError as e:
+        raise TaskError(str(e)) from None
+    head = state.get("final.weight")
+    if head is None or head.dim() != 4 or head.shape[0] % 3:
+        raise TaskError(f"{path} is not a Multi-Task U-Net checkpoint: no head 'final.weight' of shape "
+                        f"[3 * landmarks, 64, 1, 1] (keys start {', '.join(list(state)[:3])}); save net.state_dict() "
+                        f"of a Multi-Task U-Net (examples/landmark/network.py, MultiTaskUNet)")
+    first = state.get("vgg.features.0.weight")
+    channels = in_channels or (int(first.shape[1]) if first is not None and first.dim() == 4 else 3)
+    model = MultiTaskUNet(num_landmarks=head.shape[0] // 3, in_channels=channels)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith(_OPTIONAL_KEYS)]
+    wrong = [f"{k} {list(state[k].shape)} (model: {list(expected[k].shape)})"
+             for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} needed key(s) missing ({_names(missing)})")
+        if wrong:
+            parts.append(f"{len(wrong)} with the wrong shape ({', '.join(wrong[:3])}{', ...' if len(wrong) > 3 else ''})")
+        raise TaskError(f"{path} cannot be loaded as a Multi-Task U-Net with {head.shape[0] // 3} landmarks: "
+                        f"{'; '.join(parts)}")
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+    unused = [k for k in state if k not in expected]
+    if unused:
+        (log or _stderr)(f"{path.name}: ignored {len(unused)} key(s) the model does not use: {_names(unused)}")
     return model.eval()
+
+
+def _names(keys: Sequence[str], show: int = 4) -> str:
+    """Keys, grouped by their first two components where many share them."""
+    groups: dict[str, list[str]] = {}
+    for k in keys:
+        groups.setdefault(".".join(k.split(".")[:2]), []).append(k)
+    parts = [g[0] if len(g) == 1 else f"{prefix}.* ({len(g)} keys)" for prefix, g in groups.items()]
+    return ", ".join(parts[:show]) + (f", ... ({len(parts) - show} more groups)" if len(parts) > show else "")
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def checkpoint_sidecar(checkpoint: str | Path) -> dict[str, Any]:
+    """The ``CKPT.amat.json`` that ``amat run`` wrote next to a checkpoint (``{}`` if none)."""
+    from ...atomic_files import read_json
+    from ..runner import SIDECAR_SUFFIX
+
+    side = Path(str(checkpoint) + SIDECAR_SUFFIX)
+    if not side.is_file():
+        return {}
+    try:
+        state = read_json(side)
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def training_setup(checkpoint: str | Path, args: argparse.Namespace) -> tuple[tuple[int, int], str, str]:
+    """``((H, W), heatmap loss, where they came from)`` for a checkpoint: the flags where
+    given, else what its sidecar recorded (the run's input size and heatmap term), else
+    the paper's 200x160 and Dice."""
+    from .data import PAPER_SIZE
+
+    side = checkpoint_sidecar(checkpoint)
+    shape = side.get("input_shape")
+    notes = []
+    if args.size:
+        size, notes = (int(args.size[0]), int(args.size[1])), notes + ["--size"]
+    elif isinstance(shape, list) and len(shape) >= 2:
+        size = (int(shape[-2]), int(shape[-1]))
+        notes.append(f"input size from {Path(str(checkpoint)).name}.amat.json")
+    else:
+        size = PAPER_SIZE
+        notes.append("input size: the paper's (no --size, no sidecar)")
+    if args.heatmap_loss:
+        kind = args.heatmap_loss
+    elif side.get("heatmap_loss") in ("dice", "bce"):
+        kind = side["heatmap_loss"]
+        notes.append("heatmap term from the sidecar")
+    else:
+        kind = "dice"
+    return size, kind, "; ".join(notes)
 
 
 class LandmarkEvalTask(EvalTask):
@@ -109,12 +196,19 @@ class LandmarkTask(Task):
             g.add_argument("--checkpoint", required=True,
                            help="state_dict of a clean Multi-Task U-Net (e.g. model_epoch_499.pth)")
         g.add_argument("--data", required=True,
-                       help="ISBI 2015 folder (../shared/data/isbi2015_ceph) or a generated one")
+                       help="ISBI 2015 data: this repo's CSV layout (../shared/data/isbi2015_ceph, amat "
+                            "landmark-data) or the challenge's (RawImage/, AnnotationsByMD/400_junior, 400_senior)")
         split = self._SPLIT[command]
         g.add_argument("--split", default=split, help=f"train, val, test or all (default {split}; paper split)")
-        g.add_argument("--size", type=int, nargs=2, default=[200, 160], metavar=("H", "W"))
-        g.add_argument("--annotation", default="mean", choices=["mean", "points", "senior"])
-        g.add_argument("--heatmap-loss", default="dice", choices=["dice", "bce"])
+        g.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                       help="network input size (default: the size the checkpoint was trained at, from its "
+                            "amat run sidecar CKPT.amat.json; else 200 160, the paper's)")
+        g.add_argument("--annotation", default="mean", choices=["mean", "points", "junior", "senior"],
+                       help="mean of both doctors (default, the paper's ground truth), points/junior (points.csv "
+                            "or 400_junior), senior")
+        g.add_argument("--heatmap-loss", default=None, choices=["dice", "bce"],
+                       help="heatmap term of the loss the attack and xi use (default: the one the checkpoint "
+                            "was trained with, from its sidecar; else dice)")
         g.add_argument("--batch-size", type=int, default=4)
         g.add_argument("--max-images", type=int, default=None)
         if command == "grid":
@@ -123,7 +217,8 @@ class LandmarkTask(Task):
             t.add_argument("--adv-xi", default=None, help="fixed xi a,b,c (from amat calibrate landmark)")
             t.add_argument("--adv-xi-file", default=None, help="xi file from amat calibrate landmark")
             t.add_argument("--adv-steps", type=int, default=None, help="PGD iterations for training noise")
-            t.add_argument("command", nargs=argparse.REMAINDER, help="-- python SCRIPT.py ... --out {out}")
+            t.add_argument("script_command", nargs=argparse.REMAINDER, metavar="command",
+                           help="-- python SCRIPT.py ... --out {out}")
 
     def check(self, args: argparse.Namespace, command: str) -> None:
         if command == "grid":
@@ -136,6 +231,12 @@ class LandmarkTask(Task):
                                 "goes (e.g. --out {out}); each Delta trains into its own folder")
         if command == "calibrate" and not Path(args.checkpoint).is_file():
             raise TaskError(f"checkpoint not found: {args.checkpoint}")
+        from .data import LandmarkDataError, detect_layout
+
+        try:
+            detect_layout(args.data)
+        except LandmarkDataError as e:
+            raise TaskError(str(e)) from None
 
     # -- eval ---------------------------------------------------------------------------------
     def default_model_name(self, spec: str) -> str:
@@ -147,8 +248,10 @@ class LandmarkTask(Task):
 
     def eval_task(self, name: str, spec: str, args: argparse.Namespace) -> LandmarkEvalTask:
         model = load_model(spec)
-        return LandmarkEvalTask(model, self._dataset(args, model.num_landmarks), args.batch_size,
-                                args.heatmap_loss)
+        size, kind, notes = training_setup(spec, args)
+        print(f"{name}: input {size[0]}x{size[1]}, heatmap term {kind}" + (f" ({notes})" if notes else ""),
+              file=sys.stderr)
+        return LandmarkEvalTask(model, self._dataset(args, model, size), args.batch_size, kind)
 
     def adversarial_state(self, spec: str, args: argparse.Namespace) -> Path | None:
         from ..runner import SIDECAR_SUFFIX
@@ -164,14 +267,18 @@ class LandmarkTask(Task):
         from .losses import TERM_NAMES
 
         model = load_model(args.checkpoint)
-        ds = self._dataset(args, model.num_landmarks)
-        task = LandmarkEvalTask(model, ds, args.batch_size, args.heatmap_loss)
+        size, kind, notes = training_setup(args.checkpoint, args)
+        log(f"input {size[0]}x{size[1]}, heatmap term {kind}" + (f" ({notes})" if notes else ""))
+        args.heatmap_loss = kind  # for xi_usage
+        ds = self._dataset(args, model, size)
+        task = LandmarkEvalTask(model, ds, args.batch_size, kind)
         with torch.no_grad():
             terms = torch.cat([task.loss_terms(b.x, b.target, 1) for b in task.batches()])
         return CalibrationSet(terms=terms, term_names=list(TERM_NAMES),
-                              identity={"heatmap_loss": args.heatmap_loss},
+                              identity={"heatmap_loss": kind},
                               source={"checkpoint": str(args.checkpoint), "data": str(args.data),
-                                      "split": args.split, "annotation": ds.annotation_used})
+                                      "layout": ds.layout, "split": args.split, "size": list(size),
+                                      "annotation": ds.annotation_used})
 
     def default_xi_path(self, args: argparse.Namespace, calibration: CalibrationSet) -> Path:
         return Path(args.checkpoint).with_name("amat_xi_landmark.json")
@@ -182,7 +289,9 @@ class LandmarkTask(Task):
 
     # -- grid ---------------------------------------------------------------------------------
     def train_run(self, delta: float, folder: Path, args: argparse.Namespace) -> TrainRun:
-        flags = ["--adv", "amat", "--adv-step", f"{delta:g}", "--heatmap-loss", args.heatmap_loss]
+        flags = ["--adv", "amat", "--adv-step", f"{delta:g}"]
+        if args.heatmap_loss:  # else amat run infers it from the script
+            flags += ["--heatmap-loss", args.heatmap_loss]
         if args.adv_xi_file:
             flags += ["--adv-xi-file", args.adv_xi_file]
         elif args.adv_xi:
@@ -207,18 +316,24 @@ class LandmarkTask(Task):
     # -- helpers ------------------------------------------------------------------------------
     @staticmethod
     def _script(args: argparse.Namespace) -> list[str]:
-        cmd = list(getattr(args, "command", None) or []) + [w for w in getattr(args, "extra", []) or []]
+        cmd = list(getattr(args, "script_command", None) or []) + [w for w in getattr(args, "extra", []) or []]
         return cmd[1:] if cmd and cmd[0] == "--" else cmd
 
-    def _dataset(self, args: argparse.Namespace, num_landmarks: int):
-        from .data import LandmarkDataset
+    def _dataset(self, args: argparse.Namespace, model: nn.Module, size: tuple[int, int]):
+        from .data import LandmarkDataError, LandmarkDataset
 
-        key = (args.data, args.split, tuple(args.size), args.annotation, num_landmarks, args.max_images)
+        channels = int(model.vgg.features[0].in_channels)
+        key = (args.data, args.split, tuple(size), args.annotation, model.num_landmarks, channels, args.max_images)
         cache = getattr(self, "_datasets", {})
         if key not in cache:
-            ds = LandmarkDataset(args.data, args.split, size=tuple(args.size), annotation=args.annotation,
-                                 num_landmarks=num_landmarks, max_images=args.max_images)
-            print(f"{args.split}: {len(ds)} images, annotation: {ds.annotation_used}", file=sys.stderr)
+            try:
+                ds = LandmarkDataset(args.data, args.split, size=size, annotation=args.annotation,
+                                     num_landmarks=model.num_landmarks, channels=channels,
+                                     max_images=args.max_images)
+            except LandmarkDataError as e:
+                raise TaskError(str(e)) from None
+            print(f"{args.split}: {len(ds)} images at {size[0]}x{size[1]}, {ds.layout_used}, annotation: "
+                  f"{ds.annotation_used}", file=sys.stderr)
             cache[key] = ds
             self._datasets = cache
         return cache[key]

@@ -1,179 +1,154 @@
-"""``amat run``: adversarial training for an unmodified training script.
+"""The host of ``amat run``: what happens to each training batch of the script.
 
-    amat run --adv amat --adv-step 1 --adv-xi-rule mean+2std -- python train.py --epochs 500
+For every batch a patched DataLoader fetches while the model trains (:mod:`.patches`):
 
-The script runs in this process (``runpy``) after the runner patched, from outside:
+1. the first time, the adapters describe the script's loss (hook ``amat_runner_loss``),
+   and after ``--adv-resume`` the model's weights are compared with the checkpoint next to
+   the resumed state;
+2. the core attacks the B clean rows (``AdversarialEngine.attack``: margins E(i), or SAT's
+   eps, -> L2 PGD, no margin update yet) and the script receives ONE batch of 2B rows,
+   clean rows then noisy rows, targets repeated, so its own loss code computes
+   ``(L_clean + L_noisy) / 2``;
+3. when the script forwards those rows, :mod:`.split` runs them as two forward passes
+   (default) or one, and keeps both outputs;
+4. before the script's optimizer step (or at the next batch / the end of the pass) the
+   per-sample terms of those outputs go to the policy (``AdversarialEngine.observe``:
+   Algorithm 1 lines 9-12 on the noisy forward the script trained on; no extra forward).
 
-* ``DataLoader.__init__``: the dataset is wrapped so every sample carries its dataset
-  index, and the collate function strips the indices into a batch-level id list. Works
-  with any sampler (``shuffle=True``), ``num_workers`` 0 or more and ``in_order=False``,
-  because the index travels with the sample itself.
-* ``DataLoader.__iter__``: a batch fetched while the model is in training mode (and grad
-  is enabled) is attacked through the core (``AdversarialEngine.perturb``: margins -> PGD
-  to the loss boundary -> margin update) and handed to the script as ONE batch of 2B rows,
-  clean rows then noisy rows, targets repeated. A script whose loss is a mean over samples
-  (or a masked sum over a mask sum) then computes exactly ``(L_clean + L_noisy) / 2``, the
-  loss of Algorithm 1, with its own loss code. Batches fetched in eval mode pass through.
-* ``nn.Module.__init__`` / ``Optimizer.__init__``: the model is the module that owns the
-  optimizer's parameters (the outermost one, e.g. a ``DataParallel`` wrapper).
-* a global optimizer step pre-hook refuses a step that followed no attacked batch (the
-  script does not use a DataLoader, or the model could not be found): no silent clean run.
-* ``torch.save``: next to every checkpoint file the runner writes ``FILE.amat.json``
-  (margins, xi, settings) and keeps ``amat_state.json`` (latest) in that folder.
-
-Adapters (pluggy) say how a batch and its per-sample loss terms look: built in are the
-Multi-Task U-Net loop (:mod:`.multitask_unet.plugin`) and generic ``(x, y)`` loops
-(structure from :mod:`.torch_loop`, loss = the script's own ``torch.nn`` loss module
-called with ``reduction='none'``). More come from the ``amat_hooks`` entry-point group.
+The runner implements the :class:`~amat_hooks.hookspecs.Host` protocol (``amat_log``,
+``amat_history``) and writes ``amat_state.json`` / ``CKPT.amat.json``.
 """
 from __future__ import annotations
 
-import argparse
-import copy
+import contextlib
 import os
-import runpy
 import sys
-import time
-import traceback
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterator, Sequence
+from types import SimpleNamespace
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
 
-from ..hookspecs import hookimpl
+from .ids import RunnerBatch, batch_rows
+from .loss import RunnerError, ScriptLoss
+from .split import BATCH_MODES, ForwardHooks, detach
 
-EXIT_USAGE = 2
-EXIT_REFUSED = 3
 STATE_NAME = "amat_state.json"
 SIDECAR_SUFFIX = ".amat.json"
+STATE_FORMAT = "amat-hooks runner state"
 
 
-class RunnerError(RuntimeError):
-    """The runner cannot apply adversarial training to this script; says why and what to do."""
+class PendingBatch:
+    """A batch handed to the script, waiting for its forward and its margin test."""
+
+    __slots__ = ("data", "perturbation", "rows", "shape", "forwarded", "clean_out", "noisy_out")
+
+    def __init__(self, data: Any, perturbation: Any, rows: int, shape: tuple) -> None:
+        self.data, self.perturbation, self.rows, self.shape = data, perturbation, rows, shape
+        self.forwarded = False
+        self.clean_out = self.noisy_out = None
+
+    def set_outputs(self, clean: Any, noisy: Any) -> None:
+        self.clean_out, self.noisy_out = detach(clean), detach(noisy)
 
 
-# -- sample ids: the index travels with the sample ----------------------------------------------
-class _Indexed(tuple):
-    """(sample, dataset index) as returned by :class:`IndexedDataset`."""
+class _Counts:
+    __slots__ = ("batches", "rows", "steps", "noise_sum", "noise_rows")
 
-    __slots__ = ()
-
-
-class IndexedDataset(torch.utils.data.Dataset):
-    """Wraps a map-style dataset: ``__getitem__(i)`` -> ``(sample, i)``; everything else
-    (``len``, attributes) is forwarded, so the script's code keeps working."""
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def __getitem__(self, index: Any) -> _Indexed:
-        return _Indexed((self.dataset[index], _plain(index)))
-
-    def __getitems__(self, indices: Sequence[Any]) -> list:
-        inner = getattr(self.dataset, "__getitems__", None)
-        samples = inner(indices) if callable(inner) else [self.dataset[i] for i in indices]
-        return [_Indexed((s, _plain(i))) for s, i in zip(samples, indices)]
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "dataset":  # during unpickling, before __init__ state exists
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
+    def __init__(self) -> None:
+        self.batches = self.rows = self.steps = self.noise_rows = 0
+        self.noise_sum = 0.0
 
 
-def _plain(index: Any) -> Hashable:
-    if isinstance(index, Tensor):
-        return index.item() if index.numel() == 1 else tuple(index.tolist())
-    return index
-
-
-class IndexedBatch:
-    """A collated batch and the dataset indices of its samples (one per row)."""
-
-    __slots__ = ("data", "ids")
-
-    def __init__(self, data: Any, ids: list) -> None:
-        self.data = data
-        self.ids = ids
-
-    def pin_memory(self) -> "IndexedBatch":
-        from torch.utils.data._utils.pin_memory import pin_memory
-
-        return IndexedBatch(pin_memory(self.data), self.ids)
-
-
-class IndexCollate:
-    """Wraps the loader's collate function: strips the indices into ``IndexedBatch.ids``."""
-
-    def __init__(self, collate_fn: Callable[[Any], Any]) -> None:
-        self.collate_fn = collate_fn
-
-    def __call__(self, data: Any) -> Any:
-        if isinstance(data, _Indexed):  # no auto-batching: one sample per "batch"
-            return IndexedBatch(self.collate_fn(data[0]), [data[1]])
-        if isinstance(data, list) and data and all(isinstance(d, _Indexed) for d in data):
-            return IndexedBatch(self.collate_fn([d[0] for d in data]), [d[1] for d in data])
-        return self.collate_fn(data)
-
-
-class RunnerBatch:
-    """What the runner hands the engine: the script's batch plus its sample ids."""
-
-    __slots__ = ("data", "ids")
-
-    def __init__(self, data: Any, ids: list) -> None:
-        self.data = data
-        self.ids = ids
-
-
-# -- the host ----------------------------------------------------------------------------------------
 class Runner:
     """Host object for adapters during ``amat run`` (adapters recognise it by type).
 
-    ``landmark_heatmap_loss`` / ``landmark_bce`` tell the Multi-Task U-Net adapter which
-    heatmap term the script trains with and its own ``nn.BCELoss``; ``criterion`` is the
-    script's ``torch.nn`` loss module for generic ``(x, y)`` loops.
+    ``options``: the parsed ``amat run`` flags (adapters read their own, e.g. the landmark
+    adapter's ``heatmap_loss``); keyword arguments not named here are set on it.
+    ``batch_mode``: ``"split"`` (clean and noisy rows as two forward passes, the default) or
+    ``"joint"`` (one forward of 2B rows).
     """
 
-    def __init__(self, config: Any, pm: Any = None, heatmap_loss: str = "dice",
-                 out_dir: str | Path | None = None, verbose: bool = True) -> None:
-        from ..engine import AdversarialEngine
-        from ..plugins import get_plugin_manager
+    def __init__(self, config: Any, pm: Any = None, options: Any = None, out_dir: str | Path | None = None,
+                 verbose: bool = True, batch_mode: str = "split", **adapter_options: Any) -> None:
+        from ...engine import AdversarialEngine
+        from ...plugins import get_plugin_manager
 
+        if batch_mode not in BATCH_MODES:
+            raise RunnerError(f"unknown --adv-batch {batch_mode!r}; choose one of {', '.join(BATCH_MODES)}")
         self.config = config.validate()
         self.pm = pm or get_plugin_manager()
-        self.engine = AdversarialEngine(
-            self.config.build_policy(calibrate_hint="amat calibrate landmark (landmark scripts) or --adv-xi",
-                                     log=self._say), host=self, pm=self.pm)
-        self.landmark_heatmap_loss = heatmap_loss
-        self.landmark_bce: nn.Module | None = None
-        self.criterion: nn.Module | None = None
+        self.options = options if options is not None else SimpleNamespace()
+        for k, v in adapter_options.items():
+            setattr(self.options, k, v)
+        self.batch_mode = batch_mode
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.verbose = verbose
+        self.amat_history: list[dict[str, float]] = []
+        self.engine = AdversarialEngine(
+            self.config.build_policy(calibrate_hint="amat calibrate <task>", log=self.amat_log),
+            host=self, pm=self.pm)
+        # what the patches found
         self.model: nn.Module | None = None
         self._modules: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
         self._optimizers: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
+        self.loss_modules: list[nn.Module] = []      # the script's torch.nn loss modules, in creation order
+        self.loss_calls: list[nn.Module] = []        # ... that it called on a training output (first batch)
+        self.recording_losses = False
+        self.internal = False                        # True while the runner runs the model itself
+        self.hooks = ForwardHooks(self)
+        # the script's loss, asked once
+        self.script_loss: ScriptLoss | None = None
+        self._loss_asked = False
+        self._confirmed = False
+        self.pending: list[PendingBatch] = []
+        self.input_shape: list[int] | None = None
+        # progress
         self.epoch = 0
-        self.batches_seen = 0           # training-mode batches from patched loaders
-        self.batches_perturbed = 0
-        self.rows_fed = 0
-        self.steps = 0
-        self._since_step = 0            # attacked batches since the last optimizer step
-        self._landmark: bool | None = None
-        self._bce_calls = 0
-        self._checked_heatmap = False
+        self.total = _Counts()
+        self.this_epoch = _Counts()
+        self._since_step = 0                         # attacked batches since the last optimizer step
         self.checkpoint_dir: Path | None = None
         self.last_checkpoint: str | None = None
         self.script: str | None = None
-        self.noise_norm_sum = 0.0
-        self.noise_rows = 0
         self.resumed_from: str | None = None
+        self._resume_checkpoint: str | None = None
+        self._warned: set[str] = set()
+        self.refused: str | None = None              # why a RunnerError ended the run (then: no state)
+
+    # -- Host protocol -------------------------------------------------------------------------
+    def amat_log(self, message: str) -> None:
+        """``[amat] message`` on stdout (above an active tqdm bar, not into it)."""
+        if self.verbose:
+            _emit(f"[amat] {message}", sys.stdout)
+
+    def warn(self, message: str, key: str | None = None) -> None:
+        """``amat run: warning: message`` on stderr, once per ``key``."""
+        if key is not None:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        _emit(f"amat run: warning: {message}", sys.stderr)
+
+    # -- counters (read by tests, docs and the final line) ------------------------------------
+    @property
+    def batches_seen(self) -> int:
+        return self.total.batches
+
+    @property
+    def steps(self) -> int:
+        return self.total.steps
 
     # -- model / loss discovery ---------------------------------------------------------------
+    def note_module(self, module: nn.Module) -> None:
+        """Every ``nn.Module`` the script creates (patched ``nn.Module.__init__``)."""
+        if isinstance(module, nn.modules.loss._Loss):
+            self.loss_modules.append(module)
+        else:
+            self._modules.add(module)
+
     def find_model(self) -> nn.Module | None:
         """The outermost module owning the most parameters given to an optimizer."""
         if self.model is not None:
@@ -183,8 +158,6 @@ class Runner:
             return None
         best, best_key = None, None
         for m in list(self._modules):
-            if isinstance(m, nn.modules.loss._Loss):
-                continue
             n = sum(1 for p in m.parameters() if id(p) in params)
             if n == 0:
                 continue
@@ -193,81 +166,189 @@ class Runner:
                 best, best_key = m, key
         self.model = best
         if best is not None:
-            self._find_losses()
-            self._say(f"model: {type(best).__name__} ({sum(p.numel() for p in best.parameters()):,} parameters)")
+            self.amat_log(f"model: {type(best).__name__} ({sum(p.numel() for p in best.parameters()):,} parameters)")
         return best
 
-    def _find_losses(self) -> None:
-        losses = [m for m in list(self._modules) if isinstance(m, nn.modules.loss._Loss)]
-        bces = [m for m in losses if isinstance(m, nn.BCELoss)]
-        if bces:
-            self.landmark_bce = bces[0]
-            for b in bces:
-                b.register_forward_hook(self._count_bce)
-        if losses:
-            self.criterion = losses[0]
+    @property
+    def criterion(self) -> nn.Module | None:
+        """The script's first ``torch.nn`` loss module (generic adapters' default)."""
+        return self.loss_modules[0] if self.loss_modules else None
 
-    def _count_bce(self, module: nn.Module, args: Any, out: Any) -> None:
-        if self.model is not None and self.model.training:
-            self._bce_calls += 1
-
-    # -- the batch path -------------------------------------------------------------------------
     def training_batch(self) -> bool:
         model = self.find_model()
         return model is not None and model.training and torch.is_grad_enabled()
 
+    @contextlib.contextmanager
+    def running_model(self) -> Iterator[None]:
+        """The runner's own forwards (attack, terms): not the script's, not split, not counted."""
+        prev, self.internal = self.internal, True
+        try:
+            yield
+        finally:
+            self.internal = prev
+
+    # -- the batch path -------------------------------------------------------------------------
     def process(self, data: Any, ids: list | None) -> Any:
         """Clean batch of B rows -> the batch the script sees (2B rows for SAT/AMAT)."""
-        from ..engine import AdapterError
+        try:
+            return self._process(data, ids)
+        except RunnerError as e:
+            self.refused = str(e)
+            raise
 
-        self.batches_seen += 1
-        if self.engine.policy.name == "none":
-            self._since_step += 1
+    def _process(self, data: Any, ids: list | None) -> Any:
+        from ...engine import AdapterError
+
+        self.hooks.reset()
+        self.flush(final=False)
+        rows = len(ids) if ids is not None else batch_rows(data) or 0
+        if not self._loss_asked:
+            self._first_batch(data)
+        pol = self.engine.policy
+        if pol.name == "none":
+            self._count(rows)
             return data
-        if ids is None and self.engine.policy.name == "amat":
+        if ids is None and pol.name == "amat":
             raise RunnerError("AMAT keeps one margin per sample, but the training DataLoader reads an "
                               "IterableDataset, which has no sample indices; use a map-style Dataset "
                               "(__getitem__/__len__) or train with --adv sat")
-        if self._landmark is None:
-            from .multitask_unet.plugin import is_landmark_batch
-
-            self._landmark = is_landmark_batch(data)
-            self._say("adapter: " + ("Multi-Task U-Net (heatmap term: "
-                                     f"{self.landmark_heatmap_loss})" if self._landmark else
-                                     f"generic (x, y) with the script's loss "
-                                     f"{type(self.criterion).__name__ if self.criterion else '(none found)'}"))
         batch = RunnerBatch(data, None if ids is None else list(ids))
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), self.running_model():
                 x = self.engine.inputs(batch)
                 src, dev = x.device, _model_device(self.model)
-                if dev is not None and dev != src:  # the script moves batches later (img.cuda())
+                moved = dev is not None and dev != src  # the script moves batches later (img.cuda())
+                if moved:
                     batch = RunnerBatch(_move(data, dev), batch.ids)
                     x = self.engine.inputs(batch)
-                x_adv, attack = self.engine.perturb(self.model, batch)
-                both = torch.cat([x, x_adv.to(dtype=x.dtype, device=x.device)], dim=0)
+                bound = self.script_loss.bound_loss(batch.data, self.model)
+                pert = self.engine.attack(self.model, batch, bound_loss=bound)
+                both = torch.cat([x, pert.x_adv.to(dtype=x.dtype, device=x.device)], dim=0)
                 out = self.engine.with_inputs(batch, both)
-                if dev is not None and dev != src:  # hand the script its batch where it was
-                    out = RunnerBatch(_move(out.data if isinstance(out, RunnerBatch) else out, src), None)
+                out = out.data if isinstance(out, RunnerBatch) else out
+                if moved:  # hand the script its batch where it was
+                    out = _move(out, src)
         except AdapterError as e:
-            raise RunnerError(
-                f"cannot patch this script: the training batch has a structure no adapter knows "
-                f"({e}). Built-in adapters: Multi-Task U-Net tuples (image, mask, heatmap, offset_y, "
-                f"offset_x, ...) and generic (x, y) / dict batches with a torch.nn loss module; add one "
-                f"through the 'amat_hooks' entry-point group (see docs/runner.md)") from None
-        if attack is not None:
-            self.noise_norm_sum += float(attack.noise_norm.sum())
-            self.noise_rows += int(attack.noise_norm.numel())
-        self.batches_perturbed += 1
+            raise RunnerError(_unknown_structure(str(e))) from None
+        b = int(x.shape[0])
+        self.pending.append(PendingBatch(batch.data, pert, b, tuple(both.shape)))
+        if pert.attack is not None:
+            norm_sum, norm_rows = float(pert.attack.noise_norm.sum()), int(pert.attack.noise_norm.numel())
+            for c in (self.total, self.this_epoch):
+                c.noise_sum += norm_sum
+                c.noise_rows += norm_rows
+        self._count(2 * b)
+        return out
+
+    def _count(self, fed: int) -> None:
+        for c in (self.total, self.this_epoch):
+            c.batches += 1
+            c.rows += fed
         self._since_step += 1
-        self._bce_calls = 0
-        self.rows_fed += int(both.shape[0])
-        return out.data if isinstance(out, RunnerBatch) else out
+
+    def _first_batch(self, data: Any) -> None:
+        """Once: the adapter's description of the loss, the input shape, the resume check."""
+        self._loss_asked = True
+        with self.running_model():
+            x = self.pm.hook.amat_batch_inputs(batch=data, host=self)
+            if isinstance(x, Tensor) and x.dim() >= 1:
+                self.input_shape = [int(v) for v in x.shape[1:]]
+            self.script_loss = self.pm.hook.amat_runner_loss(batch=data, host=self)
+        if self.script_loss is None:
+            if self.engine.policy.name != "none":
+                raise RunnerError(_unknown_structure("no adapter answered amat_runner_loss for it"))
+            self.hooks.remove()  # --adv none: nothing to observe
+        else:
+            self.recording_losses = True
+            self.amat_log(f"adapter: {self.script_loss.describe()}")
+            if hasattr(self.engine.policy, "calibrate_hint"):
+                self.engine.policy.calibrate_hint = self.script_loss.calibrate_hint
+            if self.engine.policy.name != "none":
+                self.amat_log(f"forward: {_BATCH_TEXT[self.batch_mode]}")
+        if self.resumed_from is not None:
+            self._check_resumed_weights()
+
+    def match_forward(self, x: Any) -> PendingBatch | None:
+        """The handed batch a training forward of the model receives (first unmatched of
+        the same shape), or None."""
+        if not isinstance(x, Tensor) or x.dim() == 0:
+            return None
+        for p in self.pending:
+            if not p.forwarded and tuple(x.shape) == p.shape:
+                p.forwarded = True
+                return p
+        return None
+
+    def flush(self, final: bool = True) -> None:
+        """The margin test of every batch whose forward ran (``final``: of every pending
+        batch; those the model never received cost one extra forward)."""
+        if not self._confirmed and self.script_loss is not None and (
+                final or any(p.forwarded for p in self.pending)):
+            self._confirm()  # the script has run its loss on the first batch by now
+        if not self.pending:
+            return
+        keep = []
+        for p in self.pending:
+            if p.noisy_out is None and not final:
+                keep.append(p)
+                continue
+            if not p.forwarded:
+                self.warn("the model was not called with the rows the runner handed to the script (the "
+                          "script changes them before its forward, or calls the model another way): its clean "
+                          "and noisy rows ran as one forward of 2B rows, as with --adv-batch joint"
+                          + ("; AMAT's margin test costs one extra forward per batch"
+                             if self.engine.policy.name == "amat" else ""), key="unmatched")
+            self._observe(p)
+        self.pending = keep
+
+    def _confirm(self) -> None:
+        self._confirmed = True
+        self.recording_losses = False
+        self.script_loss.confirm(self)  # logs what it corrects, or raises RunnerError
+        xi_file = getattr(self.options, "adv_xi_file", None)
+        if xi_file and self.engine.policy.name == "amat":
+            from ...calibration import XiFileError, read_xi_file
+
+            try:
+                read_xi_file(xi_file).check_identity(self.script_loss.identity())
+            except XiFileError as e:
+                raise RunnerError(f"--adv-xi-file: {e}") from None
+        self.loss_calls.clear()
+        if self.engine.policy.name == "none":
+            self.hooks.remove()
+
+    def _observe(self, p: PendingBatch) -> None:
+        """Algorithm 1 lines 9-12 for one batch, with the terms of the script's forward."""
+        from ...attacks import preserved_state
+
+        if self.engine.policy.name != "amat":
+            return  # STD/SAT keep no per-sample state
+        pert = p.perturbation
+        with torch.no_grad(), self.running_model():
+            noisy = clean = None
+            if p.noisy_out is not None:
+                noisy = self.script_loss.terms(p.data, p.noisy_out)
+                if noisy is not None:
+                    clean = self.script_loss.terms(p.data, p.clean_out)
+            if noisy is None:  # no output seen, or an adapter without terms of an output
+                with preserved_state(self.model):
+                    noisy = pert.bound_loss.terms(pert.x_adv)
+                    if pert.clean_terms is None and self.engine.policy.needs_clean_terms:
+                        clean = pert.bound_loss.terms(pert.x)
+            self.engine.observe(pert, noisy, clean)
 
     def before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        """Global optimizer step pre-hook: refuse a step that followed no attacked batch."""
+        """Global optimizer step pre-hook: refuse a step that followed no attacked batch;
+        run the margin test of the batches trained in this step (before the update)."""
+        try:
+            self._before_step()
+        except RunnerError as e:
+            self.refused = str(e)
+            raise
+
+    def _before_step(self) -> None:
         if self._since_step == 0:
-            if self.batches_seen == 0:
+            if self.total.batches == 0:
                 why = ("no batch came from a torch.utils.data.DataLoader in training mode; the runner "
                        "patches DataLoader to add the noisy samples, so this script cannot be patched "
                        "(build the training batches with a DataLoader, or use the AdversarialLoop API)")
@@ -279,73 +360,105 @@ class Runner:
                        "before the first training batch")
             raise RunnerError(f"cannot patch this script: {why}. Refusing to train without "
                               f"{self.config.label}.")
-        if (self._landmark and not self._checked_heatmap and self.landmark_bce is not None):
-            self._checked_heatmap = True
-            used_bce = self._bce_calls > 0
-            if used_bce != (self.landmark_heatmap_loss == "bce"):
-                want = "bce" if used_bce else "dice"
-                raise RunnerError(
-                    f"the script {'trains' if used_bce else 'does not train'} with its nn.BCELoss but the "
-                    f"runner attacks the '{self.landmark_heatmap_loss}' heatmap term; pass "
-                    f"--heatmap-loss {want} so the attack and xi use the loss the script trains with")
+        self.flush(final=True)
         self._since_step = 0
-        self.steps += 1
+        self.total.steps += 1
+        self.this_epoch.steps += 1
 
     def end_of_pass(self) -> None:
         """A training pass over a DataLoader ended: one epoch."""
-        self.engine.epoch_end(self.epoch)  # margin sync across ranks + amat_epoch_end observers
-        self._say(f"epoch {self.epoch}: {self.describe()}")
+        self.flush(final=True)
+        self.engine.epoch_end(self.epoch)  # margin sync across ranks + amat_epoch_end (history)
+        self.amat_log(f"epoch {self.epoch}: {self.describe(self.this_epoch)}")
         self.epoch += 1
+        self.this_epoch = _Counts()
         if self.checkpoint_dir is not None:
             self.write_state(self.checkpoint_dir / STATE_NAME)
 
-    def describe(self) -> str:
-        """One line: mode, batches, rows fed, mean noise, margin summary and xi."""
+    def describe(self, counts: _Counts | None = None) -> str:
+        """One line: mode, batches, rows fed, mean noise, margin summary and xi (``counts``:
+        one epoch's; default: this run's totals)."""
+        c = counts or self.total
         pol = self.engine.policy
-        parts = [f"{self.config.label}", f"batches {self.batches_perturbed}", f"rows fed {self.rows_fed}"]
-        if self.noise_rows:
-            parts.append(f"mean noise L2 {self.noise_norm_sum / self.noise_rows:.4g}")
+        parts = [f"{self.config.label}", f"batches {c.batches}", f"rows fed {c.rows}"]
+        if c.noise_rows:
+            parts.append(f"mean noise L2 {c.noise_sum / c.noise_rows:.4g}")
         if pol.name == "amat":
             parts.append(pol.describe())
         elif getattr(pol, "nan_samples", 0):
             parts.append(f"NaN samples {pol.nan_samples}")
         return ", ".join(parts)
 
+    # -- resume --------------------------------------------------------------------------------------
+    def _check_resumed_weights(self) -> None:
+        """After ``--adv-resume``: are the model's weights at the first step those of the
+        checkpoint the resumed margins belong to? (The runner restores margins, xi and the
+        epoch counter; the weights are the script's to load.)"""
+        from .checkpoints import CheckpointError, compare_state_dicts, read_state_dict
+
+        pol = self.engine.policy
+        what = f"{len(pol.margins)} margins" if pol.name == "amat" else "the adversarial state"
+        ckpt = self._resume_checkpoint
+        if not ckpt:
+            self.warn(f"--adv-resume restored {what} from {self.resumed_from}, which names no checkpoint, so the "
+                      f"model's weights cannot be checked against it; make sure the script loaded the weights "
+                      f"these margins were trained with", key="resume")
+            return
+        try:
+            saved = read_state_dict(ckpt)
+        except CheckpointError as e:
+            self.warn(f"--adv-resume: cannot check the model's weights against the checkpoint next to "
+                      f"{self.resumed_from}: {e}", key="resume")
+            return
+        n, differ = compare_state_dicts(self.model.state_dict(), saved)
+        if not differ:
+            self.amat_log(f"resume: the model's weights at the first step equal {ckpt} ({n} tensors)")
+            return
+        example = ", ".join(differ[:2])
+        self.warn(f"--adv-resume restored {what} from {self.resumed_from}, but the model's weights at the first "
+                  f"training step differ from {ckpt} ({len(differ)} of {max(n, len(differ))} tensors, e.g. "
+                  f"{example}): the script did not load them, so the margins belong to another model; load that "
+                  f"checkpoint in the script (e.g. its --init/--resume option) or start without --adv-resume",
+                  key="resume")
+
     # -- state ----------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         pol = self.engine.policy
         xi = pol.xi() if pol.name == "amat" else None
-        term_names = None
-        if self._landmark:
-            from .multitask_unet.losses import TERM_NAMES
-
-            term_names = list(TERM_NAMES)
-        return {
-            "format": "amat-hooks runner state", "version": 1, "script": self.script,
+        t = self.total
+        out = {
+            "format": STATE_FORMAT, "version": 1, "script": self.script,
             "resumed_from": self.resumed_from,
             "config": self.config.to_dict(), "label": self.config.label, "epochs": self.epoch,
-            "checkpoint": self.last_checkpoint, "term_names": term_names,
-            "heatmap_loss": self.landmark_heatmap_loss if self._landmark else None,
+            "checkpoint": self.last_checkpoint, "term_names": None, "heatmap_loss": None,
+            "batch": self.batch_mode, "input_shape": self.input_shape,
             "xi": None if xi is None else xi.tolist(), "summary": pol.summary(),
-            "stats": {"steps": self.steps, "batches": self.batches_perturbed, "rows_fed": self.rows_fed,
-                      "mean_noise_norm": self.noise_norm_sum / self.noise_rows if self.noise_rows else None},
+            "history": list(self.amat_history),
+            "stats": {"steps": t.steps, "batches": t.batches, "rows_fed": t.rows,
+                      "mean_noise_norm": t.noise_sum / t.noise_rows if t.noise_rows else None},
             "engine": self.engine.state_dict(),
         }
+        if self.script_loss is not None:
+            out.update(self.script_loss.state())
+        return out
 
     def write_state(self, path: Path) -> Path:
-        from ..atomic_files import atomic_write_json
+        from ...atomic_files import atomic_write_json
 
         return atomic_write_json(path, self.state())
 
     def load_state(self, path: str | Path, force: bool = False) -> None:
-        from ..atomic_files import read_json
+        from ...atomic_files import read_json
 
         path = Path(path)
         if not path.is_file():
             raise RunnerError(f"--adv-resume: {path} does not exist; point it at a {STATE_NAME} or "
                               f"*{SIDECAR_SUFFIX} written by amat run")
-        state = read_json(path)
-        if state.get("format") != "amat-hooks runner state":
+        try:
+            state = read_json(path)
+        except (OSError, ValueError) as e:
+            raise RunnerError(f"--adv-resume: {path} is unreadable ({e})") from None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise RunnerError(f"--adv-resume: {path} is not an amat run state file")
         try:
             self.engine.load_state_dict(state["engine"], force=force)
@@ -353,9 +466,19 @@ class Runner:
             raise RunnerError(f"--adv-resume: {e}") from None
         self.epoch = int(state.get("epochs", 0))
         self.resumed_from = str(path)
+        stats = state.get("stats") or {}
+        self.total.steps = int(stats.get("steps") or 0)
+        self.total.batches = int(stats.get("batches") or 0)
+        self.total.rows = int(stats.get("rows_fed") or 0)
+        self.amat_history = [dict(h) for h in state.get("history") or []]
+        if path.name.endswith(SIDECAR_SUFFIX):
+            self._resume_checkpoint = str(path.with_name(path.name[:-len(SIDECAR_SUFFIX)]))
+        else:
+            self._resume_checkpoint = state.get("checkpoint")
         pol = self.engine.policy
         n = len(pol.margins) if pol.name == "amat" else 0
-        self._say(f"resumed from {path}: epoch {self.epoch}, {n} margins")
+        self.amat_log(f"resumed from {path}: epoch {self.epoch}, {n} margins (weights: the script's to load; "
+                      f"checked at the first step)")
 
     def after_save(self, f: Any) -> None:
         """Called after the script's torch.save: write the sidecar next to the checkpoint."""
@@ -369,9 +492,30 @@ class Runner:
         self.write_state(p.with_name(p.name + SIDECAR_SUFFIX))
         self.write_state(p.parent / STATE_NAME)
 
-    def _say(self, text: str) -> None:
-        if self.verbose:
-            print(f"[amat] {text}", flush=True)
+
+_BATCH_TEXT = {"split": "clean and noisy rows as two forward passes (BatchNorm sees each separately; "
+                        "--adv-batch joint: one pass of 2B rows)",
+               "joint": "clean and noisy rows as one forward pass of 2B rows (--adv-batch joint: BatchNorm "
+                        "statistics over both)"}
+
+
+def _unknown_structure(detail: str) -> str:
+    return (f"cannot patch this script: the training batch has a structure no adapter knows ({detail}). "
+            f"Built-in adapters: Multi-Task U-Net tuples (image, mask, heatmap, offset_y, offset_x, ...) and "
+            f"generic (x, y) / dict batches with a torch.nn loss module; add one through the 'amat_hooks' "
+            f"entry-point group (see docs/runner.md)")
+
+
+def _emit(text: str, stream: Any) -> None:
+    """Print a line; through ``tqdm.write`` while a tqdm bar is active (the line then
+    appears above the bar instead of inside it)."""
+    tq = sys.modules.get("tqdm")
+    bar = getattr(tq, "tqdm", None) if tq is not None else None
+    if bar is not None and len(getattr(bar, "_instances", ()) or ()) > 0:
+        bar.write(text, file=stream)
+        stream.flush()
+    else:
+        print(text, file=stream, flush=True)
 
 
 def _model_device(model: nn.Module | None) -> torch.device | None:
@@ -390,290 +534,3 @@ def _move(v: Any, device: torch.device) -> Any:
     if isinstance(v, (list, tuple)):
         return type(v)(_move(x, device) for x in v)
     return v
-
-
-# -- patching -------------------------------------------------------------------------------------------
-class Patches:
-    """Installs the runner's patches; ``remove()`` puts everything back."""
-
-    def __init__(self, runner: Runner) -> None:
-        self.runner = runner
-        self._undo: list[Callable[[], None]] = []
-
-    def install(self) -> "Patches":
-        from torch.utils.data import DataLoader, IterableDataset
-
-        runner = self.runner
-        orig_init, orig_iter = DataLoader.__init__, DataLoader.__iter__
-
-        def dl_init(loader, *args, **kwargs):
-            if args:
-                dataset, args = args[0], args[1:]
-            else:
-                dataset = kwargs.pop("dataset")
-            indexed = not isinstance(dataset, IterableDataset)
-            orig_init(loader, IndexedDataset(dataset) if indexed else dataset, *args, **kwargs)
-            if indexed:
-                loader.collate_fn = IndexCollate(loader.collate_fn)
-
-        def dl_iter(loader):
-            return _iterate(runner, orig_iter(loader), isinstance(loader.dataset, IterableDataset))
-
-        DataLoader.__init__, DataLoader.__iter__ = dl_init, dl_iter
-        self._undo.append(lambda: (setattr(DataLoader, "__init__", orig_init),
-                                   setattr(DataLoader, "__iter__", orig_iter)))
-
-        mod_init = nn.Module.__init__
-
-        def module_init(module, *args, **kwargs):
-            mod_init(module, *args, **kwargs)
-            runner._modules.add(module)
-
-        nn.Module.__init__ = module_init
-        self._undo.append(lambda: setattr(nn.Module, "__init__", mod_init))
-
-        opt_init = torch.optim.Optimizer.__init__
-
-        def optimizer_init(opt, *args, **kwargs):
-            opt_init(opt, *args, **kwargs)
-            runner._optimizers.add(opt)
-
-        torch.optim.Optimizer.__init__ = optimizer_init
-        self._undo.append(lambda: setattr(torch.optim.Optimizer, "__init__", opt_init))
-
-        from torch.optim.optimizer import register_optimizer_step_pre_hook
-
-        handle = register_optimizer_step_pre_hook(runner.before_step)
-        self._undo.append(handle.remove)
-
-        orig_save = torch.save
-
-        def save(obj, f, *args, **kwargs):
-            out = orig_save(obj, f, *args, **kwargs)
-            runner.after_save(f)
-            return out
-
-        torch.save = save
-        self._undo.append(lambda: setattr(torch, "save", orig_save))
-        return self
-
-    def remove(self) -> None:
-        while self._undo:
-            self._undo.pop()()
-
-    def __enter__(self) -> "Patches":
-        return self.install()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()
-
-
-def _iterate(runner: Runner, it: Iterator, iterable: bool = False) -> Iterator:
-    """The patched DataLoader iteration: ids stripped, training batches attacked.
-    Batches of an IterableDataset carry no ids (``None``): SAT works, AMAT refuses."""
-    attacked = 0
-    try:
-        for item in it:
-            if isinstance(item, IndexedBatch):
-                data, ids = item.data, item.ids
-            elif iterable:
-                data, ids = item, None
-            else:  # a loader built before the runner patched DataLoader
-                yield item
-                continue
-            if runner.training_batch():
-                data = runner.process(data, ids)
-                attacked += 1
-            yield data
-    finally:
-        if attacked:
-            runner.end_of_pass()
-
-
-# -- running a script ---------------------------------------------------------------------------------
-def parse_command(command: Sequence[str]) -> tuple[str, str, list[str]]:
-    """``python SCRIPT.py args`` / ``python -m module args`` / ``SCRIPT.py args`` ->
-    (kind "path"|"module", target, args)."""
-    cmd = list(command)
-    if cmd and cmd[0] == "--":
-        cmd = cmd[1:]
-    if not cmd:
-        raise RunnerError("no script given; usage: amat run [--adv ...] -- python SCRIPT.py [script args]")
-    if Path(cmd[0]).name.startswith("python") and not cmd[0].endswith(".py"):
-        cmd = cmd[1:]
-        if not cmd:
-            raise RunnerError("no script after 'python'; usage: amat run -- python SCRIPT.py [args]")
-        if cmd[0] == "-m":
-            if len(cmd) < 2:
-                raise RunnerError("'python -m' needs a module name")
-            return "module", cmd[1], cmd[2:]
-        if cmd[0].startswith("-"):
-            raise RunnerError(f"interpreter option {cmd[0]!r} is not supported by amat run; "
-                              f"use: amat run -- python SCRIPT.py [args]")
-    return "path", cmd[0], cmd[1:]
-
-
-def run_script(runner: Runner, command: Sequence[str]) -> int:
-    """Run the script under the patches; returns its exit code (tracebacks printed)."""
-    try:
-        kind, target, script_args = parse_command(command)
-    except RunnerError as e:
-        print(f"amat run: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    if kind == "path" and not Path(target).is_file():
-        print(f"amat run: script not found: {target} (working directory {os.getcwd()})", file=sys.stderr)
-        return EXIT_USAGE
-    runner.script = target
-    saved_argv, saved_path = sys.argv[:], sys.path[:]
-    before = set(sys.modules)
-    code: int = 0
-    patches = Patches(runner)
-    t0 = time.perf_counter()
-    try:
-        patches.install()
-        if kind == "path":
-            sys.argv = [target, *script_args]
-            sys.path.insert(0, str(Path(target).resolve().parent))
-            runpy.run_path(target, run_name="__main__")
-        else:
-            sys.argv = [target, *script_args]
-            sys.path.insert(0, os.getcwd())
-            runpy.run_module(target, run_name="__main__", alter_sys=True)
-    except SystemExit as e:
-        code = _exit_code(e.code)
-    except RunnerError as e:
-        print(f"amat run: refused: {e}", file=sys.stderr)
-        code = EXIT_REFUSED
-    except KeyboardInterrupt:
-        code = 130
-    except BaseException:  # the script crashed: its traceback, its failure
-        traceback.print_exc()
-        print(f"amat run: the script {target} failed (exit code 1)", file=sys.stderr)
-        code = 1
-    finally:
-        patches.remove()
-        sys.argv, sys.path[:] = saved_argv, saved_path
-        script_dir = str(Path(target).resolve().parent) if kind == "path" else None
-        for name in set(sys.modules) - before:  # the script's own modules (network, data_loader)
-            f = getattr(sys.modules.get(name), "__file__", None) or ""
-            if script_dir and f.startswith(script_dir + os.sep):
-                del sys.modules[name]
-    if code == 0 and runner.engine.policy.name != "none" and runner.batches_perturbed == 0 and runner.steps == 0:
-        print("amat run: warning: the script finished without a single training step from a DataLoader; "
-              "nothing was trained", file=sys.stderr)
-    if runner.batches_seen or runner.steps or runner.resumed_from:
-        where = runner.checkpoint_dir or runner.out_dir or Path.cwd()
-        path = runner.write_state(Path(where) / STATE_NAME)
-        runner._say(f"{runner.describe()}; state written to {path} ({time.perf_counter() - t0:.0f} s)")
-    return code
-
-
-def _exit_code(code: Any) -> int:
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code
-    print(code, file=sys.stderr)
-    return 1
-
-
-# -- hook implementations: the runner's batch wrapper, and the generic loss -----------------------------
-@hookimpl
-def amat_batch_inputs(batch: Any, host: Any) -> Tensor | None:
-    if isinstance(batch, RunnerBatch) and isinstance(host, Runner):
-        return host.pm.hook.amat_batch_inputs(batch=batch.data, host=host)
-    return None
-
-
-@hookimpl
-def amat_batch_sample_ids(batch: Any, host: Any) -> Sequence[Hashable] | None:
-    if isinstance(batch, RunnerBatch):
-        return batch.ids
-    return None
-
-
-@hookimpl
-def amat_batch_with_inputs(batch: Any, inputs: Tensor, host: Any) -> Any:
-    if not (isinstance(batch, RunnerBatch) and isinstance(host, Runner)):
-        return None
-    inner = host.pm.hook.amat_batch_with_inputs(batch=batch.data, inputs=inputs, host=host)
-    if inner is None:
-        return None
-    if batch.ids is None:
-        return RunnerBatch(inner, None)
-    k = max(1, inputs.shape[0] // max(1, len(batch.ids)))
-    return RunnerBatch(inner, list(batch.ids) * k)
-
-
-@hookimpl
-def amat_bind_loss(batch: Any, model: nn.Module, host: Any):
-    if not (isinstance(batch, RunnerBatch) and isinstance(host, Runner)):
-        return None
-    bl = host.pm.hook.amat_bind_loss(batch=batch.data, model=model, host=host)
-    if bl is not None:
-        return bl
-    return _generic_bound_loss(batch.data, model, host)
-
-
-def _generic_bound_loss(data: Any, model: nn.Module, host: Runner):
-    """Generic (x, y) loops: the script's own loss module, called with reduction='none'."""
-    from ..policies import BoundLoss
-    from .torch_loop import _Y_KEYS, _is_tuple_batch, _key
-
-    if _is_tuple_batch(data):
-        y = data[1]
-    elif isinstance(data, dict) and _key(data, _Y_KEYS) is not None:
-        y = data[_key(data, _Y_KEYS)]
-    else:
-        return None
-    if host.criterion is None:
-        raise RunnerError("cannot patch this script: no torch.nn loss module (e.g. nn.CrossEntropyLoss()) "
-                          "was created, so the per-sample loss for the attack is unknown; create the loss "
-                          "as a torch.nn module or add an adapter (amat_bind_loss)")
-    crit = copy.copy(host.criterion)
-    crit.reduction = "none"
-
-    def terms(x: Tensor) -> Tensor:
-        v = crit(model(x), y)
-        return v.reshape(v.shape[0], -1).mean(1)
-
-    return BoundLoss(terms=terms, term_names=["loss"])
-
-
-@hookimpl
-def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
-    from ..config import AdvConfig
-
-    p = subparsers.add_parser(
-        "run", help="run an unmodified training script with STD/SAT/AMAT (monkeypatch runner)",
-        description="Run an unmodified PyTorch training script with adversarial training added from "
-                    "outside: the runner patches DataLoader (sample ids, clean + noisy rows), finds the "
-                    "model from the optimizer and lets the adapters describe batch and loss.",
-        epilog="example: amat run --adv amat --adv-step 1 --adv-xi-rule mean+2std --heatmap-loss dice "
-               "-- python examples/landmark/train.py --data DIR --heatmap-loss dice",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    AdvConfig.add_arguments(p)
-    p.add_argument("--heatmap-loss", choices=["dice", "bce"], default="dice",
-                   help="Multi-Task U-Net adapter: the heatmap term the script trains with (default dice); "
-                        "checked against the script's nn.BCELoss use after the first step")
-    p.add_argument("--adv-resume", metavar="STATE", help=f"resume margins/xi from a {STATE_NAME} or "
-                                                         f"*{SIDECAR_SUFFIX} of an earlier run")
-    p.add_argument("--adv-out", metavar="DIR", help=f"where {STATE_NAME} goes if the script saves no "
-                                                    f"checkpoint (default: current directory)")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- python SCRIPT.py [script arguments]")
-    p.set_defaults(func=_run_command)
-
-
-def _run_command(args: argparse.Namespace) -> int:
-    from ..config import AdvConfig, AdvConfigError
-
-    try:
-        cfg = AdvConfig.from_args(args)
-        runner = Runner(cfg, heatmap_loss=args.heatmap_loss, out_dir=args.adv_out)
-        if args.adv_resume:
-            runner.load_state(args.adv_resume, force=args.adv_force_resume)
-    except (AdvConfigError, RunnerError) as e:
-        print(f"amat run: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    runner._say(f"mode {cfg.label}: {cfg.to_json()}")
-    return run_script(runner, args.command)
