@@ -617,10 +617,19 @@ def masking_check(result: EvalResult, floor_tol: float = MASKING_FLOOR_TOL,
     (clean - floor) of its floor, and (2) it must lower the metric by at least
     ``random_margin`` x (clean - floor) more than random noise of the same L2 norm.
     Returns one line per finding; lines that start with ``WARNING`` are failures."""
+    lines = _attack_checks(result, floor_tol, random_margin) if result.noisy else []
+    if result.radius:
+        r = result.radii()
+        unbroken = sum(math.isinf(v) for v in r)
+        if unbroken:
+            lines.append(f"radius: {unbroken} of {len(r)} samples not broken within radius "
+                         f"{result.radius['max_radius']:g}.")
+    return lines
+
+
+def _attack_checks(result: EvalResult, floor_tol: float, random_margin: float) -> list[str]:
     m, higher = result.metric, result.higher_is_better
     lv = result.levels[-1]
-    if not result.noisy:
-        return []
     if "worst" in result.noisy:
         attack = "worst"
     else:
@@ -659,12 +668,6 @@ def masking_check(result: EvalResult, floor_tol: float = MASKING_FLOOR_TOL,
         else:
             lines.append(f"masking check: the {name} ({adv:.4f}) hurts more than random noise of the same norm "
                          f"({rnd:.4f}).")
-    if result.radius:
-        r = result.radii()
-        unbroken = sum(math.isinf(v) for v in r)
-        if unbroken:
-            lines.append(f"radius: {unbroken} of {len(r)} samples not broken within radius "
-                         f"{result.radius['max_radius']:g}.")
     return lines
 
 
