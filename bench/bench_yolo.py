@@ -32,8 +32,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=4, help="rounds; each times --iters iterations per mode")
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10, help="PGD steps for SAT and AMAT")
-    ap.add_argument("--refine-steps", default="10,3",
-                    help="AMAT bisection steps; a comma list times one AMAT variant each (first = 'AMAT')")
+    ap.add_argument("--boundary", default="none,stop",
+                    help="AMAT training semantics to time, comma-separated (first = 'AMAT'): none = Algorithm 1 "
+                         "(full radius), stop = the boundary-stop variant")
+    ap.add_argument("--refine-steps", type=int, default=2, help="bisection steps of the stop variant")
     ap.add_argument("--sat-eps", type=float, default=10.0)
     ap.add_argument("--amat-step", type=float, default=3.5)
     ap.add_argument("--device", default="cpu")
@@ -62,12 +64,12 @@ def main(argv=None) -> int:
     data = args.data or str(make_dataset(tmp / "ds", n_train=4 * args.batch, n_val=4, size=args.imgsz, seed=0))
     modes = {
         "STD": dict(mode="none"),
-        f"SAT{args.sat_eps:g}": dict(mode="sat", eps=args.sat_eps, steps=args.steps),
+        f"SAT{args.sat_eps:g}": dict(mode="sat", eps=args.sat_eps, pgd_steps=args.steps),
     }
-    refines = [int(v) for v in str(args.refine_steps).split(",") if v.strip()]
-    for j, r in enumerate(refines):
-        modes["AMAT" if j == 0 else f"AMAT_refine{r}"] = dict(mode="amat", step=args.amat_step, steps=args.steps,
-                                                              refine_steps=r)
+    variants = [v.strip() for v in str(args.boundary).split(",") if v.strip()]
+    for j, b in enumerate(variants):
+        modes["AMAT" if j == 0 else f"AMAT-{b}"] = dict(mode="amat", delta=args.amat_step, pgd_steps=args.steps,
+                                                        boundary=b, refine_steps=args.refine_steps)
     trainers = {}
     for name, adv in modes.items():
         tr = AMATDetectionTrainer.with_config(**adv)(overrides=dict(
@@ -122,7 +124,8 @@ def main(argv=None) -> int:
     med = {n_: statistics.median(v) for n_, v in times.items()}
     sat = next(k_ for k_ in med if k_.startswith("SAT"))
     res = {"model": args.model, "imgsz": args.imgsz, "batch": args.batch, "device": args.device,
-           "threads": torch.get_num_threads(), "steps": args.steps, "refine_steps": args.refine_steps,
+           "threads": torch.get_num_threads(), "steps": args.steps, "boundary": variants,
+           "refine_steps": args.refine_steps, "load_before": os.getloadavg()[0],
            "s_per_iter_median": med, "s_per_iter_all": times,
            "ratio_SAT_STD": med[sat] / med["STD"], "ratio_AMAT_STD": med["AMAT"] / med["STD"],
            "ratio_AMAT_SAT": med["AMAT"] / med[sat],
@@ -134,7 +137,7 @@ def main(argv=None) -> int:
                         "terms_over_criterion": t_terms / t_plain,
                         "extra_over_forward": (t_terms - t_plain) / t_fwd}}
     print(f"\n{args.model} imgsz={args.imgsz} batch={args.batch} {args.device} threads={res['threads']} "
-          f"PGD steps={args.steps} AMAT refine steps={refines}")
+          f"PGD steps={args.steps} AMAT semantics={variants} (stop: {args.refine_steps} bisection steps)")
     print("| mode | s/iter (median) | x STD | x SAT |\n|---|---|---|---|")
     for n_, v in med.items():
         print(f"| {n_} | {v:.3f} | {v / med['STD']:.2f} | {v / med[sat]:.2f} |")

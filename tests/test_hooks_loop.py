@@ -124,22 +124,13 @@ ADAPTER_PKG = {
 
 
 @pytest.mark.slow
-def test_third_party_adapter_through_a_real_entry_point(tmp_path):
-    for rel, text in ADAPTER_PKG.items():
-        f = tmp_path / rel
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text(text)
-    pip = [sys.executable, "-m", "pip"]
-    subprocess.run(pip + ["install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(tmp_path)],
-                   check=True, capture_output=True)
-    try:
-        code = ("import torch, amat_hooks; pm = amat_hooks.get_plugin_manager();"
-                "print(pm.hook.amat_batch_sample_ids(batch={'pixels': torch.zeros(2), 'names': ['p', 'q']}, host=None));"
-                "print(sorted(n for n, _ in pm.list_name_plugin()))")
-        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-        assert "['p', 'q']" in out and "pixels" in out
-    finally:
-        subprocess.run(pip + ["uninstall", "-y", "-q", "amat-test-adapter"], check=False, capture_output=True)
+def test_third_party_adapter_through_a_real_entry_point(pip_install):
+    pip_install("amat-test-adapter", ADAPTER_PKG)
+    code = ("import torch, amat_hooks; pm = amat_hooks.get_plugin_manager();"
+            "print(pm.hook.amat_batch_sample_ids(batch={'pixels': torch.zeros(2), 'names': ['p', 'q']}, host=None));"
+            "print(sorted(n for n, _ in pm.list_name_plugin()))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert "['p', 'q']" in out and "pixels" in out
 
 
 def test_cli_help_lists_commands_and_demo_has_help():

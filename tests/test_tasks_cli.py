@@ -174,10 +174,8 @@ def amat_tasks():
 
 
 @pytest.fixture(scope="module")
-def toy_task_installed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toytask")
-    (root / "amat_toy_task.py").write_text(TOY_TASK)
-    (root / "pyproject.toml").write_text(textwrap.dedent("""
+def toy_task_installed(pip_install):
+    return pip_install("amat-toy-task", {"amat_toy_task.py": TOY_TASK, "pyproject.toml": textwrap.dedent("""
         [build-system]
         requires = ["setuptools>=68"]
         build-backend = "setuptools.build_meta"
@@ -188,12 +186,7 @@ def toy_task_installed(tmp_path_factory):
         toy = "amat_toy_task"
         [tool.setuptools]
         py-modules = ["amat_toy_task"]
-        """))
-    pip = [sys.executable, "-m", "pip"]
-    subprocess.run(pip + ["install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(root)],
-                   check=True, capture_output=True)
-    yield root
-    subprocess.run(pip + ["uninstall", "-y", "-q", "amat-toy-task"], check=False, capture_output=True)
+        """)})
 
 
 def _amat(*args, cwd):

@@ -73,6 +73,8 @@ def test_bad_adv_settings_are_reported(work):
     assert rc == 2 and "needs a step size" in out and "--adv-step" in out
     rc, out = amat([*base, "--adv-step", "1"], work["root"], check=False)
     assert rc == 2 and "without --adv" in out
+    rc, out = amat([*base, "--adv", "amat", "--adv-step", "1", "--adv-boundary", "bogus"], work["root"], check=False)
+    assert rc == 2 and "unknown --adv-boundary 'bogus'; choose one of: none, stop" in out
     rc, out = amat(["yolo", "detect", "train", "model=yolov5s.pt", f"data={work['d1']}", "--adv", "none"],
                    work["root"], check=False)  # Ultralytics would download yolov5su.pt
     assert rc == 2 and "never downloads weights" in out
@@ -121,6 +123,11 @@ def test_amat_training_is_offline_with_plots_and_margins_move(work, tmp_path):
     side = _sidecar(run)
     m = side["engine"]["policy"]["margins"]
     assert side["epoch"] == 1 and len(m["ids"]) == 12 and m["updates"] == 24
+    # the paper's semantics by default, xi's source said in the log and kept in the sidecar
+    pol = side["engine"]["policy"]["config"]
+    assert pol["boundary"] == "none" and pol["xi_source"].startswith("online estimate")
+    assert "amat calibrate yolo" in out and "xi = online estimate" in out
+    assert [h["epoch"] for h in side["history"]] == [0, 1] and side["history"][1]["margin_mean"] > 0
     assert any(abs(v - 0.5) > 1e-6 for v in m["values"]), "margins never moved"
     assert all(not i.startswith("/") for i in m["ids"])
     header = (run / "results.csv").read_text().splitlines()[0].split(",")
@@ -169,6 +176,10 @@ def test_resume_restores_margins_exactly_and_refuses_foreign_sidecar(work):
     rc, out = amat(["yolo", "detect", "train", "resume", f"model={last}", "--adv", "amat", "--adv-step", "0.7"],
                    work["root"], check=False)
     assert rc == 2 and "cannot resume the adversarial state" in out and "step 0.5 != 0.7" in out
+    # the other training semantics: refused with the flags that fix it
+    rc, out = amat(["yolo", "detect", "train", "resume", f"model={last}", "--adv", "amat", "--adv-step", "0.5",
+                    "--adv-boundary", "stop"], work["root"], check=False)
+    assert rc == 2 and "trained with --adv-boundary none" in out and "--adv-force-resume" in out
     # a sidecar from a run on another dataset: refused
     foreign = work["root"] / "runs" / "foreign"
     amat(["yolo", "detect", "train", "model=yolov5n.yaml", f"data={work['d2']}", "epochs=1", *COMMON,
