@@ -158,10 +158,20 @@ def test_example_loss_on_clean_plus_noisy_rows_is_the_mean_of_both(kind):
 
 
 # -- model ----------------------------------------------------------------------------------------
-def test_model_matches_the_example_network_and_runs_offline():
+def test_one_multitask_unet_the_example_imports_it_and_it_runs_offline():
+    """The network is written once (model.py); the example's network.py only names it the
+    original way, and imports nothing else from amat_hooks."""
+    import ast
+
     from amat_hooks.integrations.multitask_unet.model import MultiTaskUNet
     from amat_hooks.offline import no_network
 
+    tree = ast.parse((EXAMPLE / "network.py").read_text())
+    imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert [(i.module, [a.name for a in i.names]) for i in imports] == [
+        ("amat_hooks.integrations.multitask_unet.model", ["MultiTaskUNet"])]
+    for f in ("train.py", "data_loader.py"):
+        assert "amat_hooks" not in (EXAMPLE / f).read_text()
     sys.path.insert(0, str(EXAMPLE))
     try:
         spec = importlib.util.spec_from_file_location("landmark_example_network", EXAMPLE / "network.py")
@@ -172,15 +182,15 @@ def test_model_matches_the_example_network_and_runs_offline():
     with no_network():
         ours = MultiTaskUNet(num_landmarks=3).eval()
         theirs = net_mod.UNet_Pretrained(3, 3).eval()
-    a, b = ours.state_dict(), theirs.state_dict()
-    assert list(a) == list(b) and all(a[k].shape == b[k].shape for k in a)
+    assert isinstance(theirs, MultiTaskUNet) and theirs.n_classes == 3
+    a = ours.state_dict()
     assert any(k.startswith("vgg.features.34.") for k in a)  # VGG19: 16 convs, last one at index 34
+    assert not any("classifier" in k for k in a)  # the unused 120M-parameter classifier is left out
     theirs.load_state_dict(a)
     x = torch.randn(2, 3, 64, 48)
     with torch.no_grad():
         h1, y1, x1 = ours(x)
-        h2, y2, x2 = theirs(x)
-    assert h1.shape == (2, 3, 64, 48) and torch.allclose(h1, h2) and torch.allclose(y1, y2) and torch.allclose(x1, x2)
+    assert h1.shape == (2, 3, 64, 48) and y1.shape == x1.shape == (2, 3, 64, 48)
     assert float(h1.min()) >= 0 and float(h1.max()) <= 1
     with pytest.raises(ValueError, match="H, W >= 32"):
         ours(torch.randn(1, 3, 16, 48))
@@ -262,7 +272,7 @@ def test_out_of_image_landmark_and_mixed_sizes_are_refused(tmp_path):
     write_png(torch.zeros(3, 70, 48, dtype=torch.uint8), str(bench / "images" / "004.png"))
     with pytest.raises(LandmarkDataError, match=r"mixed sizes: 001.png is 64x48 \(HxW\) but 004.png is 70x48"):
         LandmarkDataset(root, [1, 3, 4, 5], size=(32, 32), num_landmarks=2)
-    with pytest.raises(LandmarkDataError, match="no points.csv found"):
+    with pytest.raises(LandmarkDataError, match="landmark data folder not found"):
         LandmarkDataset(tmp_path / "nowhere")
 
 
@@ -306,6 +316,150 @@ def test_adapter_terms_drive_a_real_amat_step():
     assert policy.margins.get(["a", "b"]).tolist() == pytest.approx([1.0, 1.0])
 
 
+# -- the ISBI 2015 challenge layout ------------------------------------------------------------------
+def test_generated_challenge_layout_reads_like_the_csv_layout(tmp_path):
+    """The same generated images and annotations in both layouts give the same dataset:
+    pixels, landmarks (mean of the two doctors), size; each names its layout."""
+    from amat_hooks.integrations.multitask_unet.data import detect_layout
+
+    a = write_generated_isbi(tmp_path / "csv", n=6, height=96, width=72, num_landmarks=3, seed=4)
+    b = write_generated_isbi(tmp_path / "isbi", n=6, height=96, width=72, num_landmarks=3, seed=4,
+                             layout="isbi2015")
+    assert sorted(p.name for p in (b / "RawImage" / "TrainingData").iterdir()) == ["001.bmp", "002.bmp", "003.bmp"]
+    txt = (b / "AnnotationsByMD" / "400_senior" / "002.txt").read_text().splitlines()
+    assert len(txt) > 3 and all(len(line.split(",")) == 2 for line in txt[:3])  # 3 x,y lines, then others
+    assert detect_layout(a).kind == "csv" and detect_layout(b).kind == "isbi2015"
+    ds_a = LandmarkDataset(a, "all", size=(48, 36), num_landmarks=3)
+    ds_b = LandmarkDataset(b, "all", size=(48, 36), num_landmarks=3)
+    assert ds_b.layout_used == ("ISBI 2015 challenge layout (RawImage/{TrainingData,Test1Data}/*.bmp, "
+                                "AnnotationsByMD/{400_junior,400_senior}/*.txt)")
+    assert ds_a.layout_used.startswith("CSV layout (dataset/benchmark/points.csv")
+    assert ds_b.annotation_used == "mean of 400_junior and 400_senior for 6/6 images"
+    assert ds_b.names == [f"{i:03d}.bmp" for i in range(1, 7)] and ds_b.original_size == (96, 72)
+    _, truth = generate_landmark_images(6, 96, 72, 3, seed=4)
+    for i in range(6):
+        assert torch.equal(ds_a[i][0], ds_b[i][0])
+        assert torch.equal(ds_a.landmarks(i), ds_b.landmarks(i))
+        assert torch.allclose(ds_b.landmarks(i), (truth[i] * 0.5).float(), atol=1e-5)
+    junior = LandmarkDataset(b, [2], size=(48, 36), num_landmarks=3, annotation="junior")
+    assert junior.annotation_used == "400_junior only for 1/1 images"
+    assert image_size(b / "RawImage" / "Test1Data" / "005.bmp") == (96, 72)
+
+
+def test_challenge_layout_with_annotations_at_the_top_level(tmp_path):
+    """400_junior/ and 400_senior/ next to RawImage/ (no AnnotationsByMD/), one doctor missing
+    for an image, text files with Windows line ends and spaces."""
+    b = write_generated_isbi(tmp_path / "isbi", n=4, height=64, width=48, num_landmarks=2, seed=1, layout="isbi2015")
+    for d in ("400_junior", "400_senior"):
+        (b / "AnnotationsByMD" / d).rename(b / d)
+    (b / "AnnotationsByMD").rmdir()
+    (b / "400_senior" / "003.txt").unlink()
+    j = (b / "400_junior" / "001.txt")
+    j.write_bytes(j.read_text().replace(",", ", ").replace("\n", "\r\n").encode())
+    ds = LandmarkDataset(b, "all", size=(32, 32), num_landmarks=2)
+    assert ds.layout_used == "ISBI 2015 challenge layout (RawImage/{TrainingData,Test1Data}/*.bmp, {400_junior,400_senior}/*.txt)"
+    assert ds.annotation_used == "mean of 400_junior and 400_senior for 3/4 images, 400_junior only for 1/4 images"
+
+
+def test_challenge_layout_errors_name_the_file_and_line(tmp_path):
+    from amat_hooks.integrations.multitask_unet.data import detect_layout, read_isbi_txt
+
+    b = write_generated_isbi(tmp_path / "isbi", n=3, height=64, width=48, num_landmarks=2, seed=0, layout="isbi2015")
+    f = b / "AnnotationsByMD" / "400_junior" / "002.txt"
+    f.write_text("10,12\n7;x\n")
+    with pytest.raises(LandmarkDataError, match=r"400_junior/002.txt line 2: expected 'x,y', got '7;x'"):
+        read_isbi_txt(f, 2)
+    f.write_text("10,12\n")
+    with pytest.raises(LandmarkDataError, match=r"002.txt: expected 2 'x,y' lines, got 1"):
+        LandmarkDataset(b, "all", size=(32, 32), num_landmarks=2)
+    empty = tmp_path / "empty"
+    (empty / "RawImage" / "TrainingData").mkdir(parents=True)
+    with pytest.raises(LandmarkDataError) as e:
+        detect_layout(empty)
+    msg = str(e.value)
+    assert "\n" not in msg and "RawImage/ image folders but no 400_junior/ or 400_senior/" in msg
+    assert "CSV layout (dataset/benchmark/points.csv" in msg and "ISBI 2015 challenge layout" in msg
+
+
+# -- checkpoints as public code saves them --------------------------------------------------------------
+def _public_checkpoint(path, num_landmarks=3, prefix="module.", drop=(), reshape=()):
+    from amat_hooks.integrations.multitask_unet.model import MultiTaskUNet
+
+    torch.manual_seed(0)
+    model = MultiTaskUNet(num_landmarks=num_landmarks).eval()
+    state = {f"{prefix}{k}": v for k, v in model.state_dict().items() if k not in drop}
+    for k in reshape:
+        state[f"{prefix}{k}"] = torch.zeros(7, 7)
+    for i, shape in ((0, (16, 512)), (3, (8, 16))):  # torchvision VGG's classifier, unused
+        state[f"{prefix}vgg.classifier.{i}.weight"] = torch.randn(*shape)
+        state[f"{prefix}vgg.classifier.{i}.bias"] = torch.randn(shape[0])
+    torch.save(state, path)
+    return model
+
+
+def test_public_checkpoints_load_with_unused_keys_named(tmp_path):
+    from amat_hooks.integrations.multitask_unet.task import load_model
+
+    ref = _public_checkpoint(tmp_path / "model_epoch_9.pth")
+    notes = []
+    model = load_model(tmp_path / "model_epoch_9.pth", log=notes.append)
+    assert notes == ["model_epoch_9.pth: ignored 4 key(s) the model does not use: vgg.classifier.* (4 keys)"]
+    assert model.num_landmarks == 3 and not model.training
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
+    torch.save({"epoch": 9, "state_dict": torch.load(tmp_path / "model_epoch_9.pth")}, tmp_path / "nested.pth")
+    assert load_model(tmp_path / "nested.pth", log=notes.append).num_landmarks == 3
+
+
+def test_checkpoints_missing_or_misshaped_keys_are_refused_in_one_line(tmp_path):
+    from amat_hooks.integrations.multitask_unet.task import load_model
+    from amat_hooks.tasks import TaskError
+
+    _public_checkpoint(tmp_path / "a.pth", drop=("up1.conv.double_conv.0.weight", "up2.conv.double_conv.1.bias"))
+    with pytest.raises(TaskError) as e:
+        load_model(tmp_path / "a.pth")
+    assert str(e.value).endswith("cannot be loaded as a Multi-Task U-Net with 3 landmarks: 2 needed key(s) "
+                                 "missing (up1.conv.double_conv.0.weight, up2.conv.double_conv.1.bias)")
+    _public_checkpoint(tmp_path / "b.pth", reshape=("up5.conv.double_conv.0.weight",))
+    with pytest.raises(TaskError, match=r"1 with the wrong shape \(up5.conv.double_conv.0.weight \[7, 7\] "
+                                        r"\(model: \[64, 128, 3, 3\]\)\)"):
+        load_model(tmp_path / "b.pth")
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "c.pth")
+    with pytest.raises(TaskError, match="is not a Multi-Task U-Net checkpoint: no head 'final.weight'"):
+        load_model(tmp_path / "c.pth")
+
+
+# -- the adapter's loss for amat run --------------------------------------------------------------------
+def test_runner_loss_infers_bce_from_the_scripts_module_and_confirms_it():
+    from types import SimpleNamespace
+
+    from amat_hooks.integrations.multitask_unet.runner_loss import LandmarkScriptLoss
+    from amat_hooks.integrations.runner import RunnerError
+
+    bce = torch.nn.BCELoss()
+    out, mask, heat, oy, ox = _batch()
+    batch = (torch.zeros(3, 3, 40, 36), mask, heat, oy, ox)
+    logs = []
+    host = SimpleNamespace(loss_calls=[bce], amat_log=logs.append)
+    sl = LandmarkScriptLoss("auto", [torch.nn.L1Loss(), bce])
+    assert sl.kind == "bce" and "inferred: the script created an nn.BCELoss" in sl.describe()
+    assert torch.allclose(sl.terms(batch, out), landmark_terms(out, mask, heat, oy, ox, "bce"))
+    sl.confirm(host)
+    assert sl.kind == "bce" and logs == [] and sl.identity() == {"heatmap_loss": "bce"}
+    # auto, a BCELoss the script never calls in training: Dice, said once
+    sl = LandmarkScriptLoss("auto", [bce])
+    sl.confirm(SimpleNamespace(loss_calls=[], amat_log=logs.append))
+    assert sl.kind == "dice" and len(logs) == 1 and "heatmap term: dice, not bce" in logs[0]
+    assert sl.state() == {"term_names": ["heatmap", "offset_x", "offset_y"], "heatmap_loss": "dice"}
+    # the user's flag contradicted by the script: refused
+    sl = LandmarkScriptLoss("dice", [bce])
+    with pytest.raises(RunnerError, match="pass --heatmap-loss bce"):
+        sl.confirm(SimpleNamespace(loss_calls=[bce], amat_log=logs.append))
+    # no BCELoss module at all: dice, nothing to check
+    sl = LandmarkScriptLoss("auto", [])
+    sl.confirm(SimpleNamespace(loss_calls=[], amat_log=logs.append))
+    assert sl.kind == "dice" and "functional BCE needs --heatmap-loss bce" in sl.describe()
+
+
 # -- real data ----------------------------------------------------------------------------------------
 @pytest.mark.realdata
 def test_isbi2015_reader_on_the_real_data():
@@ -326,3 +480,26 @@ def test_isbi2015_reader_on_the_real_data():
     assert lm[0, 1].item() == pytest.approx((994 + sy) / 2 * 200 / 2400, rel=1e-5)
     img, mask, heat, oy, ox, _ = train[0]
     assert img.shape == (3, 200, 160) and mask.shape == (19, 200, 160)
+
+
+@pytest.mark.realdata
+def test_challenge_layout_reader_on_the_real_data_converted(tmp_path):
+    """../shared/data/isbi2015_ceph converted to the challenge layout (BMP images, points.csv
+    as 400_junior, senior_csv as 400_senior) reads exactly as the CSV layout does."""
+    from amat_hooks.integrations.multitask_unet.data import write_isbi2015_layout
+
+    if not (ISBI / "dataset" / "benchmark" / "points.csv").is_file():
+        pytest.skip(f"ISBI 2015 data not found at {ISBI} (opt-in real-data test)")
+    numbers = [1, 2, 151, 201]
+    out = write_isbi2015_layout(ISBI, tmp_path / "ISBI2015", numbers=numbers)
+    assert sorted(p.name for p in (out / "RawImage" / "TrainingData").iterdir()) == ["001.bmp", "002.bmp"]
+    assert sorted(p.name for p in (out / "RawImage" / "Test1Data").iterdir()) == ["151.bmp", "201.bmp"]
+    official = LandmarkDataset(out, numbers, size=(100, 80))
+    csv_layout = LandmarkDataset(ISBI, numbers, size=(100, 80))
+    assert official.layout == "isbi2015" and official.original_size == (2400, 1935) == csv_layout.original_size
+    assert official.annotation_used == "mean of 400_junior and 400_senior for 4/4 images"
+    for i in range(len(numbers)):
+        assert torch.equal(official.landmarks(i), csv_layout.landmarks(i))
+        assert torch.equal(official.image(i), csv_layout.image(i))
+    first = (out / "AnnotationsByMD" / "400_junior" / "001.txt").read_text().splitlines()[0]
+    assert first == "832,994"  # points.csv, 001.jpg, landmark 1 (full-resolution pixels)

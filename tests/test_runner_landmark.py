@@ -37,7 +37,7 @@ def script_args(data: Path, out: Path | str, *extra: str) -> list[str]:
 def test_example_direct_none_and_amat(data, tmp_path):
     out = {k: tmp_path / k for k in ("direct", "none", "amat")}
     # 1. the script on its own: an ordinary clean run (it does not import amat_hooks)
-    for f in ("train.py", "network.py", "data_loader.py"):
+    for f in ("train.py", "data_loader.py"):  # network.py imports the network definition, nothing else
         assert not re.search(r"^\s*(import|from)\s+amat_hooks", (SCRIPT.parent / f).read_text(), re.M)
     r = run([sys.executable] + script_args(data, out["direct"], "--heatmap-loss", "dice")[1:], tmp_path)
     assert r.returncode == 0, r.stderr
@@ -58,7 +58,8 @@ def test_example_direct_none_and_amat(data, tmp_path):
     assert r.returncode == 0, r.stderr
     assert not guard.exists()
     assert "Epoch 0 train rows 8 " in r.stdout  # 4 clean + 4 noisy rows through the script's loop
-    assert "adapter: Multi-Task U-Net (heatmap term: dice)" in r.stdout
+    assert "adapter: Multi-Task U-Net (heatmap term: dice; --heatmap-loss" in r.stdout
+    assert "forward: clean and noisy rows as two forward passes" in r.stdout
     amat = torch.load(out["amat"] / "model_epoch_0.pth")
     assert not all(torch.allclose(direct[k], amat[k]) for k in direct)  # trained on noisy rows too
     side = json.loads((out["amat"] / "model_epoch_0.pth.amat.json").read_text())
@@ -76,11 +77,25 @@ def test_example_sat_with_bce_and_the_heatmap_loss_check(data, tmp_path):
             tmp_path)
     assert r.returncode == 0, r.stderr
     assert "Epoch 0 train rows 8 " in r.stdout
-    assert json.loads((tmp_path / "sat" / "amat_state.json").read_text())["label"] == "SAT1"
-    # the script trains with BCE but the runner was told dice: refused after the first step
-    r = run(amat_cmd() + ["run", "--adv", "sat", "--adv-eps", "1", "--adv-steps", "1", "--"]
-            + script_args(data, tmp_path / "bad", "--heatmap-loss", "bce"), tmp_path)
-    assert r.returncode == 3 and "pass --heatmap-loss bce" in r.stderr
+    st = json.loads((tmp_path / "sat" / "amat_state.json").read_text())
+    assert st["label"] == "SAT1" and st["heatmap_loss"] == "bce" and st["input_shape"] == [3, 64, 48]
+    # the script trains with BCE but the runner was told dice: refused before the first optimizer
+    # step; nothing trained, nothing written (no checkpoint, no state)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    r = run(amat_cmd() + ["run", "--adv", "sat", "--adv-eps", "1", "--adv-steps", "1", "--heatmap-loss", "dice", "--"]
+            + script_args(data, bad, "--heatmap-loss", "bce"), bad)
+    assert r.returncode == 3 and "pass --heatmap-loss bce" in r.stderr, r.stderr
+    assert "Epoch 0 train rows" not in r.stdout and list(bad.iterdir()) == []
+    # no flag: inferred. The example creates its nn.BCELoss always, so bce is the first guess;
+    # with its --heatmap-loss dice it never calls it in training: corrected before the first step
+    r = run(amat_cmd() + ["run", "--adv", "amat", "--adv-step", "1", "--adv-steps", "1", "--"]
+            + script_args(data, tmp_path / "auto", "--heatmap-loss", "dice"), tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "heatmap term: bce; inferred: the script created an nn.BCELoss" in r.stdout
+    assert "heatmap term: dice, not bce" in r.stdout
+    side = json.loads((tmp_path / "auto" / "model_epoch_0.pth.amat.json").read_text())
+    assert side["heatmap_loss"] == "dice" and side["engine"]["policy"]["margins"]["updates"] == 4
 
 
 @pytest.mark.realdata
