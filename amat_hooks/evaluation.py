@@ -584,12 +584,12 @@ def _worst(task: EvalTask, rec: dict, attacks: list[str], n_levels: int, b: int)
 def _radius(task: EvalTask, x: Tensor, target: Any, clean_stats: list, spec: RadiusSpec) -> tuple[dict, dict]:
     """Per objective, each sample's radius (None = not broken within ``max_radius``) and its
     score at the breaking point (measured again through ``task.measure``)."""
-    clean = torch.tensor(_scores(task, clean_stats), dtype=torch.float64)
+    clean = torch.tensor(_scores(task, clean_stats), dtype=torch.float64, device=x.device)
     floor = task.floor()
 
-    def broken(scores: Tensor) -> Tensor:
-        return _broken(scores.double().cpu(), clean, spec.threshold, spec.relative, task.higher_is_better,
-                       floor).to(x.device)
+    def broken(scores: Tensor) -> Tensor:  # on the device: no host sync per step
+        return _broken(scores.to(clean.device, torch.float64), clean, spec.threshold, spec.relative,
+                       task.higher_is_better, floor)
 
     radii, scores = {}, {}
     for obj in spec.objectives:
@@ -598,7 +598,7 @@ def _radius(task: EvalTask, x: Tensor, target: Any, clean_stats: list, spec: Rad
                 t = task.loss_terms(z, target, 1)
                 with torch.no_grad():
                     s = torch.tensor(_scores(task, task.measure(z.detach(), target)), dtype=torch.float64)
-                return t, broken(s)
+                return t, broken(s)  # measure() is the task's: one extra no-grad forward per step
         else:
             step = segmentation_step_fn(task, obj, target, 1, broken)
         res = min_norm(step, x, max_radius=spec.max_radius, steps=spec.steps, bounds=task.bounds,

@@ -11,22 +11,24 @@ from torch import Tensor
 def dice_counts(pred: Tensor, target: Tensor, labels: Sequence[int] | None = None) -> Tensor:
     """Per-sample (TP, FP, FN) summed over foreground ``labels`` -> ``[B, 3]``.
 
-    ``pred``/``target`` are integer label maps ``[B, ...]``. Default labels: every value > 0
+    ``pred``/``target`` are integer label maps ``[B, ...]`` on any device (the counts come
+    back on the CPU). Default labels: every value > 0
     present in either map (the foreground, as one class per label, counts added).
     """
     if pred.shape != target.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(target.shape)} shapes differ")
+    target = target.to(pred.device)
     if labels is None:
         labels = [int(v) for v in torch.unique(torch.cat([pred.flatten(), target.flatten()])) if v > 0]
     b = pred.shape[0]
     p, t = pred.reshape(b, -1), target.reshape(b, -1)
-    out = torch.zeros(b, 3, dtype=torch.float64)
+    out = torch.zeros(b, 3, dtype=torch.float64, device=pred.device)
     for c in labels:
         pc, tc = p == c, t == c
         out[:, 0] += (pc & tc).sum(1).double()
         out[:, 1] += (pc & ~tc).sum(1).double()
         out[:, 2] += (~pc & tc).sum(1).double()
-    return out
+    return out.cpu()  # counted where the maps are (a GPU), returned on the CPU as before
 
 
 def dice_from_counts(counts: Tensor, empty: float = 1.0) -> Tensor:

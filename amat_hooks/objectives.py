@@ -164,15 +164,27 @@ class ObjectiveLoss(IterationLoss):
 
 def dice_scores(logits: Tensor, labels: Tensor, valid: Tensor | None,
                 foreground: Sequence[int] | None) -> Tensor:
-    """Per-sample Dice of ``argmax(logits)`` (as :func:`amat_hooks.metrics.dice_counts` +
-    :func:`~amat_hooks.metrics.dice_from_counts`; pixels outside ``valid`` count as background)."""
-    from .metrics import dice_counts, dice_from_counts
-
+    """Per-sample Dice ``[N]`` (float64, on the logits' device: no host sync inside an attack
+    loop) of ``argmax(logits)``: :func:`amat_hooks.metrics.dice_counts` +
+    :func:`~amat_hooks.metrics.dice_from_counts` computed in place (pixels outside
+    ``valid`` count as background; no foreground anywhere scores 1)."""
     pred = logits.detach().argmax(1)
     lab = labels.long()
     if valid is not None:
         pred, lab = pred * valid, lab * valid
-    return dice_from_counts(dice_counts(pred.cpu(), lab.cpu(), labels=foreground)).float()
+    n = pred.shape[0]
+    p, t = pred.reshape(n, -1), lab.reshape(n, -1)
+    if foreground is None:
+        foreground = [int(v) for v in torch.unique(torch.cat([p.flatten(), t.flatten()])) if v > 0]
+    tp = torch.zeros(n, dtype=torch.float64, device=p.device)
+    fp, fn = tp.clone(), tp.clone()
+    for c in foreground:
+        pc, tc = p == c, t == c
+        tp += (pc & tc).sum(1).double()
+        fp += (pc & ~tc).sum(1).double()
+        fn += (~pc & tc).sum(1).double()
+    den = 2 * tp + fp + fn
+    return torch.where(den > 0, 2 * tp / den.clamp_min(1e-12), torch.ones_like(den))
 
 
 def segmentation_step_fn(task: Any, objective: str, target: Any, repeats: int,
@@ -185,7 +197,7 @@ def segmentation_step_fn(task: Any, objective: str, target: Any, repeats: int,
     def step(z: Tensor, iteration: int, steps: int) -> tuple[Tensor, Tensor]:
         logits = task.segmentation_logits(z)
         terms = objective_terms(objective, logits, loss.labels, loss.valid, iteration, steps)
-        scores = dice_scores(logits, loss.labels, loss.valid, fg).to(z.device)
+        scores = dice_scores(logits, loss.labels, loss.valid, fg)
         return terms, broken(scores)
 
     return step
