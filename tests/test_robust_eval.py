@@ -358,3 +358,35 @@ def test_older_result_files_still_read_and_report(tmp_path):
     assert "| OLD | **0.8000** | **0.6000** | **0.4000** |" in md and "WARNING gradient masking?" in md
     with pytest.raises(ValueError, match="no per-sample scores"):
         r.sample_scores("pgd", 1.0)
+
+
+# -- the command line -------------------------------------------------------------------------------
+def test_eval_command_options_reach_the_core_and_refuse_what_a_task_cannot_run(tmp_path, capsys):
+    import argparse
+
+    from amat_hooks.cli.evaluate import run_evaluations
+    from amat_hooks.cli.options import add_eval_arguments, parse_threshold
+    from amat_hooks.tasks import TaskError
+
+    p = argparse.ArgumentParser()
+    add_eval_arguments(p, "1,2", default_out=str(tmp_path))
+    args = p.parse_args(["--attacks", "pgd,mce,worst", "--pgd-steps", "2", "--radius", "--radius-steps", "5",
+                         "--radius-threshold", "abs:0.3", "--out", str(tmp_path), "--no-progress"])
+    assert args.radius_threshold == (0.3, False) and parse_threshold("0.5") == (0.5, True)
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_threshold("1.5")
+    res = run_evaluations({"A": lambda: _seg_task(4)}, args)
+    r = res["A"]
+    assert list(r.noisy) == ["pgd", "mce", "worst"] and r.radius["threshold"] == 0.3
+    assert r.radius["relative"] is False and r.radius["objectives"] == ["mce"]
+    out = capsys.readouterr().out
+    assert "W.1" in out and "**Robust radius**" in out and "gradient-masking check" in out
+    args.resume = True  # a finished model is reused under the same settings
+    run_evaluations({"A": lambda: _seg_task(4)}, args)
+    assert "A: already evaluated" in capsys.readouterr().out
+    args.resume, args.attacks = False, "pgd,segpgd"
+    with pytest.raises(TaskError, match="--attacks segpgd needs a segmentation task"):
+        run_evaluations({"D": _Detector}, args)
+    args.attacks, args.radius = "none", False
+    with pytest.raises(TaskError, match="give at least one attack"):
+        run_evaluations({"A": lambda: _seg_task(4)}, args)
