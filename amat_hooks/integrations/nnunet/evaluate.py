@@ -183,9 +183,10 @@ class NnUNetSliceEvalTask(EvalTask):
         return -(-len(self._slices) // self.batch_size)
 
     def describe_scored(self, samples: int) -> str:
-        cases = len({key.rsplit(":", 1)[0] for key, *_ in self._slices})
+        cases = len({key.rsplit(":", 1)[0] for key, *_ in self._slices[:samples]})
         empty = "" if self.include_empty else " with foreground"
-        return f"{samples} {self.split} slices{empty} of {cases} cases"
+        return (f"{samples} {self.split} slice{'' if samples == 1 else 's'}{empty} of {cases} "
+                f"case{'' if cases == 1 else 's'}")
 
     def batches(self) -> Iterable[EvalBatch]:
         dev = self.trainer.device
