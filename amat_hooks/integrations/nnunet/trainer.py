@@ -372,7 +372,10 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
                        + (f" ({now})" if now else ""))
         options.append("or start from scratch without --c in a fresh output folder (set nnUNet_results to "
                        "another folder; without --c this folder's checkpoints are overwritten)")
-        return f"cannot continue from {where}: {env_wording(str(error))}. What you can do: " + "; ".join(options)
+        what = env_wording(str(error))
+        for advice in (". Start a fresh run", "; resume with"):  # the core's own advice: replaced below
+            what = what.split(advice)[0]
+        return f"cannot continue from {where}: {what.rstrip('. ')}. What you can do: " + "; ".join(options)
 
     def _current(self, variable: str) -> str:
         return {"AMAT_STEP": f"{self.amat_config.delta:g}", "AMAT_BOUNDARY": self.amat_config.boundary}[variable]
