@@ -287,14 +287,40 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
         if self.local_rank != 0 or self.disable_checkpointing or self.amat_engine is None:
             return super().save_checkpoint(filename)
         tmp = f"{filename}.nnunet-part"
-        super().save_checkpoint(tmp)
+        checkpoint = self._nnunet_checkpoint(tmp)
         try:
-            checkpoint = torch.load(tmp, map_location="cpu", weights_only=False)
+            if checkpoint is None:  # nnU-Net wrote no checkpoint
+                return
             checkpoint[CHECKPOINT_KEY] = self.amat_state_dict()
             atomic_torch_save(checkpoint, filename)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+    def _nnunet_checkpoint(self, tmp: str) -> dict | None:
+        """The dict nnU-Net's ``save_checkpoint`` builds, taken from its ``torch.save(checkpoint,
+        tmp)`` call instead of written to disk and read back (a checkpoint is written every
+        epoch of a short run: this saves one write and one read of the whole file each time).
+        Should a future nnU-Net write it another way, the file it wrote is read back."""
+        captured: list[dict] = []
+        real_save = torch.save
+
+        def take(obj, f, *args, **kwargs):
+            if not captured and isinstance(f, (str, os.PathLike)) and os.fspath(f) == tmp:
+                captured.append(obj)
+                return None
+            return real_save(obj, f, *args, **kwargs)
+
+        torch.save = take
+        try:
+            super().save_checkpoint(tmp)
+        finally:
+            torch.save = real_save
+        if captured:
+            return captured[0]
+        if os.path.isfile(tmp):
+            return torch.load(tmp, map_location="cpu", weights_only=False)
+        return None
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
         super().load_checkpoint(filename_or_checkpoint)
