@@ -34,7 +34,10 @@ from amat_hooks.evaluation import RadiusSpec, robustness_eval  # noqa: E402
 from amat_hooks.segmentation import SegmentationEvalTask  # noqa: E402
 from amat_hooks.synthetic import shapes_segmentation  # noqa: E402
 
-BATCHED_HEAD = "## Batched levels vs one call per level"
+#: everything from this heading on in the output file is kept by a rerun (GPU runs pasted in by
+#: hand, the older batched-levels measurement); ``--batched`` replaces the latter
+KEEP_HEAD = "## Other devices and earlier measurements"
+BATCHED_HEAD = "### Batched levels vs one call per level"
 
 
 def _sync():
@@ -135,13 +138,17 @@ def main() -> None:
     wres = last_w["one evaluation, worst"]
     load1 = os.getloadavg()
 
-    batched = ""
-    if a.batched:
-        batched = bench_batched(task, a)
-    elif Path(a.out).exists():
+    kept = ""
+    if Path(a.out).exists():
         old = Path(a.out).read_text()
-        if BATCHED_HEAD in old:
-            batched = old[old.index(BATCHED_HEAD):]
+        if KEEP_HEAD in old:
+            kept = old[old.index(KEEP_HEAD):]
+    if a.batched:
+        new = bench_batched(task, a)
+        if BATCHED_HEAD in kept:
+            kept = kept[:kept.index(BATCHED_HEAD)] + new
+        else:
+            kept = (kept or KEEP_HEAD + "\n\n") + new
 
     med = lambda v: statistics.median(v)  # noqa: E731
     lv_cols = " | ".join(f"{lv:g}" for lv in levels)
@@ -217,7 +224,7 @@ the worst case itself is a per-sample selection over the kept statistics (no for
 Worst-case ADI at the largest level: {wres.noisy['worst'][levels[-1]]['ADI']:.4f} vs
 {', '.join(f"{at} {wres.noisy[at][levels[-1]]['ADI']:.4f}" for at in attacks)}.
 
-{batched}"""
+{kept}"""
     Path(a.out).write_text(md.rstrip() + "\n")
     print(md)
 

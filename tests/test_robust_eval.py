@@ -263,7 +263,6 @@ def test_radius_zero_for_samples_wrong_without_noise_and_inf_beyond_the_search()
 
 # -- gradient masking -------------------------------------------------------------------------------
 def test_gradient_masking_check_flags_a_zero_gradient_model_with_a_known_radius():
-    levels = None
     for masked in (False, True):
         task, dist = _linear_task(masked=masked)
         # every sample's radius is known and below the largest level: a sound attack breaks all
