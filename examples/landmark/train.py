@@ -100,7 +100,7 @@ def main():
             regression_sum += (regression_loss_x + regression_loss_y).item() * img.shape[0]
         scheduler.step()
         print(f"Epoch {epoch} train rows {rows} logic loss {logic_sum / max(rows, 1):.4f} "
-              f"regression loss {regression_sum / max(rows, 1):.4f} ({time.time() - t0:.1f} s)", flush=True)
+              f"regression loss {regression_sum / max(rows, 1):.4f} ({time.time() - t0:.2f} s)", flush=True)
 
         net.eval()
         val_rows, val_loss = 0, 0.0

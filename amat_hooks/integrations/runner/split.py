@@ -54,8 +54,11 @@ class ForwardHooks:
 
     def install(self) -> "ForwardHooks":
         if not self._handles:
-            self._handles = [register_module_forward_pre_hook(self._pre),
-                             register_module_forward_hook(self._post, with_kwargs=True)]
+            try:
+                post = register_module_forward_hook(self._post, with_kwargs=True)
+            except TypeError:  # torch without keyword arguments in global forward hooks
+                post = register_module_forward_hook(lambda m, a, o: self._post(m, a, {}, o))
+            self._handles = [register_module_forward_pre_hook(self._pre), post]
         return self
 
     def remove(self) -> None:
