@@ -317,8 +317,7 @@ def write_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike, 
     paths = {
         "md": atomic_write_text(out / f"{name}.md", head + body),
         "csv": atomic_write_text(out / f"{name}.csv", to_csv(results)),
-        "json": atomic_write_json(out / f"{name}.json", {k: r.to_dict() for k, r in results.items()}
-                                  | ({"_notes": list(notes)} if notes else {})),
+        "json": atomic_write_json(out / f"{name}.json", {k: r.to_dict() for k, r in results.items()}),
         "png": plot_curves(results, out / f"{name}.png", title=title),
     }
     if rad:

@@ -223,17 +223,20 @@ def test_calibrate_xi_file_and_eval_report(work, std_model):
     rc, out = amat(["calibrate", "yolo", f"model={std_model}", f"data={work['d3']}", "imgsz=64", "--out", xi_file],
                    work["root"])
     cal = json.loads(xi_file.read_text())
-    assert cal["n"] == 32 and cal["rule"] == "mean+2std"
-    for x, m, s in zip(cal["xi"], cal["mean"], cal["std"]):
-        assert abs(x - (m + 2 * s)) < 1e-4 * max(1.0, x) and s > 0
+    assert cal["kind"] == "amat-hooks xi" and cal["task"] == "yolo" and cal["term_names"] == ["box", "cls", "dfl"]
+    assert cal["n_samples"] == 32 and cal["rule"] == "mean+2std" and cal["source"]["images"] == 32
+    xi = cal["xi"]["mean+2std"]
+    for x, m, s, mean in zip(xi, cal["stats"]["mean"], cal["stats"]["std"], cal["xi"]["mean"]):
+        assert abs(x - (m + 2 * s)) < 1e-4 * max(1.0, x) and s > 0 and mean == pytest.approx(m)
+    assert f"train with: amat yolo detect train ... --adv amat --adv-step D --adv-xi-file {xi_file}" in out
 
     xi_run = work["root"] / "runs" / "xi"
     amat(["yolo", "detect", "train", "model=yolov5n.yaml", f"data={work['d3']}", "epochs=1", *COMMON,
           f"project={xi_run.parent}", f"name={xi_run.name}", "val=False", "plots=False",
           "--adv", "amat", "--adv-step", "0.5", "--adv-xi-file", xi_file, *FAST_ADV], work["root"])
     side = _sidecar(xi_run)
-    assert side["config"]["xi"] == pytest.approx(cal["xi"])
-    assert [side["summary"][f"xi_{k}"] for k in range(3)] == pytest.approx(cal["xi"])
+    assert side["config"]["xi"] == pytest.approx(xi) and side["config"]["xi_source"] == f"calibration file {xi_file}"
+    assert [side["summary"][f"xi_{k}"] for k in range(3)] == pytest.approx(xi)
 
     report = work["root"] / "eval"
     cmd = ["eval", "yolo", "--models", f"STD={std_model},AMAT={xi_run / 'weights' / 'last.pt'}",
@@ -309,8 +312,10 @@ def test_eval_bad_input_is_reported(work, tmp_path):
     assert rc == 2 and "split=test is not in" in out and "use split=val or split=test" in out
     rc, out = amat([*base, "--models", f"STD={fake}", "--levels", "0,5"], work["root"], check=False)
     assert rc == 2 and "noise levels must be finite and > 0" in out
+    rc, out = amat([*base, "--models", f"STD={fake}", f"model={fake}"], work["root"], check=False)
+    assert rc == 2 and "give models as --models NAME=PATH" in out
     rc, out = amat([*base, f"model={fake}"], work["root"], check=False)
-    assert rc == 2 and "--models NAME=PATH" in out
+    assert rc == 2 and "required: --models" in out
     rc, out = amat(["grid", "yolo", "--deltas", "1", "model=yolov5n.yaml", f"data={work['d1']}", "name=x"],
                    work["root"], check=False)
     assert rc == 2 and "name: the grid sets these itself" in out
@@ -335,7 +340,7 @@ def test_grid_trains_each_delta_once_and_resumes(work):
     for d, w in weights.items():
         side = json.loads((w.parent / "amat_state.json").read_text())
         assert side["config"]["mode"] == "amat" and side["config"]["delta"] == float(d)
-        assert side["config"]["steps"] == 3  # the extra --adv-steps reached the training
+        assert side["config"]["pgd_steps"] == 3  # the extra --adv-steps reached the training
     state = json.loads((out / "grid.json").read_text())
     assert set(state) == {"0.5", "1"}
     for d in state.values():
