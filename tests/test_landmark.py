@@ -503,3 +503,29 @@ def test_challenge_layout_reader_on_the_real_data_converted(tmp_path):
         assert torch.equal(official.image(i), csv_layout.image(i))
     first = (out / "AnnotationsByMD" / "400_junior" / "001.txt").read_text().splitlines()[0]
     assert first == "832,994"  # points.csv, 001.jpg, landmark 1 (full-resolution pixels)
+
+
+def test_runner_refuses_an_xi_file_calibrated_for_the_other_heatmap_term(tmp_path):
+    """The xi file records the heatmap term it was calibrated with; a run whose script
+    trains with the other one is refused before its first step."""
+    from amat_hooks.calibration import write_xi_file, xi_record
+    from amat_hooks.config import AdvConfig
+    from amat_hooks.integrations.multitask_unet.runner_loss import LandmarkScriptLoss
+    from amat_hooks.integrations.runner import Runner, RunnerError
+
+    rec = xi_record("landmark", torch.tensor([[0.9, 0.3, 0.3], [0.8, 0.2, 0.4]]), ["heatmap", "offset_x", "offset_y"],
+                    "mean+2std", identity={"heatmap_loss": "dice"})
+    write_xi_file(tmp_path / "xi.json", rec)
+    bce = torch.nn.BCELoss()
+    for used, ok in ((bce, False), (None, True)):
+        runner = Runner(AdvConfig(mode="amat", delta=1.0, xi=[1.0, 1.0, 1.0]), verbose=False,
+                        adv_xi_file=str(tmp_path / "xi.json"))
+        runner.script_loss = LandmarkScriptLoss("auto", [bce])
+        if used is not None:
+            runner.loss_calls.append(used)
+        if ok:  # the script never calls its BCELoss: dice, as calibrated
+            runner.flush(final=True)
+            assert runner.script_loss.kind == "dice"
+        else:
+            with pytest.raises(RunnerError, match=r"--adv-xi-file: .*heatmap_loss 'dice' != 'bce'"):
+                runner.flush(final=True)
