@@ -1,9 +1,11 @@
-"""L2 / Linf PGD and IFGSM with one radius per sample and an optional loss boundary.
+"""L2 / Linf PGD and IFGSM with one radius per sample and an optional loss boundary, and
+a minimal-norm attack (the robust radius).
 
 One implementation serves training (SAT: fixed eps; AMAT: eps = margin E(i), full radius
 as in Algorithm 1, or - the opt-in ``boundary="stop"`` variant - stopping at the
-loss-defined boundary) and evaluation (100-step PGD, 10-step IFGSM, several noise levels
-in one call by repeating the batch with a per-sample eps).
+loss-defined boundary) and evaluation (100-step PGD, 10-step IFGSM and the segmentation
+objectives of :mod:`amat_hooks.objectives`, several noise levels in one call by repeating
+the batch with a per-sample eps; :func:`min_norm` for each sample's smallest breaking noise).
 """
 from __future__ import annotations
 
@@ -21,14 +23,14 @@ class IterationLoss:
     """A loss whose terms depend on the attack iteration (SegPGD's weight moves from the
     correct to the wrong pixels over the iterations).
 
-    :func:`pgd` and :func:`min_norm` call ``terms_at(x_adv, iteration, steps)`` (iteration
-    0-based) in their loop wherever ``loss_fn`` has that method; everything else (the
-    terms at the returned point, the boundary bisection) calls ``loss_fn(x_adv)``, which
-    here means the last iteration's weighting. A plain ``Callable[[Tensor], Tensor]`` is
-    the same loss at every iteration.
+    :func:`pgd` calls ``terms_at(x_adv, iteration, steps)`` (iteration 0-based) in its
+    loop wherever ``loss_fn`` has that method; everything else (the terms at the returned
+    point, the boundary bisection) calls ``loss_fn(x_adv)``, which here means the final
+    weighting (``iteration=None``). A plain ``Callable[[Tensor], Tensor]`` is the same loss
+    at every iteration. (:func:`min_norm`'s ``step_fn`` receives the iteration directly.)
     """
 
-    def terms_at(self, x: Tensor, iteration: int, steps: int) -> Tensor:  # pragma: no cover - interface
+    def terms_at(self, x: Tensor, iteration: int | None, steps: int | None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def __call__(self, x: Tensor) -> Tensor:

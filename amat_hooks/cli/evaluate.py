@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from ..evaluation import (EvalResult, EvalTask, RadiusSpec, check_attacks, check_levels, fingerprint, load_result,
+from ..evaluation import (EvalResult, EvalTask, RadiusSpec, check_levels, fingerprint, load_result,
                           robustness_eval, save_result)
 from ..report import masking_lines, plot_margin_histogram, radius_markdown, to_markdown, write_report
 from ..sidecars import read_adversarial_state
@@ -64,7 +64,6 @@ def run_evaluations(tasks: Mapping[str, Callable[[], EvalTask]], args: argparse.
         state = out / "models" / f"{_safe(name)}.partial.jsonl"
         task = make()
         try:  # a segmentation objective on a detection task, worst alone ...: the user's to fix
-            check_attacks(task, attacks, radius)
             fp = fingerprint(task, levels, attacks, args.pgd_steps, args.ifgsm_steps, args.seed, radius)
         except ValueError as e:
             raise TaskError(str(e)) from None
