@@ -77,7 +77,7 @@ def main():
     loss_regression_fn = L1Loss
 
     for epoch in range(args.epochs):
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         net.train()
         rows, logic_sum, regression_sum = 0, 0.0, 0.0
         for img, mask, guassian_mask, offset_y, offset_x, landmark_list in dataloader:
@@ -100,7 +100,8 @@ def main():
             regression_sum += (regression_loss_x + regression_loss_y).item() * img.shape[0]
         scheduler.step()
         print(f"Epoch {epoch} train rows {rows} logic loss {logic_sum / max(rows, 1):.4f} "
-              f"regression loss {regression_sum / max(rows, 1):.4f} ({time.time() - t0:.2f} s)", flush=True)
+              f"regression loss {regression_sum / max(rows, 1):.4f} ({time.time() - t0:.2f} s) "
+              f"cpu {time.process_time() - c0:.2f} s", flush=True)
 
         net.eval()
         val_rows, val_loss = 0, 0.0
