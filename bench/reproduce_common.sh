@@ -3,7 +3,9 @@
 # Every step of a reproduction is a *stage*: its command line is appended to
 # OUT/commands.txt, its output goes to OUT/logs/NAME.log as it runs (tail -f it), and
 # OUT/stages/NAME.json records start, end and exit status. A finished stage is skipped
-# on the next run, so an interrupted reproduction continues where it stopped.
+# on the next run, so an interrupted reproduction continues where it stopped. After each
+# stage the small result files are collected into RUNS (docs/results/<dataset>/runs), which
+# is committed: the page is generated from there, so a later session can go on from it.
 
 set -euo pipefail
 
@@ -23,7 +25,12 @@ repro_init() {   # repro_init DATASET OUT
     if [ ! -f "$OUT/machine.json" ]; then
         python "$REPO/bench/reproduce_report.py" machine > "$OUT/machine.json"
     fi
-    echo "[$DATASET] output: $OUT (logs in $OUT/logs; rerun the same command to resume)"
+    RUNS="${RUNS:-${REPORT:-$REPO/docs/results}/$DATASET/runs}"
+    echo "[$DATASET] output: $OUT (logs in $OUT/logs; rerun the same command to resume); results: $RUNS"
+}
+
+seed_list() {    # the seeds to run: SEEDS="0 1 2" (default $1)
+    echo "${SEEDS:-$1}"
 }
 
 stage() {        # stage NAME COMMAND... : run once, logged and timed
@@ -52,6 +59,7 @@ stage() {        # stage NAME COMMAND... : run once, logged and timed
         exit "$rc"
     fi
     echo "[$DATASET] $name: finished in $(python -c "print(round($t1-$t0))") s"
+    python "$REPO/bench/reproduce_report.py" collect "$DATASET" "$OUT" "$RUNS"
     if [ "${STOP_AFTER:-}" = "$name" ]; then
         echo "[$DATASET] stopping after $name (STOP_AFTER)"
         exit 0

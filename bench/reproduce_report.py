@@ -1,20 +1,26 @@
-"""Turn a finished reproduction (bench/reproduce_*.sh) into docs/results/<dataset>.md.
+"""Turn a reproduction (bench/reproduce_*.sh) into docs/results/<dataset>.md.
 
-Every number in the page is read from what the run wrote: the evaluation JSON of
-``amat eval``, the grid JSON of ``amat grid``, each trainer's own per-epoch timing (nnU-Net's
-training log, Ultralytics' results.csv, the landmark script's epoch lines) and the stage
-records of bench/reproduce_common.sh. Only the paper's numbers (cited, for comparison) are
-constants here.
+Round 2 protocol: every method (STD, two SAT eps, AMAT with the paper's semantics, AMAT
+with ``--adv-boundary stop``) is trained and evaluated once per seed; Delta comes from one
+``amat grid`` on the validation split. After every stage the script runs ``collect``, which
+copies the run's small result files (stage records, commands, grid and evaluation JSON,
+xi files, per-method epoch times and per-epoch margin summaries) into
+``docs/results/<dataset>/runs/``: the page is generated from that folder only, so a
+reproduction split over several sessions continues from committed state.
 
-    python bench/reproduce_report.py write DATASET OUT REPORT_DIR
-    python bench/reproduce_report.py overview REPORT_DIR       (the table in REPORT_DIR/README.md)
-    python bench/reproduce_report.py best-delta GRID_DIR       (prints the best Delta)
+    python bench/reproduce_report.py collect DATASET OUT RUNS      (after each stage)
+    python bench/reproduce_report.py write DATASET RUNS REPORT_DIR (the page + README table)
+    python bench/reproduce_report.py overview REPORT_DIR
+    python bench/reproduce_report.py best-delta GRID_DIR           (prints the best Delta)
     python bench/reproduce_report.py machine | budget OUT K=V... | plans DATASET_DIR BATCH
+
+Only the paper's numbers (cited, for comparison) are constants here.
 """
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import platform
 import re
@@ -27,9 +33,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from amat_hooks.cli import grid as grid_command
-from amat_hooks.evaluation import EvalResult
-from amat_hooks.atomic_files import atomic_write_json, atomic_write_text, read_json
+from amat_hooks.atomic_files import atomic_write_json, atomic_write_text, read_json  # noqa: E402
+from amat_hooks.cli import grid as grid_command  # noqa: E402
+from amat_hooks.evaluation import EvalResult  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -49,8 +55,8 @@ class Paper:
 PAPER = {
     "hippocampus": Paper("Table 2 (ADI), Table 4 (TVDI)", "ADI", "nnU-Net 2d (batch 366, patch 56x40)",
                          "100 epochs x 50 iterations", 100, "1, 5, 10, 15", "mean", (10, 114, 120)),
-    "bccd": Paper("Table 7 (mAP50-95)", "mAP50-95", "YOLOv5s from scratch, imgsz 320, batch 32",
-                  "300 epochs", 300, "1, 10, 15", "mean+2std", (6, 30, 35)),
+    "bccd": Paper("Table 7 (mAP50-95)", "mAP50-95", "YOLOv5s (anchor-based, box/obj/cls loss) from scratch, "
+                  "imgsz 320, batch 32", "300 epochs", 300, "1, 10, 15", "mean+2std", (6, 30, 35)),
     "isbi": Paper("Table 6 (MRE mm)", "MRE", "Multi-Task U-Net, 200x160, batch 8",
                   "500 epochs", 500, "1, 3, 5", "mean+2std", (12, 50, 53)),
 }
@@ -68,6 +74,8 @@ PAPER_ROWS = {
 TITLES = {"hippocampus": "MSD Hippocampus (nnU-Net 2d)", "bccd": "BCCD blood cells (Ultralytics YOLO)",
           "isbi": "ISBI 2015 cephalometric landmarks (Multi-Task U-Net via amat run)"}
 EVAL_NAME = {"hippocampus": "hippocampus", "bccd": "bccd", "isbi": "isbi"}
+ATTACK_NAMES = {"pgd": "PGD", "ifgsm": "IFGSM", "worst": "worst case", "segpgd": "SegPGD", "cospgd": "CosPGD",
+                "mce": "masked CE"}
 
 
 # -- small commands used by the shell scripts ------------------------------------------------------
@@ -104,7 +112,7 @@ def make_plans(dataset_dir: Path, batch: int) -> Path:
     return atomic_write_json(dataset_dir / f"nnUNetPlans_b{batch}.json", plans)
 
 
-# -- per-epoch training time, from each trainer's own records ---------------------------------------
+# -- per-method training records: epoch seconds and the per-epoch margin summary ----------------------
 def _nnunet_epochs(root: Path) -> list[float]:
     # loading a trainer for evaluation starts another (epoch-less) log: take the newest with epochs
     logs = sorted(root.rglob("training_log_*.txt"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -131,24 +139,181 @@ def _landmark_epochs(log: Path) -> list[float]:
                                          re.MULTILINE)]
 
 
-def epoch_seconds(dataset: str, out: Path, method: str, delta: str | None = None) -> list[float]:
-    """Seconds of each training epoch of ``method``: STD, SAT<eps>, AMAT (the grid run with
-    ``delta``) or a follow-up variant AMAT_<name> (trained by its own one-point grid in
-    ``followup/<name>``)."""
-    if method.startswith("AMAT_"):
-        runs = sorted((out / "followup" / method[5:]).glob("delta_*"))
-        folder = runs[0] if runs else out / "followup" / method[5:] / "missing"
-    else:
-        folder = out / "grid" / f"delta_{delta}"
-    amat = method.startswith("AMAT")
+def method_files(dataset: str, seed_dir: Path, method: str) -> tuple[list[float], Path | None]:
+    """(seconds of each training epoch, the file holding the adversarial state) of one method."""
+    from amat_hooks.sidecars import read_adversarial_state  # noqa: F401 (checked in training_record)
+
     if dataset == "hippocampus":
-        return _nnunet_epochs(folder / "results" if amat else out / "results" / method)
+        root = seed_dir / "results" / method
+        ckpts = sorted(root.rglob("checkpoint_final.pth"))
+        return _nnunet_epochs(root), (ckpts[0] if ckpts else None)
     if dataset == "bccd":
-        return _yolo_epochs((folder / "train" if amat else out / "yolo" / method) / "results.csv")
-    return _landmark_epochs(folder / "train.log" if amat else out / "logs" / f"train_{method}.log")
+        run = seed_dir / "yolo" / method
+        side = run / "weights" / "amat_state.json"
+        return _yolo_epochs(run / "results.csv"), (side if side.is_file() else None)
+    run = seed_dir / "train" / method
+    state = run / "amat_state.json"
+    log = seed_dir.parent / "logs" / f"s{seed_dir.name[4:]}_train_{method}.log"
+    return _landmark_epochs(log), (state if state.is_file() else None)
 
 
-# -- the page ---------------------------------------------------------------------------------------
+def training_record(dataset: str, seed_dir: Path, method: str) -> dict:
+    from amat_hooks.sidecars import read_adversarial_state
+
+    seconds, state_file = method_files(dataset, seed_dir, method)
+    rec: dict = {"epoch_seconds": seconds}
+    state = read_adversarial_state(state_file) if state_file is not None else None
+    if state is not None:
+        rec["history"] = state.history
+        rec["boundary"] = state.boundary
+        rec["xi_source"] = state.xi_source
+        if state.margins:
+            m = sorted(state.margins)
+            rec["margins_final"] = {"n": len(m), "mean": statistics.fmean(m), "median": statistics.median(m),
+                                    "min": m[0], "max": m[-1]}
+    return rec
+
+
+def collect(dataset: str, out: Path, runs: Path) -> Path:
+    """Copy what the page needs (small files only) from the run folder to ``runs``."""
+    runs.mkdir(parents=True, exist_ok=True)
+    for name in ("budget.json", "machine.json", "commands.txt"):
+        if (out / name).is_file():
+            shutil.copyfile(out / name, runs / name)
+    (runs / "stages").mkdir(exist_ok=True)
+    for rec in (out / "stages").glob("*.json"):
+        shutil.copyfile(rec, runs / "stages" / rec.name)
+    if (out / "grid" / "grid.json").is_file():
+        (runs / "grid").mkdir(exist_ok=True)
+        for f in (out / "grid").glob("grid*"):
+            if f.suffix in (".json", ".md"):
+                shutil.copyfile(f, runs / "grid" / f.name)
+    name = EVAL_NAME[dataset]
+    for seed_dir in sorted(out.glob("seed*")):
+        dst = runs / seed_dir.name
+        dst.mkdir(exist_ok=True)
+        for xi in seed_dir.glob("xi*.json"):
+            shutil.copyfile(xi, dst / xi.name)
+        ev = seed_dir / "eval"
+        if (ev / f"{name}.json").is_file():
+            (dst / "eval").mkdir(exist_ok=True)
+            for f in ev.glob(f"{name}*"):
+                if f.suffix in (".json", ".md", ".png"):
+                    shutil.copyfile(f, dst / "eval" / f.name)
+        methods = _methods_of(dataset, seed_dir)
+        if methods:
+            training = {m: training_record(dataset, seed_dir, m) for m in methods}
+            atomic_write_json(dst / "training.json", training)
+    return runs
+
+
+def _methods_of(dataset: str, seed_dir: Path) -> list[str]:
+    parent = {"hippocampus": "results", "bccd": "yolo", "isbi": "train"}[dataset]
+    folder = seed_dir / parent
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name != "pretrain")
+
+
+# -- aggregation over seeds -----------------------------------------------------------------------------
+def _ordered(names) -> list[str]:
+    """STD, SAT by increasing eps, AMAT, AMAT-stop - the paper's row order."""
+    def key(name: str) -> tuple[int, float, str]:
+        if name.startswith("SAT"):
+            try:
+                return 1, float(name[3:]), name
+            except ValueError:
+                return 1, 0.0, name
+        return {"STD": (0, 0.0, name), "AMAT": (2, 0.0, name), "AMAT-stop": (3, 0.0, name)}.get(name, (4, 0.0, name))
+    return sorted(names, key=key)
+
+
+def _ms(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _pm(values: list[float], digits: int = 4) -> str:
+    if not values:
+        return "-"
+    m, s = _ms(values)
+    return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if len(values) > 1 else "")
+
+
+def load_seeds(dataset: str, runs: Path) -> dict[str, dict[str, EvalResult]]:
+    """``{seed: {method: EvalResult}}`` for every seed whose evaluation finished."""
+    name = EVAL_NAME[dataset]
+    seeds = {}
+    for d in sorted(runs.glob("seed*")):
+        f = d / "eval" / f"{name}.json"
+        if f.is_file():
+            seeds[d.name[4:]] = {k: EvalResult.from_dict(v) for k, v in read_json(f).items()}
+    return seeds
+
+
+def per_method(seeds: dict[str, dict[str, EvalResult]]) -> dict[str, list[EvalResult]]:
+    methods: dict[str, list[EvalResult]] = {}
+    for results in seeds.values():
+        for k, r in results.items():
+            methods.setdefault(k, []).append(r)
+    return {k: methods[k] for k in _ordered(methods)}
+
+
+def verdict(diff: float, spread: float) -> str:
+    """A difference counts only where it is larger than the seed spread."""
+    if diff > spread:
+        return "holds"
+    if diff < -spread:
+        return "does not hold"
+    return "within noise"
+
+
+def compare(a: list[float], b: list[float], higher: bool) -> tuple[float, float, str]:
+    """(mean advantage of a over b in the better direction, seed spread, verdict)."""
+    ma, sa = _ms(a)
+    mb, sb = _ms(b)
+    diff = (ma - mb) if higher else (mb - ma)
+    spread = max(sa, sb)
+    return diff, spread, verdict(diff, spread)
+
+
+def claims(methods: dict[str, list[EvalResult]], seconds: dict[str, float | None], which: str = "AMAT") -> list[str]:
+    """The paper's claims on the seed means: (a) more robust than every SAT (per attack, and
+    AUC_robust), (b) clean accuracy not below STD, (c) time per epoch close to SAT."""
+    if which not in methods:
+        return [f"{which}: not trained in this run"]
+    amat = methods[which]
+    m, higher = amat[0].metric, amat[0].higher_is_better
+    sats = [k for k in methods if k.startswith("SAT")]
+    lines = []
+    for attack in amat[0].noisy:
+        parts = []
+        outcome = []
+        for s in sats:
+            d, sp, v = compare([r.average(attack) for r in amat], [r.average(attack) for r in methods[s]], higher)
+            parts.append(f"{s}: {d:+.4f} (spread {sp:.4f}) {v}")
+            outcome.append(v)
+        if "STD" in methods:
+            d, sp, v = compare([r.average(attack) for r in amat], [r.average(attack) for r in methods["STD"]], higher)
+            parts.append(f"STD: {d:+.4f} (spread {sp:.4f}) {v}")
+        overall = ("holds" if all(v == "holds" for v in outcome) else
+                   "does not hold" if any(v == "does not hold" for v in outcome) else "within noise")
+        lines.append(f"(a) {ATTACK_NAMES.get(attack, attack)}: {which}'s average {m} over the levels vs "
+                     + "; ".join(parts) + f" - **{overall}** against every SAT.")
+    if "STD" in methods:
+        d, sp, v = compare([r.clean[m] for r in amat], [r.clean[m] for r in methods["STD"]], higher)
+        lines.append(f"(b) clean {m}: {which} vs STD {d:+.4f} (spread {sp:.4f}) - "
+                     + ("**holds** (not below STD)" if v != "does not hold" else "**does not hold** (below STD)")
+                     + ("" if v != "within noise" else ", within noise") + ".")
+    sat_times = [seconds[s] for s in sats if seconds.get(s)]
+    if seconds.get(which) and sat_times:
+        r = seconds[which] / statistics.fmean(sat_times)
+        lines.append(f"(c) time per epoch: {which} / mean SAT = {r:.2f} (paper Table 5: 1.00-1.17) - "
+                     + ("**holds** (within 1.2)" if r <= 1.2 else "**does not hold**") + ".")
+    return lines
+
+
 def _median_after_first(values: list[float]) -> float | None:
     """Median epoch time, the first epoch left out where there are more (start-up; the
     landmark script decodes and caches its images in the first epoch)."""
@@ -158,195 +323,170 @@ def _median_after_first(values: list[float]) -> float | None:
 
 
 def _fmt(v: float | None, digits: int = 1) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def _stages(out: Path) -> list[dict]:
-    recs = [json.loads(p.read_text()) for p in (out / "stages").glob("*.json")]
-    return sorted(recs, key=lambda r: r["start"])
-
-
-def _relpaths(text: str, out: Path) -> str:
-    text = text.replace(str(out), "$OUT").replace(str(REPO), ".")
+def _relpaths(text: str) -> str:
+    text = re.sub(r"/\S*?/runs/reproduce/[a-z]+", "$OUT", text)
+    text = text.replace(str(REPO), ".")
     data = str((REPO / ".." / "shared" / "data").resolve())
     return text.replace(data, "../shared/data")
 
 
-def _ordered(results: dict[str, EvalResult]) -> dict[str, EvalResult]:
-    """STD, SAT by increasing eps, AMAT - the paper's row order, whatever the JSON's."""
-    def key(name: str) -> tuple[int, float]:
-        if name.startswith("SAT"):
-            try:
-                return 1, float(name[3:])
-            except ValueError:
-                return 1, 0.0
-        return {"STD": (0, 0.0), "AMAT": (2, 0.0)}.get(name, (3, 0.0))
-    return {k: results[k] for k in sorted(results, key=key)}
+def _stages(runs: Path) -> list[dict]:
+    recs = [json.loads(p.read_text()) for p in (runs / "stages").glob("*.json")]
+    return sorted(recs, key=lambda r: r["start"])
 
 
-def clean_metrics(results: dict[str, EvalResult]) -> list[str]:
-    """Every clean metric the task computed (TVDI for Table 4, SDR, mAP50, IoU...)."""
-    names = sorted({m for r in results.values() for m in r.clean})
-    lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for k, r in results.items():
-        lines.append(f"| {k} | " + " | ".join(_fmt(r.clean.get(m), 4) for m in names) + " |")
+def results_table(methods: dict[str, list[EvalResult]], attack: str) -> list[str]:
+    first = next(iter(methods.values()))[0]
+    m, levels = first.metric, first.levels
+    head = ["method", f"clean {m}"] + [f"{ATTACK_NAMES.get(attack, attack)} {lv:g}" for lv in levels] + [
+        "avg", "AUC_robust"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for k, rs in methods.items():
+        if attack not in rs[0].noisy:
+            continue
+        cells = [k, _pm([r.clean[m] for r in rs])]
+        cells += [_pm([r.noisy[attack][lv][m] for r in rs]) for lv in levels]
+        cells += [_pm([r.average(attack) for r in rs]), _pm([r.auc_robust(attack) for r in rs])]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def claims(results: dict[str, EvalResult], times: dict[str, float | None], which: str = "AMAT") -> list[str]:
-    """The paper's three claims (a) robustness vs every SAT, (b) clean vs STD, (c) time vs SAT,
-    checked on these results for ``which`` (AMAT or a follow-up variant AMAT_*); one line
-    each, with the numbers that decide it."""
-    amat = results[which]
-    m, higher = amat.metric, amat.higher_is_better
-    better = (lambda a, b: a > b) if higher else (lambda a, b: a < b)
-    sats = [k for k in results if k.startswith("SAT")]
-    lines = []
-    for attack in amat.noisy:
-        a = amat.average(attack)
-        beaten = [s for s in sats if better(a, results[s].average(attack))]
-        others = ", ".join(f"{s} {results[s].average(attack):.4f}" for s in sats)
-        verdict = "holds" if len(beaten) == len(sats) else f"does not hold ({len(beaten)}/{len(sats)} SAT beaten)"
-        lines.append(f"(a) {attack.upper()}: {which}'s average {m} over the noise levels is {a:.4f} vs {others} - "
-                     f"**{verdict}**.")
-        au = amat.auc_robust(attack)
-        beaten_auc = [s for s in sats if better(au, results[s].auc_robust(attack))]
-        lines.append(f"(a') {attack.upper()} AUC_robust: {which} {au:.4f} vs " + ", ".join(
-            f"{s} {results[s].auc_robust(attack):.4f}" for s in sats) +
-            f" - {which} ahead of {len(beaten_auc)}/{len(sats)} SAT models.")
-    if "STD" in results:
-        c_a, c_s = amat.clean[m], results["STD"].clean[m]
-        loss = (c_s - c_a) if higher else (c_a - c_s)
-        best_sat_clean = (max if higher else min)((results[s].clean[m] for s in sats), default=None)
-        lines.append(f"(b) clean {m}: {which} {c_a:.4f}, STD {c_s:.4f} ({which} {'loses' if loss > 0 else 'gains'} "
-                     f"{abs(loss):.4f}); best SAT {_fmt(best_sat_clean, 4)} - "
-                     + (f"**{which} at or above STD**" if loss <= 0 else f"**{which} below STD**")
-                     + (", above every SAT." if best_sat_clean is not None and not better(best_sat_clean, c_a)
-                        else ", below the best SAT."))
-    sat_times = [times[s] for s in sats if times.get(s)]
-    if times.get(which) and sat_times:
-        r = times[which] / statistics.mean(sat_times)
-        lines.append(f"(c) time per epoch: {which} / mean SAT = {r:.2f} (paper Table 5: 1.00-1.17) - "
-                     + ("**holds** (within 1.2)" if r <= 1.2 else "**does not hold**") + ".")
-    return lines
+def margin_lines(training: dict[str, dict[str, dict]], sat_eps: list[float]) -> list[str]:
+    """Margin mean per epoch (AMAT and AMAT-stop, every seed) and the end-of-run check."""
+    L = []
+    smallest = min(sat_eps) if sat_eps else None
+    for method in ("AMAT", "AMAT-stop"):
+        rows = [(seed, rec[method]) for seed, rec in training.items() if method in rec and rec[method].get("history")]
+        if not rows:
+            continue
+        L += [f"**{method}**: margin mean per epoch (seed: values)", ""]
+        for seed, rec in rows:
+            means = [h.get("margin_mean") for h in rec["history"]]
+            final = rec.get("margins_final") or {}
+            med = final.get("median")
+            ok = "" if smallest is None or med is None else (
+                f" - median {med:.3g} {'>=' if med >= smallest else '<'} smallest SAT eps {smallest:g}")
+            L.append(f"- seed {seed}: " + ", ".join(_fmt(v, 3) for v in means) + ok)
+        L.append("")
+    return L
 
 
-def write(dataset: str, out: Path, report_dir: Path) -> Path:
+def write(dataset: str, runs: Path, report_dir: Path) -> Path:
     paper = PAPER[dataset]
     name = EVAL_NAME[dataset]
-    eval_json = out / "eval" / f"{name}.json"
-    if not eval_json.is_file():
-        raise SystemExit(f"{eval_json} is missing: the eval stage has not finished")
-    results = _ordered({k: EvalResult.from_dict(v) for k, v in read_json(eval_json).items()})
-    budget = read_json(out / "budget.json") if (out / "budget.json").is_file() else {}
-    mach = read_json(out / "machine.json") if (out / "machine.json").is_file() else machine()
-    delta = f"{best_delta(out / 'grid'):g}"
+    seeds = load_seeds(dataset, runs)
+    if not seeds:
+        raise SystemExit(f"no finished evaluation under {runs}/seed*/eval/{name}.json: run the eval stages first")
+    methods = per_method(seeds)
+    budget = read_json(runs / "budget.json") if (runs / "budget.json").is_file() else {}
+    mach = read_json(runs / "machine.json") if (runs / "machine.json").is_file() else machine()
+    delta = f"{best_delta(runs / 'grid'):g}" if (runs / "grid" / "grid.json").is_file() else "?"
+    training = {d.name[4:]: read_json(d / "training.json") for d in sorted(runs.glob("seed*"))
+                if (d / "training.json").is_file()}
+    first_seed = next(iter(training), None)
+    seconds = {m: _median_after_first((training.get(first_seed) or {}).get(m, {}).get("epoch_seconds", []))
+               for m in methods}
+    sat_eps = [float(k[3:]) for k in methods if k.startswith("SAT")]
     assets = report_dir / dataset
     assets.mkdir(parents=True, exist_ok=True)
-    for png in (out / "eval").glob(f"{name}*.png"):
-        shutil.copyfile(png, assets / png.name)
-
-    times = {}
-    epochs = {}
-    for method in results:
-        secs = epoch_seconds(dataset, out, method, delta)
-        epochs[method] = len(secs)
-        times[method] = _median_after_first(secs)
-    grid_state = read_json(out / "grid" / "grid.json")
-    grid_times = {}
-    for d in grid_state:
-        grid_times[d] = _median_after_first(epoch_seconds(dataset, out, "AMAT", d))
-    stages = _stages(out)
+    stages = _stages(runs)
     total = sum(s["seconds"] for s in stages)
-    start = min(s["start"] for s in stages)
-    end = max(s["end"] for s in stages)
-    import datetime as _dt
+    first = next(iter(methods.values()))[0]
+    attacks = list(first.noisy)
+    scored = first.scored or f"{first.samples} samples"
 
-    day = _dt.datetime.fromtimestamp(start, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-    L = [f"# {TITLES[dataset]}: STD / SAT / AMAT at CPU scale", ""]
-    L += [f"Generated by `python bench/reproduce_report.py write {dataset} ...` from the run of "
-          f"`bash bench/reproduce_{dataset}.sh` started {day}; every number below is read from that run's "
-          f"files. Paper counterpart: {paper.table}.", ""]
+    L = [f"# {TITLES[dataset]}: STD / SAT / AMAT / AMAT-stop at CPU scale (round 2)", ""]
+    L += [f"Generated by `python bench/reproduce_report.py write {dataset} ...` from the small result files of "
+          f"`bash bench/reproduce_{dataset}.sh`, committed in [`{dataset}/runs/`]({dataset}/runs/). Paper "
+          f"counterpart: {paper.table}. Seeds evaluated: {', '.join(seeds)}; every table shows mean ± standard "
+          f"deviation over them, and a claim counts only where the difference is larger than that spread.", ""]
     L += ["## Setting", "",
           f"- machine: {mach['cores']} cores ({mach['cpu']}), GPU: {mach['gpu']}, Python {mach['python']}, "
           f"torch {mach['torch']}",
-          f"- wall time of all stages: {total / 60:.1f} min (first stage start to last stage end: "
-          f"{(end - start) / 60:.1f} min)",
+          f"- wall time of all stages so far: {total / 60:.1f} min",
           "- budget: " + ", ".join(f"{k}={v}" for k, v in budget.items()),
           f"- paper: {paper.model}, {paper.budget}, SAT eps {paper.sat_eps}, xi rule {paper.xi_rule}",
-          f"- AMAT's Delta: {delta}, chosen by `amat grid` on the validation split (table below)", ""]
-    L += ["## Commands", "", "Run in this order by the script (`$OUT` is its output folder); each line is "
-          "a stage with its own log in `$OUT/logs/`.", "", "```"]
-    L += [_relpaths(line.rstrip(), out) for line in (out / "commands.txt").read_text().splitlines()
-          if line.strip()] + ["```", ""]
-    L += ["| stage | minutes |", "|---|---|"] + [f"| {s['stage']} | {s['seconds'] / 60:.1f} |" for s in stages] + [""]
-    L += ["## Delta grid (validation split, PGD)", "", (out / "grid" / "grid.md").read_text().strip(), ""]
-    L += ["## Test split", "", (out / "eval" / f"{name}.md").read_text().replace("# ", "### ", 1).strip(), "",
-          f"![curves]({dataset}/{name}.png)", "", "All clean-data metrics of the test split:", ""]
-    L += clean_metrics(results) + [""]
-    for png in sorted(assets.glob(f"{name}_*_margins.png")):
-        L.append(f"![margins]({dataset}/{png.name})")
-    L += ["", "## Seconds per training epoch (Table 5 analogue, same run, same machine)", "",
-          "| method | epochs | median s/epoch (first epoch left out) | x STD | x mean SAT | paper s/epoch (GPU) |", "|---|---|---|---|---|---|"]
-    sat_mean = statistics.mean([t for k, t in times.items() if k.startswith("SAT") and t]) if any(
-        t for k, t in times.items() if k.startswith("SAT")) else None
-    for method, t in times.items():
-        if method.startswith("AMAT_"):
-            continue  # follow-up variants: run later, not necessarily alone on the machine
-        col = {"STD": 0, "AMAT": 2}.get(method, 1)
-        L.append(f"| {method} | {epochs[method]} | {_fmt(t, 2)} | "
-                 f"{_fmt(t / times['STD'] if t and times.get('STD') else None, 2)} | "
-                 f"{_fmt(t / sat_mean if t and sat_mean else None, 2)} | {paper.seconds[col]} |")
-    for d, t in grid_times.items():
-        L.append(f"| AMAT Delta={d} (grid) | - | {_fmt(t, 2)} | "
-                 f"{_fmt(t / times['STD'] if t and times.get('STD') else None, 2)} | "
-                 f"{_fmt(t / sat_mean if t and sat_mean else None, 2)} | |")
-    gpu_hours = paper.epochs * sum(paper.seconds[i] * n for i, n in ((0, 1), (1, len(paper.sat_eps.split(","))),
-                                                                     (2, 1))) / 3600
-    L += ["", f"GPU budget for the paper's setting: {paper.epochs} epochs x Table 5's seconds per epoch for "
-          f"STD + {len(paper.sat_eps.split(','))} SAT + 1 AMAT run = {gpu_hours:.1f} GPU hours of training "
-          "(plus the Delta grid and the 100-step evaluation).", ""]
-    L += ["## The paper's claims on this run", ""] + [f"- {c}" for c in claims(results, times)] + [""]
-    variants = [k for k in results if k.startswith("AMAT_")]
-    if variants:
-        L += ["## Follow-ups (paper Appendix A and section 2: Delta, xi rule, PGD steps)", "",
-              "Each variant changes one setting of the grid-selected AMAT run and keeps the rest (budget, "
-              "seed, start weights); it is trained by a one-point `amat grid` (folder `$OUT/followup/NAME`) "
-              "and evaluated in the same `amat eval` call as the models above.", ""]
-        for v in variants:
-            L += [f"- {c}" for c in claims(results, times, v) if c.startswith(("(a) ", "(b)"))]
-        L.append("")
+          f"- AMAT's Delta: {delta}, chosen by `amat grid` on the validation split (table below)",
+          f"- evaluation: test split, {scored} per seed; attacks "
+          + ", ".join(f"{ATTACK_NAMES.get(a, a)} ({first.steps.get(a, '-')} steps)" if a != "worst" else
+                      "worst case per sample over the others" for a in attacks), ""]
+    xi_sources = sorted({rec.get("xi_source") or "?" for tr in training.values() for m, rec in tr.items()
+                         if m.startswith("AMAT")})
+    if xi_sources:
+        L += ["xi of the AMAT runs: " + "; ".join(_relpaths(s) for s in xi_sources), ""]
+    L += ["## Test split", ""]
+    for attack in attacks:
+        L += [f"### {ATTACK_NAMES.get(attack, attack)}", ""] + results_table(methods, attack) + [""]
+    for seed in seeds:
+        png = runs / f"seed{seed}" / "eval" / f"{name}.png"
+        if png.is_file():
+            L.append(f"![seed {seed}]({dataset}/runs/seed{seed}/eval/{name}.png)")
+    L += ["", "All clean-data metrics (mean over seeds):", ""]
+    names = sorted({m for rs in methods.values() for r in rs for m in r.clean})
+    L += ["| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for k, rs in methods.items():
+        L.append(f"| {k} | " + " | ".join(_pm([r.clean[n] for r in rs if n in r.clean]) for n in names) + " |")
+    L += ["", "## AMAT's margins", ""] + margin_lines(training, sat_eps)
+    L += ["## Delta grid (validation split, seed of the first run)", ""]
+    for f in sorted((runs / "grid").glob("grid*.md")):
+        L += [f"`{f.name}`:", "", f.read_text().strip(), ""]
+    L += [f"## Seconds per training epoch (Table 5 analogue, seed {first_seed}, stages run alone)", "",
+          "| method | epochs | median s/epoch (first epoch left out) | x STD | x mean SAT | paper s/epoch (GPU) |",
+          "|---|---|---|---|---|---|"]
+    sat_times = [t for k, t in seconds.items() if k.startswith("SAT") and t]
+    sat_mean = statistics.fmean(sat_times) if sat_times else None
+    for method, t in seconds.items():
+        n = len((training.get(first_seed) or {}).get(method, {}).get("epoch_seconds", []))
+        col = {"STD": 0, "AMAT": 2, "AMAT-stop": 2}.get(method, 1)
+        L.append(f"| {method} | {n} | {_fmt(t, 2)} | {_fmt(t / seconds['STD'] if t and seconds.get('STD') else None, 2)}"
+                 f" | {_fmt(t / sat_mean if t and sat_mean else None, 2)} | {paper.seconds[col]} |")
+    L += ["", "## The paper's claims on this run", ""] + [f"- {c}" for c in claims(methods, seconds)]
+    if "AMAT-stop" in methods:
+        L += [f"- AMAT-stop: {c}" for c in claims(methods, seconds, "AMAT-stop")]
+    L += ["", "## Commands", "", "Run in this order by the script (`$OUT` is its output folder); each is a stage "
+          "with its own log.", "", "```"]
+    if (runs / "commands.txt").is_file():
+        L += [_relpaths(line.rstrip()) for line in (runs / "commands.txt").read_text().splitlines() if line.strip()]
+    L += ["```", "", "| stage | minutes |", "|---|---|"] + [
+        f"| {s['stage']} | {s['seconds'] / 60:.1f} |" for s in stages] + [""]
     path = report_dir / f"{dataset}.md"
     atomic_write_text(path, "\n".join(L) + "\n")
-    atomic_write_json(report_dir / dataset / "summary.json", {
-        "delta": delta, "seconds_per_epoch": times, "stages_minutes": total / 60,
-        "claims": claims(results, times),
-        "results": {k: r.to_dict() for k, r in results.items()}})
+    atomic_write_json(assets / "summary.json", {
+        "delta": delta, "seeds": list(seeds), "seconds_per_epoch": seconds, "stages_minutes": total / 60,
+        "claims": claims(methods, seconds) + ([f"AMAT-stop: {c}" for c in claims(methods, seconds, "AMAT-stop")]
+                                              if "AMAT-stop" in methods else []),
+        "methods": {k: {"clean": [r.clean[r.metric] for r in rs],
+                        **{a: [r.average(a) for r in rs] for a in rs[0].noisy},
+                        "auc_robust": {a: [r.auc_robust(a) for r in rs] for a in rs[0].noisy}}
+                    for k, rs in methods.items()},
+        "metric": first.metric, "higher_is_better": first.higher_is_better, "levels": first.levels})
     print(f"wrote {path}")
     return path
 
 
 def overview(report_dir: Path) -> str:
     """The generated part of docs/results/README.md: this run's rows next to the paper's."""
-    L = ["| dataset | method | clean | PGD avg | IFGSM avg | AUC_robust (PGD) | s/epoch | paper: clean / PGD avg / "
-         "IFGSM avg |", "|---|---|---|---|---|---|---|---|"]
+    L = ["| dataset | method | seeds | clean | PGD avg | IFGSM avg | worst avg | s/epoch | paper: clean / PGD avg / "
+         "IFGSM avg |", "|---|---|---|---|---|---|---|---|---|"]
     verdicts = []
     for dataset in ("hippocampus", "isbi", "bccd"):
         f = report_dir / dataset / "summary.json"
-        if not f.is_file():
-            L.append(f"| {dataset} | (not run yet) | | | | | | |")
+        summ = read_json(f) if f.is_file() else None
+        if not summ or "methods" not in summ:
+            L.append(f"| {dataset} | (round 2 not run yet) | | | | | | | |")
             continue
-        summ = read_json(f)
-        results = _ordered({k: EvalResult.from_dict(v) for k, v in summ["results"].items()})
-        for name, r in results.items():
-            m = r.metric
+        for name in _ordered(summ["methods"]):
+            v = summ["methods"][name]
             paper = PAPER_ROWS[dataset].get(name)
-            L.append(f"| {dataset} | {name} | {r.clean[m]:.4f} | {r.average('pgd'):.4f} | {r.average('ifgsm'):.4f} | "
-                     f"{r.auc_robust('pgd'):.4f} | {_fmt(summ['seconds_per_epoch'].get(name), 2)} | "
-                     + (" / ".join(f"{v:g}" for v in paper) if paper else "-") + " |")
+            L.append(f"| {dataset} | {name} | {len(v['clean'])} | {_pm(v['clean'])} | {_pm(v.get('pgd', []))} | "
+                     f"{_pm(v.get('ifgsm', []))} | {_pm(v.get('worst', []))} | "
+                     f"{_fmt(summ['seconds_per_epoch'].get(name), 2)} | "
+                     + (" / ".join(f"{x:g}" for x in paper) if paper else "-") + " |")
         verdicts += [f"- {dataset}: {c}" for c in summ["claims"]]
-    return "\n".join(L + ["", "Claims, as checked by the generator on each run:", ""] + verdicts)
+    return "\n".join(L + ["", "Claims, as checked by the generator on the seed means:", ""] + verdicts)
 
 
 def write_overview(report_dir: Path) -> Path:
@@ -376,6 +516,8 @@ def main(argv: list[str]) -> int:
         make_plans(Path(argv[1]), int(argv[2]))
     elif cmd == "best-delta":
         print(f"{best_delta(Path(argv[1])):g}")
+    elif cmd == "collect":
+        collect(argv[1], Path(argv[2]).resolve(), Path(argv[3]))
     elif cmd == "write":
         write(argv[1], Path(argv[2]).resolve(), Path(argv[3]))
         write_overview(Path(argv[3]))
