@@ -1,8 +1,26 @@
-"""``amat demo --backend loop``: STD vs SAT vs AMAT with the generic adapter on generated
-segmentation data; prints the paper-style robustness table."""
+"""``amat demo`` (default back end ``loop``): STD vs SAT vs AMAT with the plain-PyTorch front
+end (:class:`~amat_hooks.loop.AdversarialLoop`) on generated segmentation data, evaluated
+with the core's L2 PGD / IFGSM; prints per-epoch progress, the paper-style table and a
+verdict on the paper's pattern.
+
+The procedure is the paper's (Algorithm 1, section 2.2):
+
+1. STD is trained on clean data (``clean_epochs``): the clean model.
+2. xi = mean of that model's clean per-sample training loss terms (CE, soft-Dice)
+   (:func:`~amat_hooks.thresholds.xi_from_losses`, rule "mean" as the paper's segmentation
+   experiments).
+3. Every method continues from those weights for the same ``epochs`` with its own
+   training: STD clean, SAT one fixed eps, AMAT per-sample margins with the fixed xi.
+   Each method thus gets the same budget: ``clean_epochs`` clean epochs (shared) plus
+   ``epochs`` epochs of its own.
+4. Each model is evaluated on generated test images, clean and under ``eval_pgd_steps``-step
+   L2 PGD and 10-step IFGSM at ``levels``.
+"""
 from __future__ import annotations
 
+import copy
 import time
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -11,8 +29,12 @@ from torch import Tensor, nn
 
 from .config import AdvConfig
 from .evaluation import EvalResult, robustness_eval
-from .integrations.torch_loop import AdversarialLoop, SegmentationEvalTask
-from .synthetic import shapes_segmentation
+from .loop import AdversarialLoop
+from .segmentation import SegmentationEvalTask
+from .synthetic import textured_segmentation
+from .thresholds import xi_from_losses
+
+Log = Callable[[str], None]
 
 
 class TinySegNet(nn.Module):
@@ -44,16 +66,128 @@ def seg_loss_terms(output: Tensor, target: Tensor) -> Tensor:
     return torch.stack([ce, 1 - dice], 1)
 
 
+# -- settings ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DemoSettings:
+    """Everything the loop demo does; the defaults are the documented demo
+    (docs/performance.md, "amat demo: three seeds")."""
+
+    train_images: int = 128
+    test_images: int = 48
+    size: int = 32
+    data: dict = field(default_factory=dict)  # extra keywords for synthetic.textured_segmentation
+    width: int = 16                 # TinySegNet channels
+    batch: int = 16
+    lr: float = 3e-3
+    clean_epochs: int = 30          # step 1: STD on clean data (shared; xi is calibrated on it)
+    epochs: int = 15                # step 3: each method, from the clean model's weights
+    levels: tuple[float, ...] = (2.0, 4.0, 8.0)
+    sat_eps: tuple[float, ...] = (2.0, 8.0)
+    delta: float = 1.0              # AMAT's Delta (initial margin and growth step)
+    train_pgd_steps: int = 5        # PGD iterations of the training noise (SAT and AMAT)
+    eval_pgd_steps: int = 20        # evaluation PGD (the paper: 100; see the docs for the cost)
+    ifgsm_steps: int = 10
+    xi_rule: str = "mean"
+    threads: int = 1                # torch CPU threads (1: tiny tensors; robust on shared machines)
+
+    def methods(self, xi: Sequence[float] | None = None) -> list[AdvConfig]:
+        cfgs = [AdvConfig(mode="none")]
+        cfgs += [AdvConfig(mode="sat", eps=float(e), pgd_steps=self.train_pgd_steps) for e in self.sat_eps]
+        cfgs.append(AdvConfig(mode="amat", delta=self.delta, pgd_steps=self.train_pgd_steps,
+                              xi=None if xi is None else [float(v) for v in xi], xi_rule=self.xi_rule,
+                              xi_source="calibration from the demo's STD model"))
+        return cfgs
+
+    def describe(self) -> list[str]:
+        sat = ", ".join(f"{e:g}" for e in self.sat_eps)
+        lv = ", ".join(f"{v:g}" for v in self.levels)
+        return [
+            f"data: {self.train_images} training / {self.test_images} test generated {self.size}x{self.size} images "
+            f"(textured ellipses among untextured blobs, synthetic.textured_segmentation); model: TinySegNet "
+            f"width {self.width}, Adam lr {self.lr:g}, batch {self.batch}",
+            f"budget per method: {self.clean_epochs} clean epochs (the STD model, shared) + {self.epochs} epochs "
+            f"of its own; SAT and AMAT fine-tune from the STD weights (training noise: {self.train_pgd_steps}-step "
+            f"L2 PGD, full radius)",
+            f"methods: STD; SAT eps {sat}; AMAT Delta {self.delta:g} with xi = {self.xi_rule} of the STD model's "
+            f"clean per-sample training losses (CE, soft-Dice), fixed while AMAT trains",
+            f"evaluation: clean, {self.eval_pgd_steps}-step L2 PGD and {self.ifgsm_steps}-step IFGSM at L2 noise "
+            f"levels {lv} (a test image has L2 norm ~{self.size})",
+        ]
+
+
+# -- progress ----------------------------------------------------------------------------------
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class DemoProgress:
+    """Per-epoch lines with an ETA for the current method and for the whole demo.
+
+    The whole-demo ETA counts work in "passes" (one forward+backward of one image): a clean
+    epoch costs ``n`` passes, an adversarial one ``n * (pgd_steps + 2)``, an evaluation
+    ``n_test * levels * (pgd + ifgsm steps)``; the seconds per pass are measured as the demo
+    runs."""
+
+    def __init__(self, s: DemoSettings, log: Log) -> None:
+        self.s, self.log = s, log
+        n, adv = s.train_images, s.train_images * (s.train_pgd_steps + 2)
+        per_eval = s.test_images * (1 + len(s.levels) * (s.eval_pgd_steps + s.ifgsm_steps + 2))
+        self.plan = {"STD-clean": s.clean_epochs * n}
+        for cfg in s.methods():
+            self.plan[cfg.label] = s.epochs * (n if cfg.mode == "none" else adv)
+            self.plan[f"eval {cfg.label}"] = per_eval
+        self.done: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.plan.values()))
+
+    def finish(self, phase: str) -> None:
+        self.done[phase] = self.plan.get(phase, 0)
+
+    def eta_demo(self, phase: str, fraction: float) -> float:
+        done = sum(self.done.values()) + self.plan.get(phase, 0) * fraction
+        if done <= 0:
+            return float("nan")
+        rate = (time.perf_counter() - self.t0) / done
+        return rate * (self.total - done)
+
+    def epoch(self, phase: str, label: str, k: int, n: int, loss: float, seconds: list[float],
+              summary: dict[str, float]) -> None:
+        per = sum(seconds) / len(seconds)
+        extra = ""
+        if "margin_mean" in summary:
+            extra = f"  margin mean {summary['margin_mean']:.2f} (max {summary['margin_max']:.2f})"
+        eta_demo = self.eta_demo(phase, k / n)
+        self.log(f"  [{label:>6}] epoch {k:>2}/{n}  loss {loss:.4f}{extra}  {per:.1f} s/epoch  "
+                 f"ETA {label} {_clock(per * (n - k))}, demo {_clock(eta_demo)}")
+
+
+# -- training ----------------------------------------------------------------------------------
 def train_one(cfg: AdvConfig, xtr: Tensor, ytr: Tensor, epochs: int, batch: int, seed: int,
-              log: Callable[[str], None]) -> tuple[nn.Module, AdversarialLoop, float]:
-    torch.manual_seed(seed)
-    model = TinySegNet()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    adv = AdversarialLoop(model, seg_loss_terms, cfg)
+              log: Log, model: nn.Module | None = None, lr: float = 3e-3,
+              on_epoch: Callable[[int, int, float, list[float], dict], None] | None = None,
+              optimizer_state: dict | None = None) -> tuple[nn.Module, AdversarialLoop, float]:
+    """Train ``model`` (a fresh TinySegNet if None) for ``epochs`` with ``cfg``; returns
+    (model, its AdversarialLoop, seconds per epoch). ``optimizer_state``: an Adam state to
+    continue from (fine-tuning continues the clean run's optimizer instead of restarting
+    Adam, whose first steps would jolt a trained model); the final state is left in
+    ``adv.optimizer_state``. ``on_epoch(k, n, loss, seconds, summary)`` is called after every
+    epoch (default: one log line)."""
+    if model is None:
+        torch.manual_seed(seed)
+        model = TinySegNet()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    if optimizer_state is not None:
+        opt.load_state_dict(copy.deepcopy(optimizer_state))
+    adv = AdversarialLoop(model, seg_loss_terms, cfg, log=log)
     ids = torch.arange(xtr.shape[0])
     g = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
+    times: list[float] = []
     for ep in range(epochs):
+        t0 = time.perf_counter()
         model.train()
         perm = torch.randperm(xtr.shape[0], generator=g)
         tot = 0.0
@@ -65,31 +199,166 @@ def train_one(cfg: AdvConfig, xtr: Tensor, ytr: Tensor, epochs: int, batch: int,
             opt.step()
             tot += float(loss.detach()) * len(idx)
         summ = adv.epoch_end(ep)
-        extra = f"  margin mean {summ['margin_mean']:.3f} max {summ['margin_max']:.3f}" if "margin_mean" in summ else ""
-        log(f"  [{cfg.label:>6}] epoch {ep + 1:>2}/{epochs} loss {tot / len(perm):.4f}{extra}")
-    return model, adv, (time.perf_counter() - t0) / epochs
+        times.append(time.perf_counter() - t0)
+        if on_epoch is not None:
+            on_epoch(ep + 1, epochs, tot / len(perm), times, summ)
+        else:
+            extra = f"  margin mean {summ['margin_mean']:.3f} max {summ['margin_max']:.3f}" if "margin_mean" in summ else ""
+            log(f"  [{cfg.label:>6}] epoch {ep + 1:>2}/{epochs} loss {tot / len(perm):.4f}{extra}")
+    adv.optimizer_state = opt.state_dict()
+    return model, adv, (sum(times) / len(times) if times else 0.0)
 
 
-def run_loop_demo(epochs: int = 12, n_train: int = 96, n_test: int = 48, size: int = 32,
-                  levels: Sequence[float] = (1.0, 2.0, 4.0), sat_eps: Sequence[float] = (1.0, 4.0),
-                  amat_step: float = 0.5, seed: int = 0, pgd_steps: int = 100,
-                  log: Callable[[str], None] = print) -> tuple[dict[str, EvalResult], dict[str, float], list[float]]:
-    """Train STD, SAT (each eps) and AMAT with the same budget and seed; evaluate each.
+def clean_loss_terms(model: nn.Module, x: Tensor, y: Tensor, batch: int = 64) -> Tensor:
+    """Per-sample clean loss terms ``[N, 2]`` of ``model`` (eval mode, no grad)."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return torch.cat([seg_loss_terms(model(x[s:s + batch]), y[s:s + batch])
+                              for s in range(0, x.shape[0], batch)])
+    finally:
+        model.train(was)
 
-    Returns (results by method, seconds per epoch by method, AMAT's final margins)."""
-    xtr, ytr = shapes_segmentation(n_train, size, seed=seed)
-    xte, yte = shapes_segmentation(n_test, size, seed=seed + 1000)
-    configs = [AdvConfig(mode="none")] + [AdvConfig(mode="sat", eps=e) for e in sat_eps] + [
-        AdvConfig(mode="amat", step=amat_step, xi_rule="mean")]
+
+@dataclass
+class DemoOutcome:
+    results: dict[str, EvalResult]
+    seconds_per_epoch: dict[str, float]
+    train_seconds: dict[str, float]
+    margins: list[float]
+    margin_history: list[dict[str, float]]
+    xi: list[float]
+    settings: DemoSettings
+    seconds: float
+
+
+def make_data(s: DemoSettings, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    xtr, ytr = textured_segmentation(s.train_images, s.size, seed=seed, **s.data)
+    xte, yte = textured_segmentation(s.test_images, s.size, seed=seed + 1000, **s.data)
+    return xtr, ytr, xte, yte
+
+
+def run_loop_demo(settings: DemoSettings | None = None, seed: int = 0, log: Log = print) -> DemoOutcome:
+    """Steps 1-4 of the module docstring; ``log`` gets every progress line."""
+    s = settings or DemoSettings()
+    t_all = time.perf_counter()
+    threads = torch.get_num_threads()
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    try:
+        return _run(s, seed, log, t_all)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(s: DemoSettings, seed: int, log: Log, t_all: float) -> DemoOutcome:
+    xtr, ytr, xte, yte = make_data(s, seed)
+    prog = DemoProgress(s, log)
     results: dict[str, EvalResult] = {}
-    timing: dict[str, float] = {}
+    spe: dict[str, float] = {}
+    train_s: dict[str, float] = {}
+
+    def epoch_cb(phase: str, label: str):
+        return lambda k, n, loss, secs, summ: prog.epoch(phase, label, k, n, loss, secs, summ)
+
+    log(f"[1/4] STD on clean data: {s.clean_epochs} epochs (the clean model every method starts from)")
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    base = TinySegNet(s.width)
+    _, base_adv, _ = train_one(AdvConfig(mode="none"), xtr, ytr, s.clean_epochs, s.batch, seed, log, model=base,
+                               lr=s.lr, on_epoch=epoch_cb("STD-clean", "STD"))
+    prog.finish("STD-clean")
+    clean_s = time.perf_counter() - t0
+    xi = xi_from_losses(clean_loss_terms(base, xtr, ytr), s.xi_rule).tolist()
+    log(f"[2/4] calibration: xi = [{', '.join(f'{v:.4g}' for v in xi)}] ({s.xi_rule} of the STD model's clean "
+        f"per-sample training losses: CE, soft-Dice)")
+    state = {k: v.clone() for k, v in base.state_dict().items()}
     margins: list[float] = []
-    for cfg in configs:
-        log(f"training {cfg.label} ({epochs} epochs, {n_train} generated {size}x{size} images)")
-        model, adv, spe = train_one(cfg, xtr, ytr, epochs, 16, seed, log)
-        task = SegmentationEvalTask(model, xte, yte, seg_loss_terms, batch_size=len(xte))
-        results[cfg.label] = robustness_eval(task, levels, pgd_steps=pgd_steps, progress=False, seed=seed)
-        timing[cfg.label] = spe
+    history: list[dict[str, float]] = []
+    cfgs = s.methods(xi)
+    for i, cfg in enumerate(cfgs):
+        what = ("clean training continued" if cfg.mode == "none" else
+                f"SAT, eps {cfg.eps:g} for every sample" if cfg.mode == "sat" else
+                f"AMAT, Delta {cfg.delta:g}, fixed xi")
+        log(f"[3/4] {cfg.label} ({i + 1}/{len(cfgs)}): {s.epochs} epochs from the STD weights, {what}")
+        model = TinySegNet(s.width)
+        model.load_state_dict(state)
+        t0 = time.perf_counter()
+        model, adv, per = train_one(cfg, xtr, ytr, s.epochs, s.batch, seed + 1, log, model=model, lr=s.lr,
+                                    on_epoch=epoch_cb(cfg.label, cfg.label),
+                                    optimizer_state=base_adv.optimizer_state)
+        prog.finish(cfg.label)
+        train_s[cfg.label] = time.perf_counter() - t0 + clean_s
+        spe[cfg.label] = per
         if cfg.mode == "amat":
             margins = adv.policy.margins.values().tolist()
-    return results, timing, margins
+            history = list(adv.amat_history)
+        t0 = time.perf_counter()
+        task = SegmentationEvalTask(model, xte, yte, seg_loss_terms, batch_size=len(xte))
+        results[cfg.label] = robustness_eval(task, s.levels, pgd_steps=s.eval_pgd_steps,
+                                             ifgsm_steps=s.ifgsm_steps, progress=False, seed=seed)
+        prog.finish(f"eval {cfg.label}")
+        r = results[cfg.label]
+        log(f"[4/4] evaluated {cfg.label} in {time.perf_counter() - t0:.0f} s: clean ADI {r.clean['ADI']:.4f}, "
+            f"PGD " + ", ".join(f"{lv:g}: {v:.4f}" for lv, v in zip(r.levels, r.curve('pgd')))
+            + f"; demo ETA {_clock(prog.eta_demo('', 0.0))}")
+    return DemoOutcome(results=results, seconds_per_epoch=spe, train_seconds=train_s, margins=margins,
+                       margin_history=history, xi=xi, settings=s, seconds=time.perf_counter() - t_all)
+
+
+# -- verdict -----------------------------------------------------------------------------------
+#: Differences smaller than this (ADI) are called noise: 1 point, the paper's own resolution.
+NOISE = 0.01
+#: "A clear margin": AMAT's PGD robust average must beat STD's by at least this much.
+CLEAR_GAIN = 0.05
+#: "Collapse": STD's PGD metric at the largest level is at most this (near 0) ...
+COLLAPSED = 0.1
+#: ... or at most this fraction of every other method's value there ("far below").
+FAR_BELOW = 0.5
+
+
+def pattern_verdict(results: dict[str, EvalResult], baseline: str = "STD") -> list[tuple[bool, str]]:
+    """The paper's pattern, claim by claim, as (holds, sentence with the numbers):
+
+    1. STD collapses at the largest noise level (PGD): ADI <= COLLAPSED, or <= FAR_BELOW x
+       every other method's ADI there.
+    2. SAT is more robust than STD (PGD average, every SAT by >= NOISE) but pays clean
+       accuracy at its largest eps (clean ADI below STD's by more than NOISE).
+    3. AMAT is more robust than STD by a clear margin (PGD average >= CLEAR_GAIN more) and
+       loses at most NOISE of clean ADI against STD.
+
+    Only for higher-is-better metrics (the demo's ADI)."""
+    out: list[tuple[bool, str]] = []
+    std = results[baseline]
+    lv = std.levels[-1]
+    others = {k: r for k, r in results.items() if k != baseline}
+    at_max = {k: r.curve("pgd")[-1] for k, r in results.items()}
+    s_max = at_max[baseline]
+    worst_other = min((at_max[k] for k in others), default=float("nan"))
+    ok1 = s_max <= COLLAPSED or (bool(others) and s_max <= FAR_BELOW * worst_other)
+    out.append((ok1, f"STD collapses at the largest noise level: {'holds' if ok1 else 'does not hold'} - "
+                     f"PGD ADI at {lv:g}: " + ", ".join(f"{k} {v:.4f}" for k, v in at_max.items())
+                     + f" (collapse: STD <= {COLLAPSED:g}, or <= {FAR_BELOW:g} x every other method)"))
+    sats = sorted((k for k in results if k.startswith("SAT")), key=lambda k: float(k[3:] or 0))
+    if sats:
+        big = sats[-1]
+        gains = {k: results[k].average("pgd") - std.average("pgd") for k in sats}
+        paid = std.clean["ADI"] - results[big].clean["ADI"]
+        ok2 = all(g >= NOISE for g in gains.values()) and paid > NOISE
+        out.append((ok2, f"SAT more robust than STD but pays clean accuracy at the larger eps: "
+                         f"{'holds' if ok2 else 'does not hold'} - PGD average minus STD's: "
+                         + ", ".join(f"{k} {g:+.4f}" for k, g in gains.items())
+                         + f"; clean ADI {big} {results[big].clean['ADI']:.4f} vs STD {std.clean['ADI']:.4f} "
+                           f"({-paid:+.4f}; paying = more than {NOISE:g} lower)"))
+    if "AMAT" in results:
+        a = results["AMAT"]
+        gain = a.average("pgd") - std.average("pgd")
+        dclean = a.clean["ADI"] - std.clean["ADI"]
+        ok3 = gain >= CLEAR_GAIN and dclean >= -NOISE
+        out.append((ok3, f"AMAT more robust than STD by a clear margin at (almost) no clean cost: "
+                         f"{'holds' if ok3 else 'does not hold'} - PGD average AMAT {a.average('pgd'):.4f} vs "
+                         f"STD {std.average('pgd'):.4f} ({gain:+.4f}; clear = at least +{CLEAR_GAIN:g}); clean ADI "
+                         f"AMAT {a.clean['ADI']:.4f} vs STD {std.clean['ADI']:.4f} ({dclean:+.4f}; allowed "
+                         f"-{NOISE:g})"))
+    return out

@@ -1,0 +1,120 @@
+"""``amat demo`` (loop back end): progress lines, the verdict, the CLI at a tiny budget."""
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+from amat_hooks.demo import DemoSettings, pattern_verdict, run_loop_demo
+from amat_hooks.evaluation import EvalResult
+
+TINY = DemoSettings(train_images=8, test_images=4, size=16, clean_epochs=2, epochs=2, levels=(1.0, 2.0),
+                    sat_eps=(1.0, 2.0), delta=0.5, train_pgd_steps=2, eval_pgd_steps=2, ifgsm_steps=2)
+
+EPOCH = re.compile(r"\[\s*(?P<label>[\w.]+)\] epoch\s+(?P<k>\d+)/(?P<n>\d+)\s+loss (?P<loss>\S+)"
+                   r"(?:\s+margin mean (?P<mean>\S+) \(max (?P<max>[^)]+)\))?\s+(?P<spe>\S+) s/epoch\s+"
+                   r"ETA (?P=label) (?P<eta>\d+:\d\d), demo (?P<demo>\d+:\d\d)$")
+
+
+def _seconds(clock: str) -> int:
+    m, s = clock.split(":")
+    return int(m) * 60 + int(s)
+
+
+def _epoch_lines(lines: list[str]) -> list[dict]:
+    found = []
+    for line in lines:
+        m = EPOCH.search(line)
+        if m:
+            found.append(m.groupdict())
+    return found
+
+
+def test_progress_lines_every_epoch_with_loss_margin_and_eta():
+    lines: list[str] = []
+    out = run_loop_demo(TINY, seed=0, log=lines.append)
+    rows = _epoch_lines(lines)
+    labels = ["STD"] * TINY.clean_epochs + [c.label for c in TINY.methods() for _ in range(TINY.epochs)]
+    assert [r["label"] for r in rows] == labels, "\n".join(lines)
+    for r in rows:
+        n = int(r["n"])
+        assert 1 <= int(r["k"]) <= n and n in (TINY.clean_epochs, TINY.epochs)
+        assert math.isfinite(float(r["loss"])) and float(r["loss"]) >= 0
+        assert float(r["spe"]) >= 0 and _seconds(r["eta"]) >= 0 and _seconds(r["demo"]) >= 0
+        if int(r["k"]) == n:
+            assert _seconds(r["eta"]) == 0  # nothing left of this method
+        if r["label"] == "AMAT":
+            # margins start at Delta and grow by at most Delta per visit
+            assert TINY.delta - 1e-6 <= float(r["mean"]) <= float(r["max"]) <= (int(r["k"]) + 1) * TINY.delta + 1e-6
+        else:
+            assert r["mean"] is None
+    # the whole-demo ETA falls as the demo advances
+    demo_eta = [_seconds(r["demo"]) for r in rows]
+    assert demo_eta[-1] <= demo_eta[0]
+    assert any("calibration: xi = [" in line for line in lines)
+    assert sorted(out.results) == sorted(c.label for c in TINY.methods())
+    assert len(out.margins) == TINY.train_images and len(out.xi) == 2
+
+
+def test_same_seed_same_numbers():
+    a = run_loop_demo(TINY, seed=3, log=lambda m: None)
+    b = run_loop_demo(TINY, seed=3, log=lambda m: None)
+    for k in a.results:
+        assert a.results[k].clean == b.results[k].clean and a.results[k].noisy == b.results[k].noisy
+
+
+def _res(clean: float, noisy: list[float]) -> EvalResult:
+    levels = [2.0, 4.0, 8.0][:len(noisy)]
+    return EvalResult(task="t", metric="ADI", higher_is_better=True, levels=levels, clean={"ADI": clean},
+                      noisy={"pgd": {lv: {"ADI": v} for lv, v in zip(levels, noisy)}}, batches=1, seconds=0.0)
+
+
+def test_verdict_each_claim_holds_or_not_with_numbers():
+    good = {"STD": _res(0.99, [0.6, 0.3, 0.05]), "SAT2": _res(0.99, [0.8, 0.6, 0.3]),
+            "SAT8": _res(0.95, [0.8, 0.7, 0.5]), "AMAT": _res(0.985, [0.8, 0.6, 0.3])}
+    v = pattern_verdict(good)
+    assert [ok for ok, _ in v] == [True, True, True]
+    assert "STD 0.0500" in v[0][1] and "holds" in v[0][1]
+    assert "SAT8 +0.3500" in v[1][1] and "-0.0400" in v[1][1]
+    assert "(+0.2500;" in v[2][1] and "(-0.0050;" in v[2][1]
+
+    bad = {"STD": _res(0.99, [0.6, 0.5, 0.45]), "SAT2": _res(0.99, [0.6, 0.5, 0.5]),
+           "SAT8": _res(0.99, [0.8, 0.7, 0.5]), "AMAT": _res(0.95, [0.8, 0.6, 0.5])}
+    v = pattern_verdict(bad)
+    assert [ok for ok, _ in v] == [False, False, False]
+    assert all("does not hold" in line for _, line in v)
+    # STD far below every other method at the largest level counts as collapse
+    far = dict(good, STD=_res(0.99, [0.6, 0.3, 0.14]))
+    assert pattern_verdict(far)[0][0]
+
+
+def test_cli_demo_defaults_to_the_loop_backend(tmp_path, capsys):
+    from amat_hooks.cli import build_parser, main
+
+    args = build_parser().parse_args(["demo"])
+    assert args.backend == "loop"
+    rc = main(["demo", "--epochs", "1", "--clean-epochs", "1", "--train-images", "8", "--test-images", "4",
+               "--pgd-steps", "2", "--out", str(tmp_path / "demo")])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "loop back end" in text and "fine-tune from the STD weights" in text
+    rows = _epoch_lines(text.splitlines())
+    assert [r["label"] for r in rows] == ["STD"] + [c.label for c in DemoSettings().methods()]
+    assert "| Method | ADI |" in text and "verdict (the paper's pattern on this run):" in text
+    assert len(re.findall(r"\[[ x]\] .*: (holds|does not hold) - ", text)) == 3
+    assert (tmp_path / "demo" / "demo.md").is_file() and (tmp_path / "demo" / "demo.png").is_file()
+    assert re.search(r"total \d+ s", text)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_generated_data_is_seeded_and_labelled(seed):
+    from amat_hooks.synthetic import textured_segmentation
+
+    x, y = textured_segmentation(6, 32, seed=seed)
+    x2, y2 = textured_segmentation(6, 32, seed=seed)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert x.shape == (6, 1, 32, 32) and y.shape == (6, 32, 32)
+    assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 1e-3
+    assert all(int(y[i].sum()) > 0 for i in range(6))
