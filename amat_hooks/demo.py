@@ -57,6 +57,32 @@ class TinySegNet(nn.Module):
         return self.head(self.dec(torch.cat([up, e1], 1)))
 
 
+class SmallUNet(nn.Module):
+    """A three-level U-Net (two 3x3 conv + BatchNorm + ReLU per block, ``ch``/2ch/4ch
+    channels): the loop demo's model. Deeper than :class:`TinySegNet`, and like the paper's
+    U-Nets its clean-trained version is fragile under small L2 noise."""
+
+    def __init__(self, ch: int = 16, classes: int = 2) -> None:
+        super().__init__()
+        def block(i, o):
+            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(inplace=True),
+                                 nn.Conv2d(o, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+        self.e1, self.e2, self.e3 = block(1, ch), block(ch, 2 * ch), block(2 * ch, 4 * ch)
+        self.d2, self.d1 = block(6 * ch, 2 * ch), block(3 * ch, ch)
+        self.head = nn.Conv2d(ch, classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        e1 = self.e1(x)
+        e2 = self.e2(F.max_pool2d(e1, 2))
+        e3 = self.e3(F.max_pool2d(e2, 2))
+        d2 = self.d2(torch.cat([F.interpolate(e3, scale_factor=2, mode="nearest"), e2], 1))
+        d1 = self.d1(torch.cat([F.interpolate(d2, scale_factor=2, mode="nearest"), e1], 1))
+        return self.head(d1)
+
+
+MODELS = {"unet": SmallUNet, "tiny": TinySegNet}
+
+
 def seg_loss_terms(output: Tensor, target: Tensor) -> Tensor:
     """Per-sample [B, 2] terms: cross-entropy and soft-Dice loss (1 - Dice)."""
     ce = F.cross_entropy(output, target, reduction="none").flatten(1).mean(1)
@@ -76,7 +102,8 @@ class DemoSettings:
     test_images: int = 48
     size: int = 32
     data: dict = field(default_factory=dict)  # extra keywords for synthetic.textured_segmentation
-    width: int = 16                 # TinySegNet channels
+    model: str = "unet"             # MODELS key
+    width: int = 16                 # channels of the first block
     batch: int = 16
     lr: float = 3e-3
     clean_epochs: int = 30          # step 1: STD on clean data (shared; xi is calibrated on it)
@@ -103,8 +130,8 @@ class DemoSettings:
         lv = ", ".join(f"{v:g}" for v in self.levels)
         return [
             f"data: {self.train_images} training / {self.test_images} test generated {self.size}x{self.size} images "
-            f"(textured ellipses among untextured blobs, synthetic.textured_segmentation); model: TinySegNet "
-            f"width {self.width}, Adam lr {self.lr:g}, batch {self.batch}",
+            f"(textured ellipses among untextured blobs, synthetic.textured_segmentation); model: "
+            f"{MODELS[self.model].__name__} width {self.width}, Adam lr {self.lr:g}, batch {self.batch}",
             f"budget per method: {self.clean_epochs} clean epochs (the STD model, shared) + {self.epochs} epochs "
             f"of its own; SAT and AMAT fine-tune from the STD weights (training noise: {self.train_pgd_steps}-step "
             f"L2 PGD, full radius)",
@@ -265,7 +292,7 @@ def _run(s: DemoSettings, seed: int, log: Log, t_all: float) -> DemoOutcome:
     log(f"[1/4] STD on clean data: {s.clean_epochs} epochs (the clean model every method starts from)")
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    base = TinySegNet(s.width)
+    base = MODELS[s.model](s.width)
     _, base_adv, _ = train_one(AdvConfig(mode="none"), xtr, ytr, s.clean_epochs, s.batch, seed, log, model=base,
                                lr=s.lr, on_epoch=epoch_cb("STD-clean", "STD"))
     prog.finish("STD-clean")
@@ -282,7 +309,7 @@ def _run(s: DemoSettings, seed: int, log: Log, t_all: float) -> DemoOutcome:
                 f"SAT, eps {cfg.eps:g} for every sample" if cfg.mode == "sat" else
                 f"AMAT, Delta {cfg.delta:g}, fixed xi")
         log(f"[3/4] {cfg.label} ({i + 1}/{len(cfgs)}): {s.epochs} epochs from the STD weights, {what}")
-        model = TinySegNet(s.width)
+        model = MODELS[s.model](s.width)
         model.load_state_dict(state)
         t0 = time.perf_counter()
         model, adv, per = train_one(cfg, xtr, ytr, s.epochs, s.batch, seed + 1, log, model=model, lr=s.lr,

@@ -48,20 +48,19 @@ def _ellipse(yy: Tensor, xx: Tensor, size: int, radius: tuple[float, float], g: 
 
 def textured_segmentation(n: int, size: int = 32, seed: int = 0, noise: float = 0.05, texture: float = 0.1,
                           contrast: tuple[float, float] = (0.5, 1.5), objects: tuple[int, int] = (1, 2),
-                          decoys: tuple[int, int] = (1, 1), blobs: tuple[int, int] = (1, 2),
-                          radius: tuple[float, float] = (0.12, 0.25),
+                          blobs: tuple[int, int] = (2, 4), radius: tuple[float, float] = (0.12, 0.25),
                           blob_sigma: tuple[float, float] = (0.06, 0.12)) -> tuple[Tensor, Tensor]:
     """The loop demo's data: ``n`` grey images ``[n, 1, size, size]`` (z-scored over the set)
     and labels ``[n, size, size]`` (1 = object). Seeded.
 
-    Each image holds ``objects`` bright ellipses (label 1) that carry a faint fine texture
-    (a checkerboard of amplitude ``texture``), ``decoys`` ellipses of the same brightness
-    range WITHOUT the texture (label 0) and ``blobs`` smooth Gaussian blobs (label 0), plus
-    white noise. Brightness and shape tell an ellipse from a blob; only the faint texture
-    tells an object from a decoy. A model trained on clean data leans on that texture - a
-    feature a small L2 perturbation can erase or paint on - while a model that ignores it
-    cannot tell objects from decoys: the robustness / clean-accuracy trade-off that
-    adversarial training has to manage (paper, section 1).
+    Each image holds ``objects`` sharp-edged ellipses (label 1, brightness in ``contrast``)
+    that carry a faint fine texture (a checkerboard of amplitude ``texture``), among
+    ``blobs`` smooth Gaussian blobs of the same brightness range (label 0), plus white
+    ``noise``. Two cues find the objects: brightness with sharp edges (strong, but blobs
+    share the brightness) and the texture (perfectly predictive, but faint). A model trained
+    on clean data leans on the faint texture, which a small L2 perturbation erases or paints
+    on; adversarial training moves it to the strong cue, and very large training noise
+    (which erases whole dim objects) costs clean accuracy.
     """
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32),
@@ -86,9 +85,6 @@ def textured_segmentation(n: int, size: int = 32, seed: int = 0, noise: float = 
         for _ in range(count(objects)):
             m = _ellipse(yy, xx, size, radius, g)
             labels[i][m] = 1
-            img[m] += bright()
-        for _ in range(count(decoys)):
-            m = _ellipse(yy, xx, size, radius, g) & (labels[i] == 0)
             img[m] += bright()
         img = img + texture * checker * labels[i] + noise * torch.randn(size, size, generator=g)
         images[i, 0] = img

@@ -10,7 +10,8 @@ import torch
 from amat_hooks.demo import DemoSettings, pattern_verdict, run_loop_demo
 from amat_hooks.evaluation import EvalResult
 
-TINY = DemoSettings(train_images=8, test_images=4, size=16, clean_epochs=2, epochs=2, levels=(1.0, 2.0),
+TINY = DemoSettings(train_images=8, test_images=4, size=16, model="tiny", width=8, clean_epochs=2, epochs=2,
+                    levels=(1.0, 2.0),
                     sat_eps=(1.0, 2.0), delta=0.5, train_pgd_steps=2, eval_pgd_steps=2, ifgsm_steps=2)
 
 EPOCH = re.compile(r"\[\s*(?P<label>[\w.]+)\] epoch\s+(?P<k>\d+)/(?P<n>\d+)\s+loss (?P<loss>\S+)"
@@ -118,3 +119,19 @@ def test_generated_data_is_seeded_and_labelled(seed):
     assert x.shape == (6, 1, 32, 32) and y.shape == (6, 32, 32)
     assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 1e-3
     assert all(int(y[i].sum()) > 0 for i in range(6))
+
+
+def test_nnunet_backend_echoes_one_line_per_epoch():
+    pytest.importorskip("nnunetv2")
+    from amat_hooks.integrations.nnunet.demo import EpochEcho
+
+    out: list[str] = []
+    echo = EpochEcho("AMAT", 3, write=lambda line, flush=True: out.append(line))
+    for line in ["2026-01-01 10:00:00.1: Epoch 0", "2026-01-01 10:00:00.2: Current learning rate: 0.01",
+                 "2026-01-01 10:00:01: AMAT margins n=40 mean=1.5 min=1 q50=1.5 max=2, xi=[0.1] from file",
+                 "2026-01-01 10:00:01: train_loss -0.4123", "2026-01-01 10:00:01: val_loss -0.3",
+                 "2026-01-01 10:00:02: Epoch time: 5.2 s", "2026-01-01 10:00:02: Epoch 1",
+                 "2026-01-01 10:00:03: train_loss -0.5", "2026-01-01 10:00:07: Epoch time: 4.8 s"]:
+        echo.feed(line)
+    assert out == ["      [AMAT] epoch 1/3: train loss -0.4123, margin mean 1.5 (max 2), 5.2 s/epoch, ETA AMAT 0:10",
+                   "      [AMAT] epoch 2/3: train loss -0.5, 5.0 s/epoch, ETA AMAT 0:05"]

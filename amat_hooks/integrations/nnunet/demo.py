@@ -1,5 +1,7 @@
-"""``amat demo`` (default backend): STD, SAT and AMAT with the REAL nnU-Net trainer on
-generated data, evaluated with the core's 100-step PGD / 10-step IFGSM.
+"""``amat demo --backend nnunet``: STD, SAT and AMAT with the REAL nnU-Net trainer on
+generated data, evaluated with the core's L2 PGD / 10-step IFGSM. While a stage trains,
+one line per nnU-Net epoch (train loss, AMAT margins, epoch time, ETA) is echoed from the
+trainer's output; everything else goes to the log.
 
 Every step is what a user would type: ``nnUNetv2_plan_and_preprocess``,
 ``nnUNetv2_train ... -tr nnUNetTrainerSTD|SAT|AMAT``, ``amat calibrate nnunet`` (xi from the
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,14 +31,57 @@ def _env(root: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _run(cmd: list[str], env: dict[str, str], log: Path, what: str) -> float:
+class EpochEcho:
+    """Turns nnU-Net's console lines ("<time>: Epoch 3", "train_loss -0.41", "AMAT margins
+    n=.. mean=..", "Epoch time: 5.2 s") into one progress line per epoch."""
+
+    _EPOCH = re.compile(r": Epoch (\d+)\s*$")
+    _LOSS = re.compile(r": train_loss (\S+)")
+    _MARGIN = re.compile(r": AMAT margins n=\d+ mean=([^\s,]+) .*max=([^\s,]+)")
+    _TIME = re.compile(r": Epoch time: (\S+) s")
+
+    def __init__(self, label: str, epochs: int, write=print) -> None:
+        self.label, self.epochs, self.write = label, epochs, write
+        self.epoch, self.loss, self.margin, self.times = None, None, None, []
+
+    def feed(self, line: str) -> None:
+        if m := self._EPOCH.search(line):
+            self.epoch, self.loss, self.margin = int(m.group(1)), None, None
+        elif m := self._LOSS.search(line):
+            self.loss = m.group(1)
+        elif m := self._MARGIN.search(line):
+            self.margin = (m.group(1), m.group(2))
+        elif (m := self._TIME.search(line)) and self.epoch is not None:
+            try:
+                self.times.append(float(m.group(1)))
+            except ValueError:
+                return
+            k = self.epoch + 1
+            per = sum(self.times) / len(self.times)
+            left = max(0, self.epochs - k) * per
+            margin = f", margin mean {self.margin[0]} (max {self.margin[1]})" if self.margin else ""
+            self.write(f"      [{self.label}] epoch {k}/{self.epochs}: train loss {self.loss}{margin}, "
+                       f"{per:.1f} s/epoch, ETA {self.label} {int(left) // 60}:{int(left) % 60:02d}", flush=True)
+
+
+def _run(cmd: list[str], env: dict[str, str], log: Path, what: str, echo: EpochEcho | None = None) -> float:
     t0 = time.perf_counter()
     with open(log, "a") as f:
         f.write(f"\n$ {' '.join(cmd)}\n")
         f.flush()
-        p = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if p.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit {p.returncode}); see {log}")
+        if echo is None:
+            p = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+            rc = p.returncode
+        else:
+            with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  bufsize=1) as p:
+                for line in p.stdout:
+                    f.write(line)
+                    f.flush()
+                    echo.feed(line)
+            rc = p.returncode
+    if rc != 0:
+        raise RuntimeError(f"{what} failed (exit {rc}); see {log}")
     return time.perf_counter() - t0
 
 
@@ -97,7 +143,8 @@ def run_nnunet_demo(args: argparse.Namespace) -> int:
         e = _env(root, nnUNet_results=str(res_root), AMAT_EPOCHS=str(epochs), AMAT_ITERS=str(iters),
                  AMAT_VAL_ITERS="1", AMAT_STEPS=str(steps), AMAT_REFINE_STEPS=str(refine), **extra)
         timing[label] = _run([str(bindir / "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", trainer,
-                              "-device", "cpu"], e, log, f"nnUNetv2_train {trainer}")
+                              "-device", "cpu"], {**e, "PYTHONUNBUFFERED": "1"}, log, f"nnUNetv2_train {trainer}",
+                             echo=EpochEcho(label, epochs))
         print(f"      done in {timing[label]:.0f} s", flush=True)
     print("[6/6] amat eval nnunet on the generated test cases ...", flush=True)
     models = ",".join(f"{label}={trainer}@{root / 'runs' / label}" for label, trainer, _ in runs)
