@@ -294,8 +294,9 @@ class Runner:
                 continue
             if not p.forwarded:
                 self.warn("the model was not called with the rows the runner handed to the script (the "
-                          "script changes them before its forward, or calls the model another way): its clean "
-                          "and noisy rows ran as one forward of 2B rows, as with --adv-batch joint"
+                          "script changes their shape before its forward, or calls the model another way), so "
+                          "the runner could not run the clean and the noisy rows as separate forward passes; "
+                          "they ran as the script ran them"
                           + ("; AMAT's margin test costs one extra forward per batch"
                              if self.engine.policy.name == "amat" else ""), key="unmatched")
             self._observe(p)
