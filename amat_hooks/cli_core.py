@@ -84,7 +84,7 @@ def _demo_loop(args: argparse.Namespace) -> int:
         m = sorted(out.margins)
         print(f"AMAT margins after training: mean {sum(m) / len(m):.2f}, median {m[len(m) // 2]:.2f}, "
               f"max {m[-1]:.2f} (Delta {s.delta:g}; xi = [{', '.join(f'{v:.4g}' for v in out.xi)}])")
-    verdict = pattern_verdict(results)
+    verdict = pattern_verdict(results, trivial=out.trivial)
     print("\nverdict (the paper's pattern on this run):")
     for ok, line in verdict:
         print(f"  [{'x' if ok else ' '}] {line}")

@@ -86,9 +86,22 @@ def test_verdict_each_claim_holds_or_not_with_numbers():
     v = pattern_verdict(bad)
     assert [ok for ok, _ in v] == [False, False, False]
     assert all("does not hold" in line for _, line in v)
-    # STD far below every other method at the largest level counts as collapse
-    far = dict(good, STD=_res(0.99, [0.6, 0.3, 0.14]))
-    assert pattern_verdict(far)[0][0]
+
+
+def test_collapse_is_measured_against_a_constant_mask():
+    from amat_hooks.demo import trivial_adi
+
+    y = torch.zeros(2, 4, 4, dtype=torch.long)
+    y[:, :2] = 1  # half the pixels are object: the all-object mask scores 2 * 8 / (8 + 16)
+    assert trivial_adi(y) == pytest.approx(2 / 3)
+    # STD flooded with the object class: 0.30 is within 0.1 of the all-object mask's 0.26
+    flooded = {"STD": _res(0.99, [0.6, 0.4, 0.30]), "SAT8": _res(0.95, [0.8, 0.7, 0.5]),
+               "AMAT": _res(0.99, [0.8, 0.6, 0.42])}
+    assert pattern_verdict(flooded, trivial=0.26)[0][0]
+    assert not pattern_verdict(flooded, trivial=0.0)[0][0]  # not near 0
+    close = dict(flooded, AMAT=_res(0.99, [0.8, 0.6, 0.38]))  # AMAT only 0.08 above STD there
+    line = pattern_verdict(close, trivial=0.26)[0][1]
+    assert "does not hold" in line and "collapsed: STD <= 0.3600: yes" in line and "far below" in line
 
 
 def test_cli_demo_defaults_to_the_loop_backend(tmp_path, capsys):
