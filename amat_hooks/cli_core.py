@@ -63,7 +63,7 @@ def _demo_loop(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from .demo import DemoSettings, pattern_verdict, run_loop_demo
+    from .demo import DemoSettings, pattern_verdict, plot_methods, run_loop_demo
     from .report import to_markdown, write_report
 
     t0 = time.perf_counter()
@@ -93,8 +93,10 @@ def _demo_loop(args: argparse.Namespace) -> int:
           " - see docs/performance.md (amat demo: three seeds) for what the default settings show."))
     notes = [f"{line}" for _, line in verdict] + [
         f"xi = [{', '.join(f'{v:.4g}' for v in out.xi)}] from calibration from the demo's STD model"]
-    paths = write_report(results, Path(args.out), name="demo", title="amat demo (generated data, plain PyTorch loop)",
-                         margins=out.margins, notes=notes)
+    title = f"amat demo (generated data, plain PyTorch loop, seed {args.seed})"
+    paths = write_report(results, Path(args.out), name="demo", title=title, margins=out.margins, notes=notes)
+    paths["methods_png"] = plot_methods(results, Path(args.out) / "demo_methods.png", trivial=out.trivial,
+                                        title=title)
     print(f"\nreport: {', '.join(str(p) for p in paths.values())}")
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0
