@@ -90,7 +90,7 @@ class AdversarialEngine:
         """Whether the policy needs a batch's clean terms BEFORE its attack (the boundary-stop
         variant stops PGD at xi and exempts samples already above it). Otherwise the clean
         terms of the host's own clean forward, given to :meth:`observe`, are enough."""
-        return getattr(self.policy, "boundary_mode", "none") == "stop"
+        return self.policy.needs_clean_terms_before_attack
 
     def attack(self, model: nn.Module, batch: Any, bound_loss: BoundLoss | None = None) -> "Perturbation":
         """Algorithm 1 line 3 only: the noisy inputs of ``batch``, margins NOT updated.

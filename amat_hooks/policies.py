@@ -141,6 +141,13 @@ class Policy:
         clean forward, like the runner, then compute them without grad)."""
         return False
 
+    @property
+    def needs_clean_terms_before_attack(self) -> bool:
+        """Whether :meth:`perturb` itself needs them (the boundary-stop variant stops PGD at xi
+        and exempts samples already above it); otherwise the clean terms of the host's own
+        clean forward, given to :meth:`observe`, are enough."""
+        return False
+
     def observe_clean(self, clean_terms: Tensor) -> None:
         """Clean per-sample terms of a batch (AMAT's online xi)."""
 
@@ -270,6 +277,10 @@ class AMAT(Policy):
     @property
     def needs_clean_terms(self) -> bool:
         return self.online is not None or self.boundary_mode == "stop"
+
+    @property
+    def needs_clean_terms_before_attack(self) -> bool:
+        return self.boundary_mode == "stop"
 
     def _clean_outside(self, clean_terms: Tensor | None, xi: Tensor) -> Tensor | None:
         """Bool ``[B]``: samples whose clean terms already fail xi (eq. 2 on clean data)."""

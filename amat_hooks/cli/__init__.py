@@ -57,7 +57,8 @@ def build_parser(pm=None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="amat", description="Adaptive-margin adversarial training (AMAT) for existing trainers.")
     parser.add_argument("--version", action="version", version=f"amat-hooks {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # not "command": a subcommand's own positional of that name would overwrite it
+    sub = parser.add_subparsers(dest="amat_command", metavar="COMMAND")
     pm.hook.amat_add_commands(subparsers=sub)
     known = tasks(pm)
     for command, text in SHARED_COMMANDS.items():
@@ -106,13 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_offline_env()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if getattr(args, "command", None) is None:
+    if getattr(args, "amat_command", None) is None:
         parser.print_help()
         return 2
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
-    prog = " ".join(w for w in ("amat", args.command, getattr(args, "task", None)) if w)
+    prog = " ".join(w for w in ("amat", args.amat_command, getattr(args, "task", None)) if w)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
