@@ -255,6 +255,6 @@ def _parser_with(func):
     import argparse
 
     p = argparse.ArgumentParser(prog="amat")
-    sub = p.add_subparsers(dest="command")
+    sub = p.add_subparsers(dest="amat_command")
     sub.add_parser("x").set_defaults(func=func)
     return p
