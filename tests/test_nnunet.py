@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -426,6 +427,10 @@ def test_eval_nnunet_reports_std_and_amat_side_by_side(nnunet, evaluated, tmp_pa
     assert f"Scored: {scored}." in md and f"Scored: {scored}." in p.stdout
     assert (out / "robustness.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "robustness_AMAT_margins.png").is_file()
+    # loading a model for amat calibrate / amat eval leaves no banner-only training log behind
+    for trainer in ("nnUNetTrainerSTD", "nnUNetTrainerAMAT"):
+        for log in _fold(nnunet, trainer).glob("training_log_*.txt"):
+            assert re.search(r": Epoch \d+", log.read_text()), f"{log} is not a training run's log"
     again = _run(cmd + ["--resume"], _env(nnunet))
     assert again.stdout.count("already evaluated") == 2
     assert json.loads((out / "robustness.json").read_text())["AMAT"]["clean"] == data["AMAT"]["clean"]
@@ -441,18 +446,19 @@ def _mode(path: Path) -> int:
 def test_every_written_file_has_the_mode_of_a_plain_open(nnunet, calibrated, amat_run, sat_run, evaluated):
     """Under the tests' umask (0027), every file the commands wrote - STD/SAT/AMAT
     checkpoints (amat-hooks rewrites nnU-Net's), progress plots, logs, the xi JSON, the
-    evaluation md/csv/json/png - has the mode a plain open() gives in such a process."""
+    evaluation md/csv/json/png, the generated raw dataset - has the mode a plain open()
+    gives in such a process."""
     probe = nnunet / "plain_open_probe.txt"
     _run([sys.executable, "-c", f"open({str(probe)!r}, 'w').close()"], _env(nnunet))
     expected = _mode(probe)
     assert expected == 0o666 & ~UMASK == 0o640
     out, _, _ = evaluated
     files = [f for f in (nnunet / "res").rglob("*") if f.is_file()] + [calibrated] + \
-            [f for f in out.rglob("*") if f.is_file()]
+            [f for f in out.rglob("*") if f.is_file()] + [f for f in (nnunet / "raw").rglob("*") if f.is_file()]
     names = {f.name for f in files}
     for must in ("checkpoint_final.pth", "checkpoint_best.pth", "progress_amat.png", "progress.png",
                  "robustness.md", "robustness.csv", "robustness.json", "robustness.png",
-                 "robustness_AMAT_margins.png", calibrated.name):
+                 "robustness_AMAT_margins.png", calibrated.name, "dataset.json"):
         assert must in names, must
     assert {amat_run / "checkpoint_final.pth", sat_run / "checkpoint_final.pth"} <= set(files)
     wrong = {str(f.relative_to(nnunet) if nnunet in f.parents else f): oct(_mode(f))

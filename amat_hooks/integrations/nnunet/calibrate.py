@@ -68,16 +68,22 @@ def clean_losses_of_model(dataset: str, configuration: str, fold: str, trainer_n
     """The clean model's per-slice losses on the fold's training cases."""
     from nnunetv2.run.run_training import get_trainer_from_args
 
+    from .evaluate import checkpoint_path, drop_load_log, existing_logs
+
     fold_arg: Any = fold if fold == "all" else int(fold)
+    expected = checkpoint_path(dataset, configuration, fold, trainer_name, plans, checkpoint)
+    before = existing_logs(expected.parent if expected is not None else None)
     trainer = get_trainer_from_args(str(dataset), configuration, fold_arg, trainer_name, plans,
                                     device=torch.device(device))
     ckpt = Path(trainer.output_folder) / checkpoint
     if not ckpt.is_file():
+        drop_load_log(trainer, before)
         raise TaskError(
             f"no clean model at {ckpt}; train one first: nnUNetv2_train {dataset} {configuration} {fold} "
             f"-tr {trainer_name}" + ("" if plans == "nnUNetPlans" else f" -p {plans}"))
     trainer.initialize()
     trainer.load_checkpoint(str(ckpt))
+    drop_load_log(trainer, before)
     saved = torch.load(str(ckpt), map_location="cpu", weights_only=False)
     mode = (saved.get("amat_hooks") or {}).get("mode")
     if mode not in (None, "none"):

@@ -46,6 +46,7 @@ def load_trainer(dataset: str, configuration: str, fold: str, trainer_name: str,
                               f"{configuration} {fold} -tr {trainer_name}")
     chatter = io.StringIO()  # nnU-Net's banner and trainer log lines: shown only on failure
     try:
+        before = existing_logs(ckpt.parent if ckpt is not None else None)
         with contextlib.redirect_stdout(chatter), _saved_settings(dataset, configuration, fold, trainer_name,
                                                                   plans, checkpoint):
             trainer = get_trainer_from_args(str(dataset), configuration, fold_arg, trainer_name, plans,
@@ -59,8 +60,28 @@ def load_trainer(dataset: str, configuration: str, fold: str, trainer_name: str,
     except Exception:
         sys.stdout.write(chatter.getvalue())
         raise
+    drop_load_log(trainer, before)
     trainer.network.eval()
     return trainer
+
+
+def existing_logs(fold_folder: str | os.PathLike | None) -> set[Path]:
+    folder = Path(fold_folder) if fold_folder is not None else None
+    return set(folder.glob("training_log_*.txt")) if folder is not None and folder.is_dir() else set()
+
+
+def drop_load_log(trainer, before: set[Path]) -> None:
+    """Building an nnU-Net trainer starts a ``training_log_<time>.txt`` in its fold folder
+    (nnU-Net's citation banner). A model that is only loaded (``amat eval``, ``amat
+    calibrate``) must not leave such a log next to the training logs: the one this trainer
+    started is removed (if it is new) and the trainer logs nowhere from here on."""
+    path = Path(getattr(trainer, "log_file", "") or "")
+    if path.name.startswith("training_log_") and path not in before and path.is_file():
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    trainer.log_file = os.devnull
 
 
 #: checkpoint config key -> environment variable (both the 0.2 names and the older ones)
