@@ -166,7 +166,9 @@ class MarginStore:
             if key not in state:
                 raise MarginMismatchError(f"not a MarginStore state: key {key!r} missing")
         problems = []
-        if abs(float(state["init"]) - self.init) > 1e-12:
+        same_as_delta = (abs(float(state["init"]) - float(state["delta"])) < 1e-12
+                         and abs(self.init - self.delta) < 1e-12)  # AMAT: E starts at Delta, say it once
+        if abs(float(state["init"]) - self.init) > 1e-12 and not same_as_delta:
             problems.append(f"init {state['init']} != {self.init}")
         if abs(float(state["delta"]) - self.delta) > 1e-12:
             problems.append(f"step {state['delta']:g} != {self.delta:g}")

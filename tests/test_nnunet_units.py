@@ -338,3 +338,23 @@ def test_margin_tables_merge_across_gloo_ranks(tmp_path):
     assert merged[0] == merged[1]
     # rank order replay: shapes_001/0 grows to 2 (rank 0), then refines to (0.4 + 2) / 2 (rank 1)
     assert merged[0] == pytest.approx({("shapes_001", 0): 1.2, ("shapes_002", 4): 2.0, ("shapes_003", 1): 2.0})
+
+
+def test_amat_seed_is_read_checked_and_seeds_every_generator():
+    import random
+
+    import numpy as np
+
+    from amat_hooks.integrations.nnunet.trainer import _seed_everything
+
+    assert st.read_settings("none", "Dataset990_AMATShapes", env={"AMAT_SEED": "3"}).seed == 3
+    assert st.read_settings("none", "Dataset990_AMATShapes", env={}).seed is None
+    with pytest.raises(AdvConfigError, match="AMAT_SEED='x' must be an integer >= 0; set AMAT_SEED to a whole"):
+        st.read_settings("none", "Dataset990_AMATShapes", env={"AMAT_SEED": "x"})
+    draws = []
+    for _ in range(2):
+        _seed_everything(7)
+        draws.append((torch.rand(3).tolist(), np.random.rand(2).tolist(), random.random()))
+    assert draws[0] == draws[1]
+    _seed_everything(8)
+    assert torch.rand(3).tolist() != draws[0][0]

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ...config import ENV_NAMES, LEGACY_FIELDS
 from ...evaluation import EvalBatch, EvalTask
-from ...metrics import adi, dice_counts, tvdi
+from ...metrics import adi, dice_counts, dice_from_counts, tvdi
 from .losses import per_sample_terms
 from .slices import load_cases, prepared_slices
 
@@ -229,6 +229,28 @@ class NnUNetSliceEvalTask(EvalTask):
         logits = out[0] if isinstance(out, (list, tuple)) else out
         pred = logits.argmax(1) * valid
         return dice_counts(pred.cpu(), (segs[0][:, 0].long() * valid).cpu(), labels=self.labels).tolist()
+
+    # -- segmentation objectives (segpgd, cospgd, mce, the radius run): logits and labels ---
+    def segmentation_logits(self, x: Tensor) -> Tensor:
+        """The full-resolution logits ``[N, C, H, W]`` (deep supervision's first output)."""
+        out = self.model(x)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    def segmentation_labels(self, target, repeats: int) -> Tensor:
+        segs, _ = target
+        lab = segs[0][:, 0].long()
+        return lab.repeat(repeats, *([1] * (lab.dim() - 1)))
+
+    def segmentation_valid(self, target, repeats: int) -> Tensor:
+        """Pixels added by padding to the patch size are not scored, and not attacked."""
+        _, valid = target
+        return valid.bool().repeat(repeats, *([1] * (valid.dim() - 1)))
+
+    def segmentation_foreground(self) -> list[int]:
+        return list(self.labels)
+
+    def sample_scores(self, stats) -> list[float]:
+        return dice_from_counts(torch.tensor(stats, dtype=torch.float64).reshape(-1, 3)).tolist()
 
     def reduce(self, stats) -> dict[str, float]:
         counts = torch.tensor([row for s in stats for row in s], dtype=torch.float64)

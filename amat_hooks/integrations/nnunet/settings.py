@@ -39,10 +39,13 @@ NNUNET_ENV = {
     "AMAT_SAVE_EVERY": f"write checkpoint_latest.pth every N epochs (default: 1 for runs of at most "
                        f"{SHORT_RUN_EPOCHS} epochs, else nnU-Net's {NNUNET_SAVE_EVERY})",
     "AMAT_FORCE_RESUME": "1: let --c continue margins trained with another AMAT_STEP, AMAT_BOUNDARY or dataset",
+    "AMAT_SEED": "seed torch, numpy and random when the trainer initialises (nnU-Net has no seed option); "
+                 "runs with nnUNet_n_proc_DA=0 then differ only by it",
 }
 
 #: What a user can do about a bad value, per variable (appended to the message that names it).
 FIXES = {
+    "AMAT_SEED": "set AMAT_SEED to a whole number such as 0, or unset it",
     "AMAT_STEP": "set AMAT_STEP to a number > 0 (e.g. AMAT_STEP=0.5), or unset it for the dataset's default",
     "AMAT_EPS": "set AMAT_EPS to a noise level > 0 (e.g. AMAT_EPS=5)",
     "AMAT_STEPS": "set AMAT_STEPS to an integer >= 1, or unset it (default 10)",
@@ -105,11 +108,12 @@ class NnUNetAdvSettings:
     xi_source: str = "auto"
     xi_file: str | None = None
     save_every: int | None = None
+    seed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "epochs": self.epochs, "iters": self.iters,
                 "val_iters": self.val_iters, "xi_source": self.xi_source, "xi_file": self.xi_file,
-                "save_every": self.save_every}
+                "save_every": self.save_every, "seed": self.seed}
 
 
 def read_settings(mode: str, dataset_name: str, env: Mapping[str, str] | None = None,
@@ -155,7 +159,17 @@ def read_settings(mode: str, dataset_name: str, env: Mapping[str, str] | None = 
                              iters=_positive_int(env, "AMAT_ITERS"),
                              val_iters=_positive_int(env, "AMAT_VAL_ITERS"),
                              xi_source="file" if xi_file and xi_source == "auto" else xi_source,
-                             xi_file=xi_file, save_every=_positive_int(env, "AMAT_SAVE_EVERY"))
+                             xi_file=xi_file, save_every=_positive_int(env, "AMAT_SAVE_EVERY"),
+                             seed=_seed(env))
+
+
+def _seed(env: Mapping[str, str]) -> int | None:
+    raw = env.get("AMAT_SEED", "")
+    if raw == "":
+        return None
+    if not raw.strip().isdigit():
+        raise env_error(f"environment variable AMAT_SEED={raw!r} must be an integer >= 0")
+    return int(raw)
 
 
 def _check_amat_extras(cfg: AdvConfig, env: Mapping[str, str]) -> None:

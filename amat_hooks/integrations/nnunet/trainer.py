@@ -113,6 +113,8 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
 
     # -- set-up --------------------------------------------------------------------------
     def initialize(self):
+        if self.amat_settings.seed is not None:  # before nnU-Net builds the network and its loaders
+            _seed_everything(self.amat_settings.seed)
         super().initialize()
         if self.amat_mode == "none":
             return
@@ -494,3 +496,15 @@ def margins_figure(log: dict):
     fig.tight_layout()
     fig.canvas.draw()  # tick labels exist (and use this style) from here on
     return fig
+
+
+def _seed_everything(seed: int) -> None:
+    """``AMAT_SEED``: network initialisation, batch sampling and augmentation in this process
+    (with ``nnUNet_n_proc_DA=0`` that is all of it) follow the seed."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
