@@ -50,7 +50,7 @@ def demo_backends(pm) -> dict:
 @hookimpl
 def amat_demo_backends() -> dict:
     return {"loop": ("the plain-PyTorch loop (AdversarialLoop) with a small CNN on generated 32x32 images, "
-                     "~5 min on 2 CPU cores", _demo_loop)}
+                     "~3-4 min on 2 CPU cores", _demo_loop)}
 
 
 def _demo(args: argparse.Namespace) -> int:
