@@ -130,11 +130,11 @@ class DemoSettings:
         lv = ", ".join(f"{v:g}" for v in self.levels)
         return [
             f"data: {self.train_images} training / {self.test_images} test generated {self.size}x{self.size} images "
-            f"(textured ellipses among untextured blobs, synthetic.textured_segmentation); model: "
+            f"(faintly textured ellipses among smooth blobs, synthetic.textured_segmentation); model: "
             f"{MODELS[self.model].__name__} width {self.width}, Adam lr {self.lr:g}, batch {self.batch}",
             f"budget per method: {self.clean_epochs} clean epochs (the STD model, shared) + {self.epochs} epochs "
-            f"of its own; SAT and AMAT fine-tune from the STD weights (training noise: {self.train_pgd_steps}-step "
-            f"L2 PGD, full radius)",
+            f"of its own; SAT and AMAT fine-tune from the STD weights and Adam state (no method trains from "
+            f"scratch; training noise: {self.train_pgd_steps}-step L2 PGD, full radius)",
             f"methods: STD; SAT eps {sat}; AMAT Delta {self.delta:g} with xi = {self.xi_rule} of the STD model's "
             f"clean per-sample training losses (CE, soft-Dice), fixed while AMAT trains",
             f"evaluation: clean, {self.eval_pgd_steps}-step L2 PGD and {self.ifgsm_steps}-step IFGSM at L2 noise "
@@ -144,7 +144,7 @@ class DemoSettings:
 
 # -- progress ----------------------------------------------------------------------------------
 def _clock(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
