@@ -144,6 +144,8 @@ class DemoSettings:
 
 # -- progress ----------------------------------------------------------------------------------
 def _clock(seconds: float) -> str:
+    if seconds != seconds or seconds == float("inf"):  # NaN / inf: nothing measured yet
+        return "?:??"
     seconds = max(0, round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
 
