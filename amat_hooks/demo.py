@@ -9,12 +9,16 @@ The procedure is the paper's (Algorithm 1, section 2.2):
 2. xi = mean of that model's clean per-sample training loss terms (CE, soft-Dice)
    (:func:`~amat_hooks.thresholds.xi_from_losses`, rule "mean" as the paper's segmentation
    experiments).
-3. Every method continues from those weights for the same ``epochs`` with its own
-   training: STD clean, SAT one fixed eps, AMAT per-sample margins with the fixed xi.
+3. Every method continues from those weights (and that run's Adam state) for the same
+   ``epochs`` with its own training: STD clean, SAT one fixed eps, AMAT per-sample margins
+   with the fixed xi; no method trains from scratch.
    Each method thus gets the same budget: ``clean_epochs`` clean epochs (shared) plus
    ``epochs`` epochs of its own.
 4. Each model is evaluated on generated test images, clean and under ``eval_pgd_steps``-step
-   L2 PGD and 10-step IFGSM at ``levels``.
+   L2 PGD and ``ifgsm_steps``-step IFGSM at ``levels``.
+
+:func:`pattern_verdict` then checks the paper's three claims; docs/performance.md ("amat
+demo: three seeds") has the default run for seeds 0-2 and why the settings are what they are.
 """
 from __future__ import annotations
 
