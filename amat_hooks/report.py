@@ -223,7 +223,8 @@ def plot_curves(results: Mapping[str, EvalResult], path: str | os.PathLike, metr
     n = len(results)
     cols = min(n, 3)
     rows_ = -(-n // cols)
-    fig, axes = plt.subplots(rows_, cols, figsize=(4.6 * cols, 3.6 * rows_), squeeze=False)
+    # one y-axis for all panels, so the models compare at a glance
+    fig, axes = plt.subplots(rows_, cols, figsize=(4.6 * cols, 3.6 * rows_), squeeze=False, sharey=True)
     for k, (name, r) in enumerate(results.items()):
         ax = axes[k // cols][k % cols]
         xs = [0.0] + r.levels

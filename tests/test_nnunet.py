@@ -439,6 +439,24 @@ def test_eval_nnunet_reports_std_and_amat_side_by_side(nnunet, evaluated, tmp_pa
     assert missing.returncode != 0 and "train the model first" in missing.stderr
 
 
+def test_eval_nnunet_segmentation_attacks_and_worst_case(nnunet, amat_run, tmp_path):
+    """The segmentation objectives run on nnU-Net's slices (logits, labels, the padding mask)
+    and the per-sample worst case is at most every attack's Dice on every sample."""
+    out = tmp_path / "seg"
+    p = _run([str(BIN / "amat"), "eval", "nnunet", str(DATASET_ID), "2d", "0", "--models", "AMAT=nnUNetTrainerAMAT",
+              "--levels", "2", "--attacks", "pgd,segpgd,mce,worst", "--pgd-steps", "3", "--batch-size", "4",
+              "--out", str(out), "--no-progress"], _env(nnunet))
+    r = json.loads((out / "robustness.json").read_text())["AMAT"]
+    assert set(r["noisy"]) == {"pgd", "segpgd", "mce", "worst"}
+    scores = r["per_sample"]["scores"]
+    worst = scores["worst"]["2"]  # per-sample scores are keyed by the level as written (%g)
+    assert len(worst) == r["samples"] > 0
+    for attack in ("pgd", "segpgd", "mce"):
+        assert all(w <= a + 1e-9 for w, a in zip(worst, scores[attack]["2"])), attack
+    assert r["noisy"]["worst"]["2.0"]["ADI"] <= min(r["noisy"][a]["2.0"]["ADI"] for a in ("pgd", "segpgd", "mce"))
+    assert "worst" in p.stdout
+
+
 def _mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
 
