@@ -138,6 +138,13 @@ def _random_start(x: Tensor, eps: Tensor, norm: str, generator: torch.Generator 
     return direction * _bcast(radius, x).to(x.dtype)
 
 
+def _check_steps_and_bounds(steps: int, bounds: tuple[float, float] | None) -> None:
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if bounds is not None and not (len(bounds) == 2 and bounds[0] < bounds[1]):
+        raise ValueError(f"bounds must be (lo, hi) with lo < hi, got {bounds!r}")
+
+
 def _clamp(x_adv: Tensor, bounds: tuple[float, float] | None) -> Tensor:
     return x_adv if bounds is None else x_adv.clamp(bounds[0], bounds[1])
 
@@ -246,14 +253,11 @@ def pgd(
     Pass ``model`` to have its modes and normalisation statistics restored afterwards.
     Parameter ``.grad`` fields are never touched (gradients are taken w.r.t. the input only).
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    _check_steps_and_bounds(steps, bounds)
     if norm not in _NORMS:
         raise ValueError(f"unknown norm {norm!r}; use one of {_NORMS}")
     if not isinstance(refine_steps, int) or refine_steps < 0:
         raise ValueError(f"refine_steps must be an integer >= 0, got {refine_steps!r}")
-    if bounds is not None and not (len(bounds) == 2 and bounds[0] < bounds[1]):
-        raise ValueError(f"bounds must be (lo, hi) with lo < hi, got {bounds!r}")
     x = x.detach()
     batch = x.shape[0]
     eps_t = _per_sample(eps, batch, "eps", x)
@@ -444,10 +448,7 @@ def min_norm(
     radius, while robust ones keep searching further out, in one batched loop. The last
     iterate is checked once more (one no-grad forward).
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if bounds is not None and not (len(bounds) == 2 and bounds[0] < bounds[1]):
-        raise ValueError(f"bounds must be (lo, hi) with lo < hi, got {bounds!r}")
+    _check_steps_and_bounds(steps, bounds)
     x = x.detach()
     batch = x.shape[0]
     max_t = _per_sample(max_radius, batch, "max_radius", x)

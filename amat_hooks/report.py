@@ -42,6 +42,24 @@ def _describe(attack: str, r: EvalResult) -> str:
     return f"{n}-step " + _LONG.get(attack, attack) if n else _LONG.get(attack, attack)
 
 
+def _paper_block(results: Mapping[str, EvalResult], m: str, paper: list[str]) -> tuple[list[str], list[list]]:
+    """Method, clean, then per attack of the paper (P., IF.) its levels and Avg., then the
+    AUC_robust of the first of them: the shape of Tables 1-7."""
+    levels = next(iter(results.values())).levels
+    head = ["Method", m]
+    for a in paper:
+        head += [f"{_short(a)}.{lv:g}" for lv in levels] + ["Avg."]
+    head.append("AUC_robust")
+    rows = []
+    for name, r in results.items():
+        row: list = [name, r.clean[m]]
+        for a in paper:
+            c = r.curve(a, m)
+            row += c + [sum(c) / len(c)]
+        rows.append(row + [r.auc_robust(paper[0], m)])
+    return head, rows
+
+
 def table_rows(results: Mapping[str, EvalResult], metric: str | None = None) -> tuple[list[str], list[list]]:
     """Header and rows: Method, clean, P.eps..., Avg., IF.eps..., Avg., AUC_robust (of PGD,
     else of the first attack), then for every further attack its block
@@ -51,26 +69,18 @@ def table_rows(results: Mapping[str, EvalResult], metric: str | None = None) -> 
     attacks = _attacks(results)
     paper = [a for a in attacks if a in _PAPER]
     extra = [a for a in attacks if a not in _PAPER]
-    levels = first.levels
-    head = ["Method", m]
-    for a in paper:
-        head += [f"{_short(a)}.{lv:g}" for lv in levels] + ["Avg."]
-    if attacks:
-        head.append("AUC_robust")
+    if paper:
+        head, rows = _paper_block(results, m, paper)
+    else:
+        head = ["Method", m] + (["AUC_robust"] if attacks else [])
+        rows = [[name, r.clean[m]] + ([r.auc_robust(attacks[0], m)] if attacks else [])
+                for name, r in results.items()]
     for a in extra:
-        head += [f"{_short(a)}.{lv:g}" for lv in levels] + [f"{_short(a)}.Avg.", f"{_short(a)}.AUC_robust"]
-    rows = []
-    for name, r in results.items():
-        row: list = [name, r.clean[m]]
-        for a in paper:
-            c = r.curve(a, m)
-            row += c + [sum(c) / len(c)]
-        if attacks:
-            row.append(r.auc_robust(paper[0] if paper else attacks[0], m))
+        head += [f"{_short(a)}.{lv:g}" for lv in first.levels] + [f"{_short(a)}.Avg.", f"{_short(a)}.AUC_robust"]
+    for row, r in zip(rows, results.values()):
         for a in extra:
             c = r.curve(a, m)
             row += c + [sum(c) / len(c), r.auc_robust(a, m)]
-        rows.append(row)
     return head, rows
 
 
@@ -108,19 +118,7 @@ def to_markdown(results: Mapping[str, EvalResult], metric: str | None = None, di
         out += _md_table(["Method", m], rows, higher, digits)
         out += ["", f"Clean scores ({note}).{what}"]
     if paper:
-        head = ["Method", m]
-        for a in paper:
-            head += [f"{_short(a)}.{lv:g}" for lv in first.levels] + ["Avg."]
-        head.append("AUC_robust")
-        rows = []
-        for name, r in results.items():
-            row: list = [name, r.clean[m]]
-            for a in paper:
-                c = r.curve(a, m)
-                row += c + [sum(c) / len(c)]
-            row.append(r.auc_robust(paper[0], m))
-            rows.append(row)
-        out += _md_table(head, rows, higher, digits)
+        out += _md_table(*_paper_block(results, m, paper), higher, digits)
         steps = ", ".join(f"{_short(a)} = {first.steps[a]}-step {'PGD' if a == 'pgd' else 'IFGSM'}"
                           for a in paper if a in first.steps)
         out.append("")
