@@ -218,6 +218,41 @@ def _mark_crossing(terms, xi, active, crossed, prev, delta, inside, hi, hi_terms
             torch.where(new.unsqueeze(1), terms, hi_terms))
 
 
+def _pgd_step_sizes(step_size, alpha, eps_t: Tensor, steps: int, x: Tensor) -> Tensor:
+    """Per-sample PGD step: ``step_size`` if given, else ``alpha * eps / steps``."""
+    if step_size is not None:
+        return _per_sample(step_size, x.shape[0], "step_size", x)
+    if not (isinstance(alpha, (int, float)) and alpha > 0):
+        raise ValueError(f"alpha must be > 0 (the PGD step is alpha * eps / steps), got {alpha!r}")
+    return float(alpha) * eps_t / steps
+
+
+def _boundary_tensor(boundary, batch: int, x: Tensor) -> Tensor | None:
+    """xi as ``[K]`` (shared) or ``[B, K]`` (per sample), or None without a boundary."""
+    if boundary is None:
+        return None
+    xi = torch.as_tensor(boundary, dtype=torch.float32, device=x.device)
+    if xi.dim() == 2 and xi.shape[0] != batch:
+        raise ValueError(f"a per-sample boundary must be [B, K] with B={batch}, got {tuple(xi.shape)}")
+    return xi if xi.dim() == 2 else xi.reshape(-1)
+
+
+def _bisect_to_boundary(loss_fn, x, xi, crossed, inside, hi, hi_terms, refine_steps):
+    """Halve the segment between each crossed sample's last inside noise and its first
+    outside noise ``refine_steps`` times; returns the outside end and its terms."""
+    batch = x.shape[0]
+    lo_d = inside
+    for _ in range(refine_steps):
+        mid = (lo_d + hi) / 2
+        t = _check_terms(loss_fn(x + mid), batch).float()
+        out = (_crossing(t, xi) | ~torch.isfinite(t).all(dim=1)) & crossed
+        ob = _bcast(out, x)
+        hi = torch.where(ob, mid, hi)
+        hi_terms = torch.where(out.unsqueeze(1), t, hi_terms)
+        lo_d = torch.where(ob, lo_d, mid)
+    return hi, hi_terms
+
+
 def pgd(
     loss_fn: LossFn,
     x: Tensor,
@@ -261,19 +296,8 @@ def pgd(
     x = x.detach()
     batch = x.shape[0]
     eps_t = _per_sample(eps, batch, "eps", x)
-    if step_size is None:
-        if not (isinstance(alpha, (int, float)) and alpha > 0):
-            raise ValueError(f"alpha must be > 0 (the PGD step is alpha * eps / steps), got {alpha!r}")
-        step_t = float(alpha) * eps_t / steps
-    else:
-        step_t = _per_sample(step_size, batch, "step_size", x)
-    xi = None
-    if boundary is not None:
-        xi = torch.as_tensor(boundary, dtype=torch.float32, device=x.device)
-        if xi.dim() == 2 and xi.shape[0] != batch:
-            raise ValueError(f"a per-sample boundary must be [B, K] with B={batch}, got {tuple(xi.shape)}")
-        if xi.dim() != 2:
-            xi = xi.reshape(-1)
+    step_t = _pgd_step_sizes(step_size, alpha, eps_t, steps, x)
+    xi = _boundary_tensor(boundary, batch, x)
 
     with preserved_state(model):
         delta = (_random_start(x, eps_t, norm, generator) if random_start
@@ -329,15 +353,8 @@ def pgd(
                     inside, hi, hi_terms = _mark_crossing(final_terms, xi, active, crossed, prev,
                                                           delta, inside, hi, hi_terms)
                 if bool(crossed.any()):
-                    lo_d = inside
-                    for _ in range(refine_steps):
-                        mid = (lo_d + hi) / 2
-                        t = _check_terms(loss_fn(x + mid), batch).float()
-                        out = (_crossing(t, xi) | ~torch.isfinite(t).all(dim=1)) & crossed
-                        ob = _bcast(out, x)
-                        hi = torch.where(ob, mid, hi)
-                        hi_terms = torch.where(out.unsqueeze(1), t, hi_terms)
-                        lo_d = torch.where(ob, lo_d, mid)
+                    hi, hi_terms = _bisect_to_boundary(loss_fn, x, xi, crossed, inside, hi, hi_terms,
+                                                       refine_steps)
                     delta = torch.where(_bcast(crossed, x), hi, delta)
                 final_terms = hi_terms if final_terms is None else torch.where(
                     crossed.unsqueeze(1), hi_terms, final_terms)

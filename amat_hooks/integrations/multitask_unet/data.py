@@ -321,34 +321,7 @@ class LandmarkDataset(Dataset):
         self.channels = channels
         self.radius = radius_for(*self.size, ratio=radius_ratio)
         texts = _ANNOTATION_TEXT[layout.kind]
-        if layout.kind == "csv":
-            self.bench = layout.bench
-            meta = read_metadata(self.bench / "metadata.yaml")
-            numbers = self._split_numbers(split, meta)
-            first = read_points_csv(self.bench / "points.csv", num_landmarks)
-            senior: dict[str, Tensor] = {}
-            if layout.senior_dir is not None:
-                for p in sorted(layout.senior_dir.glob("*.csv")):
-                    senior.update(read_senior_csv(p, num_landmarks))
-            names = sorted((n for n in set(first) | set(senior) if _image_number(n) in numbers),
-                           key=lambda n: (_image_number(n), n))
-            paths = {n: self.bench / "images" / n for n in names}
-            sources = ("points.csv", f"{layout.senior_dir}/*.csv")
-            meta_file = self.bench / "metadata.yaml"
-        else:
-            self.bench = layout.root
-            meta_file = layout.root / "metadata.yaml"
-            meta = read_metadata(meta_file)
-            numbers = self._split_numbers(split, meta)
-            paths = {n: p for n, p in _isbi_images(layout).items() if _image_number(n) in numbers}
-            first, senior = {}, {}
-            for n in paths:
-                stem = Path(n).stem
-                for d, into in ((layout.junior_dir, first), (layout.senior_dir, senior)):
-                    if d is not None and (d / f"{stem}.txt").is_file():
-                        into[n] = read_isbi_txt(d / f"{stem}.txt", num_landmarks)
-            names = sorted((n for n in paths if n in first or n in senior), key=lambda n: (_image_number(n), n))
-            sources = ("400_junior", "400_senior")
+        names, paths, first, senior, sources, meta, meta_file = self._annotated_images(layout, split)
         if max_images is not None:
             names = names[:max_images]
         if not names:
@@ -356,29 +329,76 @@ class LandmarkDataset(Dataset):
         self.names = names
         self.paths = [paths[n] for n in names]
         self.image_dir = self.paths[0].parent
+        self.original_size = self._original_size(meta, meta_file)
+        h0, w0 = self.original_size
+        self.pixel_mm = (float(meta["image_height_mm"]) / h0) if "image_height_mm" in meta else 0.1
+        self.landmarks_original, used = self._choose_annotations(annotation, first, senior, sources)
+        self.annotation = annotation
+        self.annotation_used = ", ".join(f"{texts[k]} for {v}/{len(names)} images" for k, v in used.items() if v)
+        self.scale = (self.size[0] / h0, self.size[1] / w0)  # resized / original, (y, x)
+        self._cache: dict[int, Tensor] | None = {} if cache else None
+
+    def _annotated_images(self, layout, split):
+        """Names of the split's annotated images, their paths, both annotation sets (first
+        annotator or points.csv; senior) and where they came from, and the metadata."""
+        if layout.kind == "csv":
+            self.bench = layout.bench
+            meta_file = self.bench / "metadata.yaml"
+            meta = read_metadata(meta_file)
+            numbers = self._split_numbers(split, meta)
+            first = read_points_csv(self.bench / "points.csv", self.num_landmarks)
+            senior: dict[str, Tensor] = {}
+            if layout.senior_dir is not None:
+                for p in sorted(layout.senior_dir.glob("*.csv")):
+                    senior.update(read_senior_csv(p, self.num_landmarks))
+            names = sorted((n for n in set(first) | set(senior) if _image_number(n) in numbers),
+                           key=lambda n: (_image_number(n), n))
+            paths = {n: self.bench / "images" / n for n in names}
+            sources = ("points.csv", f"{layout.senior_dir}/*.csv")
+            return names, paths, first, senior, sources, meta, meta_file
+        self.bench = layout.root
+        meta_file = layout.root / "metadata.yaml"
+        meta = read_metadata(meta_file)
+        numbers = self._split_numbers(split, meta)
+        paths = {n: p for n, p in _isbi_images(layout).items() if _image_number(n) in numbers}
+        first, senior = {}, {}
+        for n in paths:
+            stem = Path(n).stem
+            for d, into in ((layout.junior_dir, first), (layout.senior_dir, senior)):
+                if d is not None and (d / f"{stem}.txt").is_file():
+                    into[n] = read_isbi_txt(d / f"{stem}.txt", self.num_landmarks)
+        names = sorted((n for n in paths if n in first or n in senior), key=lambda n: (_image_number(n), n))
+        return names, paths, first, senior, ("400_junior", "400_senior"), meta, meta_file
+
+    def _original_size(self, meta: dict[str, str], meta_file: Path) -> tuple[int, int]:
+        """The one (H, W) all images share: coordinates and mm conversion need it."""
         sizes = {}
-        for n, p in zip(names, self.paths):
+        for n, p in zip(self.names, self.paths):
             if not p.is_file():
                 raise LandmarkDataError(f"annotated image {p} does not exist; remove its annotation or add the image")
             sizes[n] = image_size(p)
         distinct = sorted(set(sizes.values()))
         if len(distinct) > 1:
-            first_name = names[0]
-            odd = next(n for n in names if sizes[n] != sizes[first_name])
+            first_name = self.names[0]
+            odd = next(n for n in self.names if sizes[n] != sizes[first_name])
             raise LandmarkDataError(
                 f"images of mixed sizes: {first_name} is {sizes[first_name][0]}x{sizes[first_name][1]} (HxW) but "
                 f"{odd} is {sizes[odd][0]}x{sizes[odd][1]}; landmark coordinates and mm conversion need one original "
                 f"size - resample the odd images or keep them in a separate dataset")
-        self.original_size = distinct[0]
-        h0, w0 = self.original_size
+        h0, w0 = distinct[0]
         if "image_height" in meta and (int(meta["image_height"]), int(meta["image_width"])) != (h0, w0):
             raise LandmarkDataError(
                 f"{meta_file} says {meta['image_height']}x{meta['image_width']} (HxW) but "
                 f"the images are {h0}x{w0}; fix metadata.yaml")
-        self.pixel_mm = (float(meta["image_height_mm"]) / h0) if "image_height_mm" in meta else 0.1
-        self.landmarks_original: list[Tensor] = []
+        return distinct[0]
+
+    def _choose_annotations(self, annotation, first, senior, sources):
+        """Per image: the mean of both annotators, the senior's, or the first's points, as asked;
+        returns the landmarks and how many images used each kind."""
+        h0, w0 = self.original_size
+        landmarks: list[Tensor] = []
         used = {"mean": 0, "points": 0, "senior": 0}
-        for n in names:
+        for n in self.names:
             a, b = first.get(n), senior.get(n)
             for src, t in zip(sources, (a, b)):
                 if t is not None:
@@ -394,11 +414,8 @@ class LandmarkDataset(Dataset):
                     raise LandmarkDataError(f"{n} has no annotation in {sources[0]}; use annotation='senior'")
                 lm, kind = a, "points"
             used[kind] += 1
-            self.landmarks_original.append(lm)
-        self.annotation = annotation
-        self.annotation_used = ", ".join(f"{texts[k]} for {v}/{len(names)} images" for k, v in used.items() if v)
-        self.scale = (self.size[0] / h0, self.size[1] / w0)  # resized / original, (y, x)
-        self._cache: dict[int, Tensor] | None = {} if cache else None
+            landmarks.append(lm)
+        return landmarks, used
 
     def _split_numbers(self, split: str | Sequence[int], meta: dict[str, str]) -> set[int]:
         if not isinstance(split, str):
