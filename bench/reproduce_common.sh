@@ -5,7 +5,9 @@
 # OUT/stages/NAME.json records start, end and exit status. A finished stage is skipped
 # on the next run, so an interrupted reproduction continues where it stopped. After each
 # stage the small result files are collected into RUNS (docs/results/<dataset>/runs), which
-# is committed: the page is generated from there, so a later session can go on from it.
+# is committed: the page is generated from there, so a later session can go on from it. A
+# fresh OUT (the run folder of an earlier session is gone) takes over from RUNS the Delta grid
+# and every seed that finished its evaluation, with the same budget; other seeds run again.
 
 set -euo pipefail
 
@@ -35,6 +37,10 @@ seed_list() {    # the seeds to run: SEEDS="0 1 2" (default $1)
 
 stage() {        # stage NAME COMMAND... : run once, logged and timed
     local name="$1"; shift
+    if [ -z "${REPRO_RESTORED:-}" ]; then   # before the first stage: continue from committed state
+        REPRO_RESTORED=1
+        python "$REPO/bench/reproduce_report.py" restore "$DATASET" "$OUT" "$RUNS"
+    fi
     local done="$OUT/stages/$name.json"
     if [ -f "$done" ] && grep -q '"status": 0' "$done"; then
         echo "[$DATASET] $name: done earlier, skipped"

@@ -9,6 +9,8 @@ xi files, per-method epoch times and per-epoch margin summaries) into
 reproduction split over several sessions continues from committed state.
 
     python bench/reproduce_report.py collect DATASET OUT RUNS      (after each stage)
+    python bench/reproduce_report.py restore DATASET OUT RUNS      (a fresh OUT takes over
+                                                                    the committed grid and seeds)
     python bench/reproduce_report.py write DATASET RUNS REPORT_DIR (the page + README table)
     python bench/reproduce_report.py overview REPORT_DIR
     python bench/reproduce_report.py best-delta GRID_DIR           (prints the best Delta)
@@ -205,6 +207,46 @@ def collect(dataset: str, out: Path, runs: Path) -> Path:
             training = {m: training_record(dataset, seed_dir, m) for m in methods}
             atomic_write_json(dst / "training.json", training)
     return runs
+
+
+def restore(dataset: str, out: Path, runs: Path) -> list[str]:
+    """Continue from committed state: a fresh run folder takes over the grid and every seed
+    that finished its evaluation from ``runs`` (their stage records, so those stages are
+    skipped, and the grid's files, which later seeds read their Delta from). A seed that did
+    not finish is run again: its weights were not committed. Refuses to mix budgets."""
+    if not (runs / "budget.json").is_file() or not (out / "budget.json").is_file():
+        return []
+    committed, now = read_json(runs / "budget.json"), read_json(out / "budget.json")
+    differ = sorted(k for k in set(committed) | set(now) if k != "SEEDS" and committed.get(k) != now.get(k))
+    if differ:
+        raise SystemExit(
+            f"[{dataset}] {runs} holds results made with another budget ("
+            + ", ".join(f"{k}: {committed.get(k)} there, {now.get(k)} now" for k in differ)
+            + "); rerun with the same settings to continue them, or set REPORT to another folder")
+    records = {p.stem: read_json(p) for p in (runs / "stages").glob("*.json")}
+    done = {name for name, rec in records.items() if rec.get("status") == 0}
+    taken = []
+    if "grid" in done and (runs / "grid" / "grid.json").is_file() and not (out / "grid" / "grid.json").is_file():
+        (out / "grid").mkdir(parents=True, exist_ok=True)
+        for f in (runs / "grid").glob("grid*"):
+            shutil.copyfile(f, out / "grid" / f.name)
+        shutil.copyfile(runs / "stages" / "grid.json", out / "stages" / "grid.json")
+        taken.append("the Delta grid")
+    for name in sorted(done):
+        m = re.fullmatch(r"s(\d+)_eval", name)
+        if not m or (out / "stages" / f"{name}.json").is_file():
+            continue
+        seed = m.group(1)
+        for rec in sorted(done):
+            if rec.startswith(f"s{seed}_"):
+                shutil.copyfile(runs / "stages" / f"{rec}.json", out / "stages" / f"{rec}.json")
+        taken.append(f"seed {seed}")
+    if taken and (runs / "commands.txt").is_file() and not (out / "commands.txt").is_file():
+        shutil.copyfile(runs / "commands.txt", out / "commands.txt")
+    if taken:
+        print(f"[{dataset}] continuing from the committed results in {runs}: {', '.join(taken)} "
+              f"(their stages are skipped)")
+    return taken
 
 
 def _methods_of(dataset: str, seed_dir: Path) -> list[str]:
@@ -516,6 +558,8 @@ def main(argv: list[str]) -> int:
         make_plans(Path(argv[1]), int(argv[2]))
     elif cmd == "best-delta":
         print(f"{best_delta(Path(argv[1])):g}")
+    elif cmd == "restore":
+        restore(argv[1], Path(argv[2]).resolve(), Path(argv[3]))
     elif cmd == "collect":
         collect(argv[1], Path(argv[2]).resolve(), Path(argv[3]))
     elif cmd == "write":

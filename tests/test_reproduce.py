@@ -85,6 +85,12 @@ def test_reproduce_bccd_ci_sized(tmp_path):
     p = _run("reproduce_bccd.sh", out, report, **budget)
     # convert, the first seed's pretrain + calibrate before the grid, the grid, 8 stages per seed
     assert p.stdout.count("done earlier, skipped") == 1 + 2 + 1 + 2 * 8, p.stdout
+    # a later session without the run folder goes on from the committed files: the grid and
+    # both finished seeds are taken over, only the data conversion runs again
+    p = _run("reproduce_bccd.sh", tmp_path / "fresh", report, **budget)
+    assert "continuing from the committed results" in p.stdout and "seed 0, seed 1" in p.stdout, p.stdout
+    assert p.stdout.count("done earlier, skipped") == 2 + 1 + 2 * 8 and "convert: started" in p.stdout, p.stdout
+    assert json.loads((report / "bccd" / "summary.json").read_text())["seeds"] == ["0", "1"]
 
 
 def test_reproduce_hippocampus_ci_sized(tmp_path):
@@ -107,3 +113,42 @@ def test_reproduce_isbi_ci_sized(tmp_path):
     xi = json.loads((out / "seed0" / "xi.json").read_text())
     assert xi["kind"] == "amat-hooks xi" and len(xi["xi"]["mean+2std"]) == 3 and xi["rule"] == "mean+2std"
     assert summary["higher_is_better"] is False
+
+
+def _load_report_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("reproduce_report", REPO / "bench" / "reproduce_report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce_report"] = module     # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stage(folder: Path, name: str, status: int = 0) -> None:
+    (folder / "stages").mkdir(parents=True, exist_ok=True)
+    (folder / "stages" / f"{name}.json").write_text(json.dumps({"stage": name, "seconds": 1.0, "status": status}))
+
+
+def test_restore_takes_over_finished_seeds_and_the_grid_only(tmp_path):
+    """Files written by hand: seed 0 finished, seed 1 stopped after training, seed 2 failed."""
+    report = _load_report_module()
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    (runs / "grid").mkdir(parents=True)
+    (runs / "grid" / "grid.json").write_text("{}")
+    (runs / "budget.json").write_text(json.dumps({"EPOCHS": "6", "SEEDS": "0 1 2"}))
+    for name in ("convert", "grid", "s0_pretrain", "s0_train_AMAT", "s0_eval", "s1_pretrain", "s1_train_AMAT"):
+        _stage(runs, name)
+    _stage(runs, "s2_eval", status=1)
+    (out / "stages").mkdir(parents=True)
+    (out / "budget.json").write_text(json.dumps({"EPOCHS": "6", "SEEDS": "1 2"}))   # other seeds: fine
+    assert report.restore("bccd", out, runs) == ["the Delta grid", "seed 0"]
+    assert sorted(p.stem for p in (out / "stages").glob("*.json")) == ["grid", "s0_eval", "s0_pretrain",
+                                                                       "s0_train_AMAT"]
+    assert (out / "grid" / "grid.json").is_file()
+    assert report.restore("bccd", out, runs) == []      # nothing twice
+    other = tmp_path / "other"
+    (other / "stages").mkdir(parents=True)
+    (other / "budget.json").write_text(json.dumps({"EPOCHS": "12", "SEEDS": "0 1 2"}))
+    with pytest.raises(SystemExit, match="EPOCHS: 6 there, 12 now"):
+        report.restore("bccd", other, runs)
+    assert not list((other / "stages").glob("*.json"))
