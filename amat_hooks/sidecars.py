@@ -33,14 +33,17 @@ class AdversarialState:
     policy_config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
 
-    def describe(self) -> str:
-        """One line for a report header."""
+    def describe(self, name: str | None = None) -> str:
+        """One line for a report header; ``name`` is what the report calls the model (the
+        training label is added where it differs)."""
+        label = self.label or self.mode or "?"
+        who = label if name is None else (name if name == label else f"{name} (trained as {label})")
         if self.mode != "amat":
-            return f"{self.label or self.mode}: no margins"
+            return f"{who}: no margins"
         xi = "n/a" if not self.xi else "[" + ", ".join(f"{v:.4g}" for v in self.xi) + "]"
         n = len(self.margins or [])
         mean = sum(self.margins) / n if n else float("nan")
-        return (f"{self.label or 'AMAT'}: {n} margins (mean {mean:.4g}), xi={xi} from "
+        return (f"{who}: {n} margins (mean {mean:.4g}), xi={xi} from "
                 f"{self.xi_source or 'an unrecorded source'}, boundary={self.boundary}")
 
 

@@ -106,6 +106,21 @@ def test_deltas_parser():
             parse_deltas(bad)
 
 
+
+def test_sidecar_line_names_the_model_once(tmp_path):
+    """The report header line: the report's model name, the training label only where it differs."""
+    from amat_hooks.sidecars import read_adversarial_state
+
+    sat = tmp_path / "sat.json"
+    sat.write_text(json.dumps({"label": "SAT eps=0.5", "engine": {"policy": {"config": {"mode": "sat"}}}}))
+    amat = tmp_path / "amat.json"
+    amat.write_text(json.dumps({"label": "AMAT", "engine": {"policy": {
+        "config": {"mode": "amat", "xi": [1.5, 2.0], "xi_source": "calibration file xi.json", "boundary": "none"},
+        "margins": {"values": [1.0, 2.0, 3.0]}}}}))
+    assert read_adversarial_state(sat).describe("SAT0.5") == "SAT0.5 (trained as SAT eps=0.5): no margins"
+    assert read_adversarial_state(amat).describe("AMAT") == (
+        "AMAT: 3 margins (mean 2), xi=[1.5, 2] from calibration file xi.json, boundary=none")
+
 # -- a third-party task through an entry point ---------------------------------------------------------
 TOY_TASK = '''
 """A third-party task: a 1-pixel 'segmentation' model y = sign(w.x) on generated data."""

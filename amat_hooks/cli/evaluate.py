@@ -28,7 +28,7 @@ def run_eval(task: Task, args: argparse.Namespace) -> int:
                  for name, spec in models.items()}
     states = {name: read_adversarial_state(p) for name, spec in models.items()
               if (p := task.adversarial_state(spec, args)) is not None}
-    notes = [f"{name}: {s.describe()}" for name, s in states.items() if s is not None]
+    notes = [s.describe(name) for name, s in states.items() if s is not None]
     run_evaluations(factories, args, title=task.title(args), notes=notes)
     out = Path(args.out)
     for name, state in states.items():
