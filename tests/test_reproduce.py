@@ -55,6 +55,8 @@ def _check_page(report: Path, dataset: str, methods: list[str], metric: str, see
     # the committed run files the page is generated from
     runs = report / dataset / "runs"
     assert list((runs / "stages").glob("*.json")) and (runs / "grid" / "grid.json").is_file()
+    big = [f"{f.relative_to(runs)}: {f.stat().st_size} bytes" for f in runs.rglob("*.json") if f.stat().st_size > 500_000]
+    assert not big, f"committed run files must stay small (raw per-sample statistics are left out): {big}"
     for seed in seeds:
         training = json.loads((runs / f"seed{seed}" / "training.json").read_text())
         assert training["AMAT"]["boundary"] == "none" and training["AMAT-stop"]["boundary"] == "stop"
