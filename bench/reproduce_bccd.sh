@@ -15,7 +15,9 @@
 # scratch for 300 epochs, which a 2-core CPU cannot.
 #
 # Budget (environment, defaults = the committed run): MODEL, IMGSZ, PRE_EPOCHS, EPOCHS, BATCH,
-# ADV_STEPS, SAT_EPS, DELTAS, LEVELS, PGD_STEPS/IFGSM_STEPS, SEEDS. The paper trains at imgsz
+# ADV_STEPS, SAT_EPS, DELTAS, LEVELS, PGD_STEPS/IFGSM_STEPS, SEEDS, XI_PASSES (0: xi from the
+# un-augmented images in eval mode, the committed run; N: amat calibrate yolo --augmented-passes N,
+# the terms as the fine-tune's training batches see them). The paper trains at imgsz
 # 320 with noise levels 5,10,15 and SAT eps 1,10,15; at a smaller IMGSZ the L2 levels are
 # scaled by IMGSZ/320 (same noise per pixel). Rerun the same command to resume.
 source "$(dirname "$0")/reproduce_common.sh"
@@ -26,10 +28,15 @@ BATCH="${BATCH:-16}"; ADV_STEPS="${ADV_STEPS:-3}"; XI_RULE="${XI_RULE:-mean+2std
 scale() { python -c "import sys; print(','.join(f'{float(v)*$IMGSZ/320:g}' for v in sys.argv[1].split(',')))" "$1"; }
 SAT_EPS="${SAT_EPS:-$(scale 1,10)}"; DELTAS="${DELTAS:-$(scale 2,3.5)}"; LEVELS="${LEVELS:-$(scale 5,10,15)}"
 PGD_STEPS="${PGD_STEPS:-20}"; IFGSM_STEPS="${IFGSM_STEPS:-10}"; REPORT="${REPORT:-$REPO/docs/results}"
-FRACTION="${FRACTION:-1.0}"; SEEDS="$(seed_list "0 1 2")"
+FRACTION="${FRACTION:-1.0}"; SEEDS="$(seed_list "0 1 2")"; XI_PASSES="${XI_PASSES:-0}"
+xi_cal=(); xi_budget=()
+if [ "$XI_PASSES" -gt 0 ]; then    # Ultralytics closes mosaic for the last close_mosaic (10) epochs
+    xi_cal=(--augmented-passes "$XI_PASSES"); [ "$EPOCHS" -le 10 ] && xi_cal+=(mosaic=0)
+    xi_budget=(XI_PASSES="$XI_PASSES")
+fi
 python "$REPO/bench/reproduce_report.py" budget "$OUT" MODEL="$MODEL" IMGSZ="$IMGSZ" PRE_EPOCHS="$PRE_EPOCHS" EPOCHS="$EPOCHS" BATCH="$BATCH" \
     ADV_STEPS="$ADV_STEPS" SAT_EPS="$SAT_EPS" DELTAS="$DELTAS" LEVELS="$LEVELS" PGD_STEPS="$PGD_STEPS" \
-    IFGSM_STEPS="$IFGSM_STEPS" XI_RULE="$XI_RULE" SEEDS="$SEEDS" FRACTION="$FRACTION"
+    IFGSM_STEPS="$IFGSM_STEPS" XI_RULE="$XI_RULE" SEEDS="$SEEDS" FRACTION="$FRACTION" "${xi_budget[@]}"
 
 DATA="$OUT/data/bccd.yaml"
 stage convert amat bccd "$DATA_ROOT/bccd" "$OUT/data" --split random --seed 0   # the paper's 294/33/37
@@ -44,7 +51,7 @@ pretrain() {     # pretrain SEED: the clean start of a seed and its xi
     stage "s${S}_pretrain" amat yolo detect train model="$MODEL" epochs="$PRE_EPOCHS" pretrained=False \
         $(settings "$S") project="$D/yolo" name=pretrain exist_ok=True --adv none
     stage "s${S}_calibrate" amat calibrate yolo model="$D/yolo/pretrain/weights/last.pt" data="$DATA" \
-        imgsz="$IMGSZ" batch="$BATCH" device=cpu workers=0 -o "$D/xi.json"
+        imgsz="$IMGSZ" batch="$BATCH" device=cpu workers=0 "${xi_cal[@]}" -o "$D/xi.json"
 }
 
 first="${SEEDS%% *}"

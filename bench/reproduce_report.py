@@ -494,6 +494,11 @@ def write(dataset: str, runs: Path, report_dir: Path) -> Path:
                          if m.startswith("AMAT")})
     if xi_sources:
         L += ["xi of the AMAT runs: " + "; ".join(_relpaths(s) for s in xi_sources), ""]
+    passes = sorted({read_json(f).get("source", {}).get("augmented_passes", 0) for f in runs.glob("seed*/xi.json")})
+    if passes:
+        L += ["xi scored on " + (f"{passes[-1]} augmented pass(es) of the training images in train mode, as the "
+                                 f"training batches see them" if passes[-1] else
+                                 "the un-augmented training images in eval mode") + ".", ""]
     L += ["## Test split", ""]
     for attack in attacks:
         L += [f"### {ATTACK_NAMES.get(attack, attack)}", ""] + results_table(methods, attack) + [""]

@@ -77,9 +77,14 @@ def test_reproduce_bccd_ci_sized(tmp_path):
     _skip_without("bccd")
     out, report = tmp_path / "run", tmp_path / "docs"
     budget = dict(PRE_EPOCHS="1", EPOCHS="1", IMGSZ="64", BATCH="8", FRACTION="0.05", ADV_STEPS="1", PGD_STEPS="2",
-                  IFGSM_STEPS="1", SEEDS="0 1")
+                  IFGSM_STEPS="1", SEEDS="0 1", XI_PASSES="1")
     _run("reproduce_bccd.sh", out, report, **budget)
     saved = json.loads((out / "budget.json").read_text())
+    assert saved["XI_PASSES"] == "1" and json.loads((out / "seed0" / "xi.json").read_text())["source"] == {
+        "model": f"{out}/seed0/yolo/pretrain/weights/last.pt", "data": f"{out}/data/bccd.yaml", "split": "train",
+        "images": 294, "augmented_passes": 1, "mode": "train (augmented)"}   # all 294 (fraction: training only)
+    assert "xi scored on 1 augmented pass(es) of the training images in train mode" in (
+        report / "bccd.md").read_text()
     assert saved["LEVELS"] == "1,2,3" and saved["SAT_EPS"] == "0.2,2"   # paper levels scaled by 64/320
     summary = _check_page(report, "bccd", ["STD", "SAT0.2", "SAT2", "AMAT", "AMAT-stop"], "mAP50-95", ["0", "1"])
     assert summary["delta"] in ("0.4", "0.7")

@@ -211,6 +211,27 @@ def std_model(work) -> Path:
     return run / "weights" / "best.pt"
 
 
+@pytest.mark.slow
+def test_calibrate_on_augmented_training_batches(work, std_model):
+    """--augmented-passes N scores every training image N times as training sees it (seeded:
+    the same command gives the same xi), records it in the xi file, and gives other terms than
+    the un-augmented default; a negative N is a one-line error."""
+    base = ["calibrate", "yolo", f"model={std_model}", f"data={work['d3']}", "imgsz=64", "batch=8"]
+    xi = {}
+    for name, extra in (("plain", []), ("aug_a", ["--augmented-passes", "2"]), ("aug_b", ["--augmented-passes", "2"])):
+        path = work["root"] / f"xi_{name}.json"
+        rc, out = amat([*base, *extra, "--out", path], work["root"])
+        xi[name] = json.loads(path.read_text())
+    a = xi["aug_a"]
+    assert a["n_samples"] == 64 and a["source"]["images"] == 32 and a["source"]["augmented_passes"] == 2
+    assert a["source"]["mode"] == "train (augmented)" and "augmented_passes" not in xi["plain"]["source"]
+    assert "scoring 2 augmented pass(es) in train mode: mosaic=1.0" in out
+    assert a["xi"] == xi["aug_b"]["xi"]  # seeded augmentation: reproducible
+    assert a["stats"]["mean"] != pytest.approx(xi["plain"]["stats"]["mean"], rel=1e-3)
+    rc, out = amat([*base, "--augmented-passes", "-1"], work["root"], check=False)
+    assert rc == 2 and "--augmented-passes must be >= 0 (got -1)" in out
+
+
 EVAL_FAST = ["--levels", "0.1,0.3", "--pgd-steps", "5", "--ifgsm-steps", "3", "--det-conf", "0.01", "--no-progress"]
 
 

@@ -82,6 +82,11 @@ class YoloTask(Task):
                     "imgsz=320 epochs=50 pretrained=False --adv-xi-file xi.json",
         }[command]
         if command == "calibrate":
+            p.add_argument("--augmented-passes", type=int, default=0, metavar="N",
+                           help="score each training image N times as a training epoch sees it (Ultralytics' "
+                                "augmentation from the checkpoint's train args, key=value overrides such as "
+                                "mosaic=0, model in train mode), the terms AMAT compares with xi; 0 (default): "
+                                "un-augmented images in eval mode")
             return
         g = p.add_argument_group("detection metrics")
         default = "IoU" if command == "grid" else "mAP50-95"
@@ -112,6 +117,9 @@ class YoloTask(Task):
                     raise TaskError(f"missing {key}=...; e.g. model=runs/detect/train/weights/best.pt data=data.yaml")
             if not Path(str(kv["model"])).is_file():
                 raise TaskError(f"model={kv['model']} not found; give the clean model's best.pt")
+            if args.augmented_passes < 0:
+                raise TaskError(f"--augmented-passes must be >= 0 (got {args.augmented_passes}); "
+                                f"0 scores the un-augmented images")
             check_data(kv["data"], str(kv.get("split", "train")))
         else:
             owned = [w for w in GRID_OWNED_WORDS if w in kv] + [
@@ -162,10 +170,14 @@ class YoloTask(Task):
         from .calibrate import per_image_terms
 
         kv = dict(args.yolo_kv)
-        terms, files, names = per_image_terms(**kv)
+        passes = args.augmented_passes
+        terms, files, names = per_image_terms(**kv, augmented_passes=passes, log=log)
+        source = {"model": str(kv["model"]), "data": str(kv["data"]), "split": kv.get("split", "train"),
+                  "images": len(files) // max(passes, 1)}
+        if passes:
+            source.update(augmented_passes=passes, mode="train (augmented)")
         return CalibrationSet(terms=terms, term_names=names, identity={"data": str(Path(str(kv["data"])).resolve())},
-                              source={"model": str(kv["model"]), "data": str(kv["data"]),
-                                      "split": kv.get("split", "train"), "images": len(files)})
+                              source=source)
 
     def default_xi_path(self, args: argparse.Namespace, calibration: CalibrationSet) -> Path:
         return Path(str(args.yolo_kv["model"])).parent / "amat_xi_yolo.json"
