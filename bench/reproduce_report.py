@@ -192,10 +192,28 @@ def _slim_copy(src: Path, dst: Path) -> None:
     atomic_write_text(dst, json.dumps(_slim(read_json(src)), separators=(",", ":")) + "\n")
 
 
+def _seed_union(*lists: str) -> str:
+    """"0 1" and "2" -> "0 1 2": seeds in numeric order, each once."""
+    seeds = {s for text in lists for s in text.split()}
+    return " ".join(sorted(seeds, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s)))
+
+
+def write_budget(folder: Path, budget: dict) -> None:
+    """Write ``folder/budget.json``. SEEDS becomes the union with the seeds already recorded
+    there: a run of one more seed (SEEDS=2) adds to the record instead of replacing it."""
+    budget = dict(budget)
+    old = folder / "budget.json"
+    if "SEEDS" in budget and old.is_file():
+        budget["SEEDS"] = _seed_union(read_json(old).get("SEEDS", ""), budget["SEEDS"])
+    atomic_write_json(old, budget)
+
+
 def collect(dataset: str, out: Path, runs: Path) -> Path:
     """Copy what the page needs (small files only) from the run folder to ``runs``."""
     runs.mkdir(parents=True, exist_ok=True)
-    for name in ("budget.json", "machine.json", "commands.txt"):
+    if (out / "budget.json").is_file():
+        write_budget(runs, read_json(out / "budget.json"))
+    for name in ("machine.json", "commands.txt"):
         if (out / name).is_file():
             shutil.copyfile(out / name, runs / name)
     (runs / "stages").mkdir(exist_ok=True)
@@ -322,6 +340,9 @@ def per_method(seeds: dict[str, dict[str, EvalResult]]) -> dict[str, list[EvalRe
     return {k: methods[k] for k in _ordered(methods)}
 
 
+NOT_JUDGED = "not judged (one seed)"
+
+
 def verdict(diff: float, spread: float) -> str:
     """A difference counts only where it is larger than the seed spread."""
     if diff > spread:
@@ -337,6 +358,8 @@ def compare(a: list[float], b: list[float], higher: bool) -> tuple[float, float,
     mb, sb = _ms(b)
     diff = (ma - mb) if higher else (mb - ma)
     spread = max(sa, sb)
+    if min(len(a), len(b)) < 2:     # no spread to judge by: one seed says nothing about noise
+        return diff, spread, NOT_JUDGED
     return diff, spread, verdict(diff, spread)
 
 
@@ -361,7 +384,9 @@ def claims(methods: dict[str, list[EvalResult]], seconds: dict[str, float | None
             parts.append(f"STD: {d:+.4f} (spread {sp:.4f}) {v}")
         held = [s for s, v in zip(sats, outcome) if v == "holds"]
         behind = [s for s, v in zip(sats, outcome) if v == "does not hold"]
-        if len(held) == len(sats):
+        if NOT_JUDGED in outcome:
+            overall = f"**{NOT_JUDGED}**: a claim needs at least 2 seeds"
+        elif len(held) == len(sats):
             overall = "**holds** against every SAT"
         elif behind:
             overall = f"**does not hold**: behind {', '.join(behind)}"
@@ -371,9 +396,12 @@ def claims(methods: dict[str, list[EvalResult]], seconds: dict[str, float | None
                      + "; ".join(parts) + f" - {overall}.")
     if "STD" in methods:
         d, sp, v = compare([r.clean[m] for r in amat], [r.clean[m] for r in methods["STD"]], higher)
-        lines.append(f"(b) clean {m}: {which} vs STD {d:+.4f} (spread {sp:.4f}) - "
-                     + ("**holds** (not below STD)" if v != "does not hold" else "**does not hold** (below STD)")
-                     + ("" if v != "within noise" else ", within noise") + ".")
+        if v == NOT_JUDGED:
+            outcome_b = f"**{NOT_JUDGED}**"
+        else:
+            outcome_b = (("**holds** (not below STD)" if v != "does not hold" else "**does not hold** (below STD)")
+                         + ("" if v != "within noise" else ", within noise"))
+        lines.append(f"(b) clean {m}: {which} vs STD {d:+.4f} (spread {sp:.4f}) - {outcome_b}.")
     sat_times = [seconds[s] for s in sats if seconds.get(s)]
     if seconds.get(which) and sat_times:
         r = seconds[which] / statistics.fmean(sat_times)
@@ -610,7 +638,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(machine()))
     elif cmd == "budget":
         out = Path(argv[1])
-        atomic_write_json(out / "budget.json", dict(a.split("=", 1) for a in argv[2:]))
+        out.mkdir(parents=True, exist_ok=True)
+        write_budget(out, dict(a.split("=", 1) for a in argv[2:]))
     elif cmd == "plans":
         make_plans(Path(argv[1]), int(argv[2]))
     elif cmd == "best-delta":

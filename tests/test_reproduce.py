@@ -159,3 +159,40 @@ def test_restore_takes_over_finished_seeds_and_the_grid_only(tmp_path):
     with pytest.raises(SystemExit, match="EPOCHS: 6 there, 12 now"):
         report.restore("bccd", other, runs)
     assert not list((other / "stages").glob("*.json"))
+
+
+def test_budget_keeps_every_seed_run_in_the_folder(tmp_path):
+    """SEEDS=2 in a folder that already ran 0 and 1 adds seed 2 to the record (in the run
+    folder and in the committed copy), instead of replacing it; the other keys are the new ones."""
+    report = _load_report_module()
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    assert report.main(["budget", str(out), "EPOCHS=3", "SEEDS=0 1"]) == 0
+    assert report.main(["budget", str(out), "EPOCHS=3", "SEEDS=10 2"]) == 0
+    assert json.loads((out / "budget.json").read_text()) == {"EPOCHS": "3", "SEEDS": "0 1 2 10"}
+    runs.mkdir()
+    (runs / "budget.json").write_text(json.dumps({"EPOCHS": "3", "SEEDS": "0 5"}))
+    report.collect("isbi", out, runs)
+    assert json.loads((runs / "budget.json").read_text()) == {"EPOCHS": "3", "SEEDS": "0 1 2 5 10"}
+
+
+def _result(report, clean: float, pgd: float):
+    return report.EvalResult(task="t", metric="MRE", higher_is_better=False, levels=[1.0], clean={"MRE": clean},
+                             noisy={"pgd": {1.0: {"MRE": pgd}}}, batches=1, seconds=1.0)
+
+
+def test_claims_need_two_seeds_to_be_judged(tmp_path):
+    """One seed has no spread: the claim lines say so instead of calling a 0.1 mm gap a result.
+    Two seeds: AMAT 3.0/3.2 vs SAT 4.0/4.2 under PGD (gap 1.0 > stdev 0.141) holds; clean
+    AMAT 2.0/2.2 vs STD 1.9/2.1 (0.1 worse, stdev 0.141) is within noise."""
+    report = _load_report_module()
+    one = {"STD": [_result(report, 1.9, 4.1)], "SAT1": [_result(report, 2.5, 4.0)],
+           "AMAT": [_result(report, 2.0, 3.9)]}
+    lines = report.claims(one, {})
+    assert lines[0].endswith("**not judged (one seed)**: a claim needs at least 2 seeds.") and "(spread 0.0000)" in lines[0]
+    assert lines[1] == "(b) clean MRE: AMAT vs STD -0.1000 (spread 0.0000) - **not judged (one seed)**."
+    two = {"STD": [_result(report, 1.9, 5.0), _result(report, 2.1, 5.2)],
+           "SAT1": [_result(report, 2.5, 4.0), _result(report, 2.7, 4.2)],
+           "AMAT": [_result(report, 2.0, 3.0), _result(report, 2.2, 3.2)]}
+    lines = report.claims(two, {})
+    assert "SAT1: +1.0000 (spread 0.1414) holds" in lines[0] and lines[0].endswith("**holds** against every SAT.")
+    assert lines[1] == "(b) clean MRE: AMAT vs STD -0.1000 (spread 0.1414) - **holds** (not below STD), within noise."
