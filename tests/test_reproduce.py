@@ -25,7 +25,7 @@ def _run(script: str, out: Path, report: Path, **budget: str) -> subprocess.Comp
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AMAT_", "nnUNet_"))}
     env.update(budget, REPORT=str(report), AMAT_DATA=str(DATA), OMP_NUM_THREADS="1",
                PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
-    # the limit only catches a hang: alone each script takes 2-8 min, on a machine shared with a
+    # the limit only catches a hang: CI runs the whole suite in ~33 min, yet on a machine shared with a
     # reproduction run the Hippocampus one passed 1500 s (one validation case took 218 s)
     p = subprocess.run(["bash", str(REPO / "bench" / script), str(out)], env=env, capture_output=True,
                        text=True, timeout=3600, check=False)
