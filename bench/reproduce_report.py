@@ -194,8 +194,7 @@ def _slim_copy(src: Path, dst: Path) -> None:
 
 def _seed_union(*lists: str) -> str:
     """"0 1" and "2" -> "0 1 2": seeds in numeric order, each once."""
-    seeds = {s for text in lists for s in text.split()}
-    return " ".join(sorted(seeds, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s)))
+    return " ".join(sorted({s for text in lists for s in text.split()}, key=int))
 
 
 def write_budget(folder: Path, budget: dict) -> None:

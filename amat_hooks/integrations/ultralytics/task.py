@@ -170,7 +170,7 @@ class YoloTask(Task):
         from .calibrate import per_image_terms
 
         kv = dict(args.yolo_kv)
-        passes = getattr(args, "augmented_passes", 0)  # set by the calibrate command's parser
+        passes = args.augmented_passes
         terms, files, names = per_image_terms(**kv, augmented_passes=passes, log=log)
         source = {"model": str(kv["model"]), "data": str(kv["data"]), "split": kv.get("split", "train"),
                   "images": len(files) // max(passes, 1)}
