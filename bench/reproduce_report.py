@@ -398,8 +398,11 @@ def claims(methods: dict[str, list[EvalResult]], seconds: dict[str, float | None
         if v == NOT_JUDGED:
             outcome_b = f"**{NOT_JUDGED}**"
         else:
-            outcome_b = (("**holds** (not below STD)" if v != "does not hold" else "**does not hold** (below STD)")
-                         + ("" if v != "within noise" else ", within noise"))
+            # the claim is "not below STD": a difference inside the spread neither shows it
+            # nor refutes it, so it is reported as noise, not as holding
+            outcome_b = {"holds": "**holds** (above STD by more than the spread)",
+                         "within noise": "**within noise** (not shown to be below STD)",
+                         "does not hold": "**does not hold** (below STD by more than the spread)"}[v]
         lines.append(f"(b) clean {m}: {which} vs STD {d:+.4f} (spread {sp:.4f}) - {outcome_b}.")
     sat_times = [seconds[s] for s in sats if seconds.get(s)]
     if seconds.get(which) and sat_times:

@@ -197,4 +197,11 @@ def test_claims_need_two_seeds_to_be_judged(tmp_path):
            "AMAT": [_result(report, 2.0, 3.0), _result(report, 2.2, 3.2)]}
     lines = report.claims(two, {})
     assert "SAT1: +1.0000 (spread 0.1414) holds" in lines[0] and lines[0].endswith("**holds** against every SAT.")
-    assert lines[1] == "(b) clean MRE: AMAT vs STD -0.1000 (spread 0.1414) - **holds** (not below STD), within noise."
+    assert lines[1] == "(b) clean MRE: AMAT vs STD -0.1000 (spread 0.1414) - **within noise** (not shown to be below STD)."
+    # clean MRE 1.0 mm lower than STD's (better, beyond the spread) holds; 1.0 mm higher does not
+    two["AMAT"] = [_result(report, 0.9, 3.0), _result(report, 1.1, 3.2)]
+    assert report.claims(two, {})[1] == ("(b) clean MRE: AMAT vs STD +1.0000 (spread 0.1414) - "
+                                         "**holds** (above STD by more than the spread).")
+    two["AMAT"] = [_result(report, 2.9, 3.0), _result(report, 3.1, 3.2)]
+    assert report.claims(two, {})[1] == ("(b) clean MRE: AMAT vs STD -1.0000 (spread 0.1414) - "
+                                         "**does not hold** (below STD by more than the spread).")
