@@ -455,7 +455,7 @@ def results_table(methods: dict[str, list[EvalResult]], attack: str) -> list[str
 
 def margin_lines(training: dict[str, dict[str, dict]], sat_eps: list[float], delta: float | None = None) -> list[str]:
     """Margin mean per epoch (AMAT and AMAT-stop, every seed), the end-of-run check, the
-    updates per sample seen (a margin grows by at most Delta per update), and a line where
+    updates per updated sample (a margin grows by at most Delta per update), and a line where
     nine in ten margins never got past Delta (AMAT then trained as a per-sample SAT at
     eps ~ Delta: almost no noisy sample stayed below xi)."""
     L = []
@@ -473,9 +473,11 @@ def margin_lines(training: dict[str, dict[str, dict]], sat_eps: list[float], del
                 f" - median {med:.3g} {'>=' if med >= smallest else '<'} smallest SAT eps {smallest:g}")
             last = rec["history"][-1]
             upd, cnt = last.get("margin_updates"), last.get("margin_count")
-            # a margin grows by at most Delta per visit: visits per sample bound what it can reach
+            # a margin grows by at most Delta per update: updates per sample bound what it can
+            # reach. The table holds the samples updated at least once (Algorithm 1 updates every
+            # sample it trains on; AMAT-stop skips those whose clean loss is already above xi)
             visits = "" if not upd or not cnt else (
-                f"; {int(upd)} margin updates over {int(cnt)} samples seen ({upd / cnt:.2f} per sample)")
+                f"; {int(upd)} margin updates over {int(cnt)} samples updated ({upd / cnt:.2f} per sample)")
             L.append(f"- seed {seed}: " + ", ".join(_fmt(v, 3) for v in means) + ok + visits)
         q90 = [rec["history"][-1].get("margin_q90") for _, rec in rows]
         if delta is not None and q90 and all(q is not None and q <= 1.01 * delta for q in q90):

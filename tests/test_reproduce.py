@@ -207,9 +207,9 @@ def test_claims_need_two_seeds_to_be_judged(tmp_path):
                                          "**does not hold** (below STD by more than the spread).")
 
 
-def test_margin_lines_state_updates_per_sample_seen():
-    """A margin grows by at most Delta per update, so the page states the updates per sample
-    seen: 4800 updates over 3452 samples = 1.39 (hand-computed), median 0.5 below SAT eps 1,
+def test_margin_lines_state_updates_per_sample():
+    """A margin grows by at most Delta per update, so the page states the updates per sample:
+    4800 updates over 3452 samples = 1.39 (hand-computed), median 0.5 below SAT eps 1,
     and the per-sample-SAT line because the 90th percentile 0.5 is at Delta."""
     report = _load_report_module()
     history = [{"margin_mean": 0.537, "margin_updates": 800.0, "margin_count": 753.0, "margin_q90": 0.5},
@@ -217,5 +217,5 @@ def test_margin_lines_state_updates_per_sample_seen():
     training = {"0": {"AMAT": {"history": history, "margins_final": {"median": 0.5}}}}
     lines = report.margin_lines(training, [1.0, 5.0], 0.5)
     assert lines[2] == ("- seed 0: 0.537, 0.744 - median 0.5 < smallest SAT eps 1; "
-                        "4800 margin updates over 3452 samples seen (1.39 per sample)")
+                        "4800 margin updates over 3452 samples updated (1.39 per sample)")
     assert lines[4].startswith("On every seed at least 90 % of AMAT's margins ended at or below Delta = 0.5")
