@@ -17,6 +17,8 @@
 #
 # Budget (environment, defaults = the committed run): PRE_EPOCHS, EPOCHS, ITERS, BATCH,
 # ADV_STEPS, SAT_EPS, DELTAS, PGD_STEPS/IFGSM_STEPS, MAX_CASES, SEEDS. Rerun to resume.
+# GRID_FROM=docs/results/hippocampus/runs takes the Delta grid of that committed run instead of
+# running one (two adversarial fine-tunes and a validation evaluation); the page names it.
 source "$(dirname "$0")/reproduce_common.sh"
 repro_init hippocampus "${1:-$REPO/runs/reproduce/hippocampus}"
 
@@ -34,7 +36,8 @@ export AMAT_EPOCHS="$EPOCHS" AMAT_ITERS="$ITERS" AMAT_VAL_ITERS=1 AMAT_STEPS="$A
 cases=(); [ "$MAX_CASES" -gt 0 ] && cases=(--max-cases "$MAX_CASES")
 python "$REPO/bench/reproduce_report.py" budget "$OUT" PRE_EPOCHS="$PRE_EPOCHS" EPOCHS="$EPOCHS" ITERS="$ITERS" ADV_STEPS="$ADV_STEPS" \
     SAT_EPS="$SAT_EPS" DELTAS="$DELTAS" LEVELS="$LEVELS" PGD_STEPS="$PGD_STEPS" IFGSM_STEPS="$IFGSM_STEPS" \
-    MAX_CASES="$MAX_CASES" ATTACKS="$ATTACKS" XI_RULE="$XI_RULE" BATCH="$BATCH" PLANS="$PLANS" SPLIT="$SPLIT" SEEDS="$SEEDS"
+    MAX_CASES="$MAX_CASES" ATTACKS="$ATTACKS" XI_RULE="$XI_RULE" BATCH="$BATCH" PLANS="$PLANS" SPLIT="$SPLIT" SEEDS="$SEEDS" \
+    ${GRID_FROM:+"GRID_FROM=$GRID_FROM"}
 
 stage convert amat nnunet-hippocampus --src "$DATA_ROOT/msd_hippocampus" --id $ID --split "$SPLIT"
 nnUNet_n_proc_DA=1 stage preprocess nnUNetv2_plan_and_preprocess -d $ID -c 2d -np 2
@@ -56,9 +59,12 @@ pretrain() {     # pretrain SEED: the clean start of a seed and its xi
 first="${SEEDS%% *}"
 pretrain "$first"
 FIRST_PRE="$(fold_dir "$OUT/seed$first/results/pretrain" nnUNetTrainerSTD)/checkpoint_final.pth"
-AMAT_XI_FILE="$OUT/seed$first/xi.json" AMAT_SEED="$first" stage grid amat grid nnunet $ID 2d $FOLD -p "$PLANS" \
+if [ -n "${GRID_FROM:-}" ]; then
+    stage grid python "$REPO/bench/reproduce_report.py" take-grid "$GRID_FROM" "$OUT/grid"
+else AMAT_XI_FILE="$OUT/seed$first/xi.json" AMAT_SEED="$first" stage grid amat grid nnunet $ID 2d $FOLD -p "$PLANS" \
     --deltas "$DELTAS" --epochs "$EPOCHS" --iters "$ITERS" --adv-steps "$ADV_STEPS" --pretrained-weights "$FIRST_PRE" \
     --levels "$LEVELS" --pgd-steps "$PGD_STEPS" "${cases[@]}" --out "$OUT/grid" --no-progress
+fi
 best="$(python "$REPO/bench/reproduce_report.py" best-delta "$OUT/grid")"
 
 for S in $SEEDS; do

@@ -14,6 +14,8 @@ reproduction split over several sessions continues from committed state.
     python bench/reproduce_report.py write DATASET RUNS REPORT_DIR (the page + README table)
     python bench/reproduce_report.py overview REPORT_DIR
     python bench/reproduce_report.py best-delta GRID_DIR           (prints the best Delta)
+    python bench/reproduce_report.py take-grid RUNS GRID_DIR       (GRID_FROM: another committed
+                                                                    run's grid, source recorded)
     python bench/reproduce_report.py machine | budget OUT K=V... | plans DATASET_DIR BATCH
 
 Only the paper's numbers (cited, for comparison) are constants here.
@@ -92,6 +94,32 @@ def machine() -> dict:
     return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available()
             else "none"}
+
+
+GRID_SOURCE = "grid_source.json"
+
+
+def take_grid(source_runs: str, grid_dir: Path) -> Path:
+    """Use the Delta grid of another committed run (its ``runs/`` folder, GRID_FROM) instead of
+    running one: a grid costs one adversarial fine-tune per Delta plus a validation evaluation.
+    The source and its budget go into ``grid_source.json`` so the page says where Delta came from."""
+    src = Path(source_runs)
+    src = src if src.is_absolute() else REPO / src
+    if not (src / "grid" / "grid.json").is_file():
+        raise SystemExit(f"GRID_FROM={source_runs}: {src / 'grid' / 'grid.json'} does not exist; point GRID_FROM "
+                         f"at a committed runs/ folder whose grid stage finished (docs/results/<dataset>/runs)")
+    grid_dir.mkdir(parents=True, exist_ok=True)
+    for f in (src / "grid").glob("grid*"):
+        if f.name != GRID_SOURCE:
+            shutil.copyfile(f, grid_dir / f.name)
+    budget = read_json(src / "budget.json") if (src / "budget.json").is_file() else {}
+    try:
+        shown = str(src.resolve().relative_to(REPO))
+    except ValueError:
+        shown = str(src)
+    atomic_write_json(grid_dir / GRID_SOURCE, {"runs": shown, "budget": budget})
+    print(f"Delta grid taken from {shown} (best Delta {best_delta(grid_dir):g})")
+    return grid_dir / GRID_SOURCE
 
 
 def best_delta(grid_dir: Path) -> float:
@@ -489,6 +517,18 @@ def margin_lines(training: dict[str, dict[str, dict]], sat_eps: list[float], del
     return L
 
 
+def _delta_line(delta: str, source: Path) -> str:
+    """Where AMAT's Delta came from: this run's grid, or (GRID_FROM) another run's, with its budget."""
+    line = f"- AMAT's Delta: {delta}, chosen by `amat grid` on the validation split (table below)"
+    if not source.is_file():
+        return line
+    src = read_json(source)
+    budget = src.get("budget", {})
+    keys = ", ".join(f"{k}={budget[k]}" for k in ("PRE_EPOCHS", "EPOCHS", "ITERS", "DELTAS") if k in budget)
+    return (line[:-len(" (table below)")] + f" of another run, taken over (GRID_FROM): `{src.get('runs')}`"
+            + (f", made at {keys}" if keys else "") + "; this run did not run its own grid (table below)")
+
+
 def write(dataset: str, runs: Path, report_dir: Path) -> Path:
     paper = PAPER[dataset]
     name = EVAL_NAME[dataset]
@@ -524,7 +564,7 @@ def write(dataset: str, runs: Path, report_dir: Path) -> Path:
           f"- wall time of all stages so far: {total / 60:.1f} min",
           "- budget: " + ", ".join(f"{k}={v}" for k, v in budget.items()),
           f"- paper: {paper.model}, {paper.budget}, SAT eps {paper.sat_eps}, xi rule {paper.xi_rule}",
-          f"- AMAT's Delta: {delta}, chosen by `amat grid` on the validation split (table below)",
+          _delta_line(delta, runs / "grid" / GRID_SOURCE),
           f"- evaluation: test split, {scored} per seed; attacks "
           + ", ".join(f"{ATTACK_NAMES.get(a, a)} ({first.steps.get(a, '-')} steps)" if a != "worst" else
                       "worst case per sample over the others" for a in attacks), ""]
@@ -654,6 +694,8 @@ def main(argv: list[str]) -> int:
         make_plans(Path(argv[1]), int(argv[2]))
     elif cmd == "best-delta":
         print(f"{best_delta(Path(argv[1])):g}")
+    elif cmd == "take-grid":
+        take_grid(argv[1], Path(argv[2]))
     elif cmd == "restore":
         restore(argv[1], Path(argv[2]).resolve(), Path(argv[3]))
     elif cmd == "collect":

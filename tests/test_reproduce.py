@@ -219,3 +219,28 @@ def test_margin_lines_state_updates_per_sample():
     assert lines[2] == ("- seed 0: 0.537, 0.744 - median 0.5 < smallest SAT eps 1; "
                         "4800 margin updates over 3452 samples updated (1.39 per sample)")
     assert lines[4].startswith("On every seed at least 90 % of AMAT's margins ended at or below Delta = 0.5")
+
+
+def test_take_grid_copies_the_grid_and_the_page_names_its_source(tmp_path):
+    """GRID_FROM: the grid files of another run are copied (best Delta read back from them: 1,
+    whose ADI 0.3 beats 0.2 by hand), its budget is recorded, and the Delta line names the
+    source run and the budget the grid was made at. A folder without a grid is refused."""
+    report = _load_report_module()
+    src = tmp_path / "runs"
+    (src / "grid").mkdir(parents=True)
+    point = {"metric": "ADI", "higher_is_better": True, "levels": [1.0], "clean": {"ADI": 0.5},
+             "noisy": {"pgd": {"1.0": {"ADI": 0.2}}}, "batches": 1, "seconds": 1.0, "task": "nnunet"}
+    better = dict(point, noisy={"pgd": {"1.0": {"ADI": 0.3}}})
+    (src / "grid" / "grid.json").write_text(json.dumps({"0.5": {"result": point}, "1": {"result": better}}))
+    (src / "grid" / "grid.md").write_text("| Delta | AUC |\n")
+    (src / "budget.json").write_text(json.dumps({"EPOCHS": "6", "PRE_EPOCHS": "12", "DELTAS": "0.5,1"}))
+    grid = tmp_path / "out" / "grid"
+    source = report.take_grid(str(src), grid)
+    assert sorted(p.name for p in grid.iterdir()) == ["grid.json", "grid.md", "grid_source.json"]
+    assert report.best_delta(grid) == 1.0
+    assert json.loads(source.read_text())["budget"]["EPOCHS"] == "6"
+    line = report._delta_line("1", source)
+    assert f"taken over (GRID_FROM): `{src}`, made at PRE_EPOCHS=12, EPOCHS=6, DELTAS=0.5,1;" in line
+    assert report._delta_line("1", tmp_path / "none.json").endswith("on the validation split (table below)")
+    with pytest.raises(SystemExit, match="grid.json does not exist; point GRID_FROM"):
+        report.take_grid(str(tmp_path / "out" / "grid"), tmp_path / "other")   # the grid, not its runs/
