@@ -244,3 +244,12 @@ def test_take_grid_copies_the_grid_and_the_page_names_its_source(tmp_path):
     assert report._delta_line("1", tmp_path / "none.json").endswith("on the validation split (table below)")
     with pytest.raises(SystemExit, match="grid.json does not exist; point GRID_FROM"):
         report.take_grid(str(tmp_path / "out" / "grid"), tmp_path / "other")   # the grid, not its runs/
+
+
+def test_evaluation_subset_is_stated():
+    """MAX_CASES=8 with SPLIT=208,17,35 scores 8 of the 35 test cases: the caption says so;
+    MAX_CASES=0 (all) and budgets without it add nothing."""
+    report = _load_report_module()
+    assert report._subset({"MAX_CASES": "8", "SPLIT": "208,17,35"}) == "; a subset: MAX_CASES=8 of the 35 test cases"
+    assert report._subset({"MAX_CASES": "0", "SPLIT": "208,17,35"}) == ""
+    assert report._subset({"EPOCHS": "3"}) == ""
