@@ -454,7 +454,8 @@ def _fmt(v: float | None, digits: int = 1) -> str:
 
 def _relpaths(text: str) -> str:
     # one path at a time: a --models list holds several, separated by "," and "="
-    text = re.sub(r"/[^\s,=]*?/runs/reproduce/[a-z]+", "$OUT", text)
+    # the output folder's whole name: runs/reproduce/hippocampus_long is $OUT, not $OUT_long
+    text = re.sub(r"/[^\s,=]*?/runs/reproduce/[\w.-]+", "$OUT", text)
     text = text.replace(str(REPO), ".")
     data = str((REPO / ".." / "shared" / "data").resolve())
     return text.replace(data, "../shared/data")
@@ -497,8 +498,10 @@ def margin_lines(training: dict[str, dict[str, dict]], sat_eps: list[float], del
             means = [h.get("margin_mean") for h in rec["history"]]
             final = rec.get("margins_final") or {}
             med = final.get("median")
+            # margins are float32: (||x - x~|| + E) / 2 lands at 0.99999999 where it means 1
+            reached = med is not None and smallest is not None and med >= smallest * (1 - 1e-6)
             ok = "" if smallest is None or med is None else (
-                f" - median {med:.3g} {'>=' if med >= smallest else '<'} smallest SAT eps {smallest:g}")
+                f" - median {med:.4g} {'>=' if reached else '<'} smallest SAT eps {smallest:g}")
             last = rec["history"][-1]
             upd, cnt = last.get("margin_updates"), last.get("margin_count")
             # a margin grows by at most Delta per update: updates per sample bound what it can

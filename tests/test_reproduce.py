@@ -221,6 +221,26 @@ def test_margin_lines_state_updates_per_sample():
     assert lines[4].startswith("On every seed at least 90 % of AMAT's margins ended at or below Delta = 0.5")
 
 
+def test_margin_check_allows_float32_rounding_only():
+    """A float32 margin (1.5 + 0.5) / 2 stored as 0.9999999925 reaches SAT eps 1; 0.99 does not."""
+    report = _load_report_module()
+    history = [{"margin_mean": 1.133, "margin_updates": 16000.0, "margin_count": 6286.0, "margin_q90": 2.0}]
+    for median, verdict in ((0.9999999925494194, "median 1 >= smallest SAT eps 1"),
+                            (0.99, "median 0.99 < smallest SAT eps 1")):
+        training = {"0": {"AMAT": {"history": history, "margins_final": {"median": median}}}}
+        assert verdict in report.margin_lines(training, [1.0, 5.0], 0.5)[2]
+
+
+def test_commands_name_the_output_folder_whole():
+    """$OUT replaces the whole output folder name (hippocampus_long too), the repo becomes '.'."""
+    report = _load_report_module()
+    repo = str(report.REPO)
+    cmd = (f"amat eval --models STD=nnUNetTrainerSTD@{repo}/runs/reproduce/hippocampus_long/seed0/results/STD,"
+           f"AMAT=x@/tmp/a/runs/reproduce/isbi/seed1 --out {repo}/runs/reproduce/bccd.v2/eval {repo}/bench/x.py")
+    assert report._relpaths(cmd) == ("amat eval --models STD=nnUNetTrainerSTD@$OUT/seed0/results/STD,"
+                                     "AMAT=x@$OUT/seed1 --out $OUT/eval ./bench/x.py")
+
+
 def test_take_grid_copies_the_grid_and_the_page_names_its_source(tmp_path):
     """GRID_FROM: the grid files of another run are copied (best Delta read back from them: 1,
     whose ADI 0.3 beats 0.2 by hand), its budget is recorded, and the Delta line names the
