@@ -482,7 +482,8 @@ def results_table(methods: dict[str, list[EvalResult]], attack: str) -> list[str
     return lines
 
 
-def margin_lines(training: dict[str, dict[str, dict]], sat_eps: list[float], delta: float | None = None) -> list[str]:
+def margin_lines(training: dict[str, dict[str, dict]], sat_eps: list[float], delta: float | None = None,
+                 readme: str = "README.md") -> list[str]:
     """Margin mean per epoch (AMAT and AMAT-stop, every seed), the end-of-run check, the
     updates per updated sample (a margin grows by at most Delta per update), and a line where
     nine in ten margins never got past Delta (AMAT then trained as a per-sample SAT at
@@ -515,7 +516,7 @@ def margin_lines(training: dict[str, dict[str, dict]], sat_eps: list[float], del
             L += ["", f"On every seed at least 90 % of {method}'s margins ended at or below Delta = {delta:g} "
                   f"(final 90th percentile {', '.join(f'{q:.3g}' for q in q90)}): almost no noisy sample stayed "
                   f"below xi, so {method} trained as a per-sample SAT at eps ~ Delta. Why on this dataset: "
-                  f"[README, the xi rows](README.md#how-this-differs-from-the-paper-and-from-the-authors-code)."]
+                  f"[README, the xi rows]({readme}#how-this-differs-from-the-paper-and-from-the-authors-code)."]
         L.append("")
     return L
 
@@ -539,6 +540,12 @@ def _delta_line(delta: str, source: Path) -> str:
     keys = ", ".join(f"{k}={budget[k]}" for k in ("PRE_EPOCHS", "EPOCHS", "ITERS", "DELTAS") if k in budget)
     return (line[:-len(" (table below)")] + f" of another run, taken over (GRID_FROM): `{src.get('runs')}`"
             + (f", made at {keys}" if keys else "") + "; this run did not run its own grid (table below)")
+
+
+def _results_readme(report_dir: Path) -> str:
+    """The link from a page in report_dir to docs/results/README.md (pages of other budgets sit
+    one folder down, e.g. docs/results/hippocampus_short/)."""
+    return Path(os.path.relpath(REPO / "docs" / "results" / "README.md", report_dir.resolve())).as_posix()
 
 
 def write(dataset: str, runs: Path, report_dir: Path) -> Path:
@@ -601,7 +608,8 @@ def write(dataset: str, runs: Path, report_dir: Path) -> Path:
     L += ["| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for k, rs in methods.items():
         L.append(f"| {k} | " + " | ".join(_pm([r.clean[n] for r in rs if n in r.clean]) for n in names) + " |")
-    L += ["", "## AMAT's margins", ""] + margin_lines(training, sat_eps, None if delta == "?" else float(delta))
+    L += ["", "## AMAT's margins", ""] + margin_lines(training, sat_eps, None if delta == "?" else float(delta),
+                                                            _results_readme(report_dir))
     L += ["## Delta grid (validation split, seed of the first run)", ""]
     for f in sorted((runs / "grid").glob("grid*.md")):
         L += [f"`{f.name}`:", "", f.read_text().strip(), ""]

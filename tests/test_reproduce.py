@@ -219,6 +219,10 @@ def test_margin_lines_state_updates_per_sample():
     assert lines[2] == ("- seed 0: 0.537, 0.744 - median 0.5 < smallest SAT eps 1; "
                         "4800 margin updates over 3452 samples updated (1.39 per sample)")
     assert lines[4].startswith("On every seed at least 90 % of AMAT's margins ended at or below Delta = 0.5")
+    assert "(README.md#how-this-differs" in lines[4]
+    # a page one folder down (docs/results/hippocampus_short/) links the results README above it
+    below = report.margin_lines(training, [1.0, 5.0], 0.5, report._results_readme(report.REPO / "docs" / "results" / "x"))
+    assert "(../README.md#how-this-differs" in below[4]
 
 
 def test_margin_check_allows_float32_rounding_only():
