@@ -544,8 +544,13 @@ def _delta_line(delta: str, source: Path) -> str:
 
 def _results_readme(report_dir: Path) -> str:
     """The link from a page in report_dir to docs/results/README.md (pages of other budgets sit
-    one folder down, e.g. docs/results/hippocampus_short/)."""
-    return Path(os.path.relpath(REPO / "docs" / "results" / "README.md", report_dir.resolve())).as_posix()
+    one folder down, e.g. docs/results/hippocampus_short/). A page written outside the repository
+    (a test's temporary folder) names the README by its repository path: a relative link would
+    climb out through the machine's absolute path."""
+    readme = REPO / "docs" / "results" / "README.md"
+    if not report_dir.resolve().is_relative_to(REPO):
+        return "docs/results/README.md"
+    return Path(os.path.relpath(readme, report_dir.resolve())).as_posix()
 
 
 def write(dataset: str, runs: Path, report_dir: Path) -> Path:

@@ -223,6 +223,8 @@ def test_margin_lines_state_updates_per_sample():
     # a page one folder down (docs/results/hippocampus_short/) links the results README above it
     below = report.margin_lines(training, [1.0, 5.0], 0.5, report._results_readme(report.REPO / "docs" / "results" / "x"))
     assert "(../README.md#how-this-differs" in below[4]
+    # a page outside the repository (a test's tmp folder) must not print this machine's paths
+    assert report._results_readme(Path("/tmp/some/report")) == "docs/results/README.md"
 
 
 def test_margin_check_allows_float32_rounding_only():
