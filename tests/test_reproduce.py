@@ -106,7 +106,7 @@ def test_reproduce_hippocampus_ci_sized(tmp_path):
     _skip_without("msd_hippocampus")
     out, report = tmp_path / "run", tmp_path / "docs"
     _run("reproduce_hippocampus.sh", out, report, SPLIT="6,2,2", PRE_EPOCHS="1", EPOCHS="2", ITERS="2", BATCH="8",
-         ADV_STEPS="1", SAT_EPS="1,5", DELTAS="0.5,1", MAX_CASES="2", PGD_STEPS="2", IFGSM_STEPS="1", SEEDS="0")
+         ADV_STEPS="1", SAT_EPS="1,5", DELTAS="0.5,1", MAX_CASES="2", PGD_STEPS="2", IFGSM_STEPS="1", SEEDS="0", GRID_FROM="")   # empty: its own grid, not the committed one
     plans = json.loads((out / "nnUNet_preprocessed" / "Dataset004_Hippocampus" / "nnUNetPlans_b8.json").read_text())
     assert plans["configurations"]["2d"]["batch_size"] == 8
     summary = _check_page(report, "hippocampus", ["STD", "SAT1", "SAT5", "AMAT", "AMAT-stop"], "ADI", ["0"])
