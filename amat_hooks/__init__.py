@@ -7,21 +7,21 @@ from __future__ import annotations
 
 import os as _os
 
-from .attacks import AttackResult, ifgsm, pgd
-from .config import AdvConfig, AdvConfigError
-from .engine import AdapterError, AdversarialEngine
-from .hookspecs import Host, hookimpl, hookspec
-from .loop import AdversarialLoop, per_sample_mean
-from .margins import MarginMismatchError, MarginStore
-from .plugins import get_plugin_manager, new_plugin_manager
-from .policies import AMAT, SAT, STD, AttackSettings, BoundLoss, Policy, SemanticsMismatchError, StepOutput
-from .tasks import CalibrationSet, Task, TaskError, TrainRun
-from .thresholds import OnlineThreshold, accepted, xi_from_losses
+from amat_hooks.attacks import AttackResult, ifgsm, pgd
+from amat_hooks.config import AdvConfig, AdvConfigError
+from amat_hooks.engine import AdapterError, AdversarialEngine
+from amat_hooks.hookspecs import Host, hookimpl, hookspec
+from amat_hooks.loop import AdversarialLoop, per_sample_mean
+from amat_hooks.margins import MarginMismatchError, MarginStore
+from amat_hooks.plugins import get_plugin_manager, new_plugin_manager
+from amat_hooks.policies import AMAT, SAT, STD, AttackSettings, BoundLoss, Policy, SemanticsMismatchError, StepOutput
+from amat_hooks.tasks import CalibrationSet, Task, TaskError, TrainRun
+from amat_hooks.thresholds import OnlineThreshold, accepted, xi_from_losses
 
 __version__ = "0.1.0"
 
 if _os.environ.get("AMAT_NETWORK_GUARD"):  # tests: refuse and record any network access
-    from .offline import install_network_guard as _guard
+    from amat_hooks.offline import install_network_guard as _guard
 
     _guard(_os.environ["AMAT_NETWORK_GUARD"])
 

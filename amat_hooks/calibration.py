@@ -27,8 +27,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .atomic_files import atomic_write_json, read_json
-from .thresholds import RULES, xi_from_losses
+from amat_hooks.atomic_files import atomic_write_json, read_json
+from amat_hooks.thresholds import RULES, xi_from_losses
 
 XI_KIND = "amat-hooks xi"
 XI_VERSION = 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .hookspecs import hookimpl
+from amat_hooks.hookspecs import hookimpl
 
 
 @hookimpl
@@ -13,7 +13,7 @@ def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
                               description="Train STD, SAT and AMAT on generated data (no downloads), print "
                                           "per-epoch progress, a paper-style robustness table and whether the "
                                           "paper's pattern shows.")
-    from .plugins import get_plugin_manager
+    from amat_hooks.plugins import get_plugin_manager
 
     backends = demo_backends(get_plugin_manager())
     default = "loop" if "loop" in backends else sorted(backends)[0]
@@ -54,7 +54,7 @@ def amat_demo_backends() -> dict:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .plugins import get_plugin_manager
+    from amat_hooks.plugins import get_plugin_manager
 
     return demo_backends(get_plugin_manager())[args.backend][1](args)
 
@@ -63,8 +63,8 @@ def _demo_loop(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from .demo import DemoSettings, pattern_verdict, plot_methods, run_loop_demo
-    from .report import to_markdown, write_report
+    from amat_hooks.demo import DemoSettings, pattern_verdict, plot_methods, run_loop_demo
+    from amat_hooks.report import to_markdown, write_report
 
     t0 = time.perf_counter()
     s = DemoSettings()
@@ -103,7 +103,7 @@ def _demo_loop(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .plugins import get_plugin_manager
+    from amat_hooks.plugins import get_plugin_manager
 
     pm = get_plugin_manager()
     print("registered plugins:")

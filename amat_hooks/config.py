@@ -14,9 +14,9 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Mapping, Sequence
 
-from .attacks import DEFAULT_ALPHA
-from .policies import AMAT, BOUNDARY_MODES, MODES, SAT, STD, TRAIN_REFINE_STEPS, AttackSettings, Policy
-from .thresholds import RULES
+from amat_hooks.attacks import DEFAULT_ALPHA
+from amat_hooks.policies import AMAT, BOUNDARY_MODES, MODES, SAT, STD, TRAIN_REFINE_STEPS, AttackSettings, Policy
+from amat_hooks.thresholds import RULES
 
 _ALIASES = {"std": "none", "off": "none", "clean": "none"}
 
@@ -256,7 +256,7 @@ def env_wording(message: str, prefix: str = "AMAT_") -> str:
 def read_xi_thresholds(path: str, rule: str | None, n_terms: int | None = None,
                        fix: str = "write it with `amat calibrate <task>`") -> tuple[list[float], str, str]:
     """(xi, source description, rule) from an xi file (``--adv-xi-file`` / ``AMAT_XI_FILE``)."""
-    from .calibration import XiFileError, read_xi_file
+    from amat_hooks.calibration import XiFileError, read_xi_file
 
     try:
         xf = read_xi_file(path, fix=fix)

@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import AdvConfig
-from .evaluation import EvalResult, robustness_eval
-from .loop import AdversarialLoop
-from .segmentation import SegmentationEvalTask
-from .synthetic import textured_segmentation
-from .thresholds import xi_from_losses
+from amat_hooks.config import AdvConfig
+from amat_hooks.evaluation import EvalResult, robustness_eval
+from amat_hooks.loop import AdversarialLoop
+from amat_hooks.segmentation import SegmentationEvalTask
+from amat_hooks.synthetic import textured_segmentation
+from amat_hooks.thresholds import xi_from_losses
 
 Log = Callable[[str], None]
 
@@ -276,7 +276,7 @@ class DemoOutcome:
 def trivial_adi(y: Tensor) -> float:
     """ADI of the better of the two constant predictions (every pixel object / every pixel
     background) on labels ``y``: what a model that ignores its input scores."""
-    from .metrics import adi, dice_counts
+    from amat_hooks.metrics import adi, dice_counts
 
     return max(adi(dice_counts(torch.full_like(y, v), y, labels=[1])) for v in (0, 1))
 

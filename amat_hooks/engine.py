@@ -8,8 +8,8 @@ import pluggy
 import torch
 from torch import Tensor, nn
 
-from .attacks import AttackResult, preserved_state
-from .policies import AMAT, BoundLoss, Policy, StepOutput  # noqa: F401 (StepOutput: public type)
+from amat_hooks.attacks import AttackResult, preserved_state
+from amat_hooks.policies import AMAT, BoundLoss, Policy, StepOutput  # noqa: F401 (StepOutput: public type)
 
 
 class AdapterError(RuntimeError):
@@ -25,7 +25,7 @@ class AdversarialEngine:
 
     def __init__(self, policy: Policy, host: Any = None, pm: pluggy.PluginManager | None = None) -> None:
         if pm is None:
-            from .plugins import get_plugin_manager
+            from amat_hooks.plugins import get_plugin_manager
 
             pm = get_plugin_manager()
         self.policy = policy

@@ -26,9 +26,9 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .attacks import ifgsm, min_norm, multi_level, pgd
-from .metrics import auc_robust
-from .objectives import SEGMENTATION_OBJECTIVES, ObjectiveLoss, segmentation_step_fn, supports_segmentation
+from amat_hooks.attacks import ifgsm, min_norm, multi_level, pgd
+from amat_hooks.metrics import auc_robust
+from amat_hooks.objectives import SEGMENTATION_OBJECTIVES, ObjectiveLoss, segmentation_step_fn, supports_segmentation
 
 #: the default attacks of :func:`robustness_eval` (the paper's)
 ATTACKS = ("pgd", "ifgsm")
@@ -387,7 +387,7 @@ def _read_state(path: Path, fingerprint: str) -> dict[str, dict]:
                                  f"steps or radius settings differ); delete it or evaluate without --resume")
             done[rec["key"]] = rec
             good.append(json.dumps(rec) + "\n")
-    from .atomic_files import atomic_write_text
+    from amat_hooks.atomic_files import atomic_write_text
 
     atomic_write_text(path, "".join(good))
     return done
@@ -672,13 +672,13 @@ def _attack_checks(result: EvalResult, floor_tol: float, random_margin: float) -
 
 
 def save_result(result: EvalResult, path: str | os.PathLike) -> None:
-    from .atomic_files import atomic_write_json
+    from amat_hooks.atomic_files import atomic_write_json
 
     atomic_write_json(path, result.to_dict())
 
 
 def load_result(path: str | os.PathLike) -> EvalResult:
-    from .atomic_files import read_json
+    from amat_hooks.atomic_files import read_json
 
     return EvalResult.from_dict(read_json(path))
 

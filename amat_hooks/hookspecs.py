@@ -23,9 +23,9 @@ if TYPE_CHECKING:
 
     from torch import Tensor, nn
 
-    from .integrations.runner.loss import ScriptLoss
-    from .policies import BoundLoss
-    from .tasks import Task
+    from amat_hooks.integrations.runner.loss import ScriptLoss
+    from amat_hooks.policies import BoundLoss
+    from amat_hooks.tasks import Task
 
 PROJECT = "amat_hooks"
 hookspec = pluggy.HookspecMarker(PROJECT)

@@ -7,9 +7,9 @@ from typing import Any, Callable
 
 from torch import Tensor, nn
 
-from .config import AdvConfig
-from .engine import AdversarialEngine
-from .policies import StepOutput
+from amat_hooks.config import AdvConfig
+from amat_hooks.engine import AdversarialEngine
+from amat_hooks.policies import StepOutput
 
 
 def per_sample_mean(loss_fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attacks import IterationLoss
+from amat_hooks.attacks import IterationLoss
 
 SEGMENTATION_OBJECTIVES = ("segpgd", "cospgd", "mce")
 

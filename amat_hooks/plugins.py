@@ -6,7 +6,7 @@ import logging
 
 import pluggy
 
-from . import hookspecs
+from amat_hooks import hookspecs
 
 ENTRY_POINT_GROUP = "amat_hooks"
 

@@ -14,9 +14,9 @@ from typing import Any, Callable, Hashable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .attacks import DEFAULT_ALPHA, AttackResult, pgd
-from .margins import MarginStore
-from .thresholds import OnlineThreshold, accepted, check_xi
+from amat_hooks.attacks import DEFAULT_ALPHA, AttackResult, pgd
+from amat_hooks.margins import MarginStore
+from amat_hooks.thresholds import OnlineThreshold, accepted, check_xi
 
 TermsFn = Callable[[Tensor], Tensor]
 TrainingFn = Callable[[Tensor, bool], "tuple[Tensor, Tensor]"]

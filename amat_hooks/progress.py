@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .hookspecs import hookimpl
+from amat_hooks.hookspecs import hookimpl
 
 
 @hookimpl

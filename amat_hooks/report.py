@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .atomic_files import atomic_write_json, atomic_write_text
-from .evaluation import EvalResult, masking_check
+from amat_hooks.atomic_files import atomic_write_json, atomic_write_text
+from amat_hooks.evaluation import EvalResult, masking_check
 
 _SHORT = {"pgd": "P", "ifgsm": "IF", "segpgd": "SEG", "cospgd": "COS", "mce": "MCE", "worst": "W"}
 _LONG = {"pgd": "PGD on the training loss", "ifgsm": "IFGSM on the training loss", "segpgd": "SegPGD",
@@ -164,7 +164,7 @@ def radius_markdown(results: Mapping[str, EvalResult], digits: int = 4) -> str:
         if ref is not None and r.per_sample.get("scores"):
             curve = r.unbroken_fraction(ref)
             clean0 = 1.0 - sum(r.broken(r.sample_scores("clean", 0), r.sample_scores("clean", 0), thr, rel)) / len(radii)
-            from .metrics import auc_robust
+            from amat_hooks.metrics import auc_robust
 
             cells = [f"{name} (per level, {_short(ref)})", "", ""] + [f"{v:.{digits}f}" for v in curve] + [
                 f"{auc_robust(clean0, curve, r.levels):.{digits}f}"]

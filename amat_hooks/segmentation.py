@@ -7,8 +7,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .evaluation import EvalBatch, EvalTask
-from .objectives import SegmentationObjectives
+from amat_hooks.evaluation import EvalBatch, EvalTask
+from amat_hooks.objectives import SegmentationObjectives
 
 
 class SegmentationEvalTask(SegmentationObjectives, EvalTask):
@@ -60,7 +60,7 @@ class SegmentationEvalTask(SegmentationObjectives, EvalTask):
         return self.loss_fn(self.model(x), self._rep(y, repeats))
 
     def measure(self, x: Tensor, target):
-        from .metrics import dice_counts
+        from amat_hooks.metrics import dice_counts
 
         y, valid = self._split(target)
         pred = self.model(x).argmax(1)
@@ -69,13 +69,13 @@ class SegmentationEvalTask(SegmentationObjectives, EvalTask):
         return dice_counts(pred, y, labels=self.labels).tolist()
 
     def reduce(self, stats):
-        from .metrics import adi, tvdi
+        from amat_hooks.metrics import adi, tvdi
 
         counts = torch.tensor([row for s in stats for row in s], dtype=torch.float64)
         return {"ADI": adi(counts), "TVDI": tvdi(counts)}
 
     def sample_scores(self, stats) -> list[float]:
-        from .metrics import dice_from_counts
+        from amat_hooks.metrics import dice_from_counts
 
         return dice_from_counts(torch.tensor(stats, dtype=torch.float64).reshape(-1, 3)).tolist()
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .policies import LEGACY_BOUNDARY
+from amat_hooks.policies import LEGACY_BOUNDARY
 
 #: Key of the adversarial state inside an nnU-Net (or any torch) checkpoint dict.
 CHECKPOINT_KEY = "amat_hooks"
@@ -79,7 +79,7 @@ def read_adversarial_state(path: str | os.PathLike) -> AdversarialState | None:
 
 def _load(path: Path) -> Any:
     if path.suffix == ".json":
-        from .atomic_files import read_json
+        from amat_hooks.atomic_files import read_json
 
         try:
             return read_json(path)
@@ -96,7 +96,7 @@ def _load(path: Path) -> Any:
 def _online_xi(state: Any) -> list[float] | None:
     if not isinstance(state, dict) or state.get("mean") is None:
         return None
-    from .thresholds import OnlineThreshold
+    from amat_hooks.thresholds import OnlineThreshold
 
     est = OnlineThreshold(rule=state.get("rule", "mean"))
     est.load_state_dict(state)

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 
-from .evaluation import EvalTask
+from amat_hooks.evaluation import EvalTask
 
 COMMANDS = ("calibrate", "eval", "grid")
 

@@ -15,10 +15,10 @@ import sys
 from functools import partial
 from typing import Sequence
 
-from .. import __version__
-from ..offline import apply_offline_env
-from ..tasks import COMMANDS, Task, TaskError
-from .options import add_eval_arguments
+from amat_hooks import __version__
+from amat_hooks.offline import apply_offline_env
+from amat_hooks.tasks import COMMANDS, Task, TaskError
+from amat_hooks.cli.options import add_eval_arguments
 
 #: What the shared commands do, for ``amat --help``.
 SHARED_COMMANDS = {
@@ -29,10 +29,10 @@ SHARED_COMMANDS = {
 
 #: Exceptions that mean "bad input": one line, exit 2.
 def _usage_errors() -> tuple[type[BaseException], ...]:
-    from ..calibration import XiFileError
-    from ..config import AdvConfigError
-    from ..margins import MarginMismatchError
-    from ..policies import SemanticsMismatchError
+    from amat_hooks.calibration import XiFileError
+    from amat_hooks.config import AdvConfigError
+    from amat_hooks.margins import MarginMismatchError
+    from amat_hooks.policies import SemanticsMismatchError
 
     return (TaskError, AdvConfigError, XiFileError, MarginMismatchError, SemanticsMismatchError,
             FileNotFoundError)
@@ -40,7 +40,7 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
 
 def tasks(pm=None) -> dict[str, Task]:
     """Every task the registered plugins contribute, by name (later plugins win)."""
-    from ..plugins import get_plugin_manager
+    from amat_hooks.plugins import get_plugin_manager
 
     pm = pm or get_plugin_manager()
     found: dict[str, Task] = {}
@@ -51,7 +51,7 @@ def tasks(pm=None) -> dict[str, Task]:
 
 
 def build_parser(pm=None) -> argparse.ArgumentParser:
-    from ..plugins import get_plugin_manager
+    from amat_hooks.plugins import get_plugin_manager
 
     pm = pm or get_plugin_manager()
     parser = argparse.ArgumentParser(
@@ -73,9 +73,9 @@ def build_parser(pm=None) -> argparse.ArgumentParser:
 
 def add_task_parser(targets: argparse._SubParsersAction, task: Task, command: str) -> argparse.ArgumentParser:
     """``amat <command> <task.name>`` with the shared options, then the task's own."""
-    from .calibrate import run_calibrate
-    from .evaluate import run_eval
-    from .grid import run_grid_command
+    from amat_hooks.cli.calibrate import run_calibrate
+    from amat_hooks.cli.evaluate import run_eval
+    from amat_hooks.cli.grid import run_grid_command
 
     what = {"calibrate": "xi from a clean (STD) model: the per-sample loss terms on the training split, "
                          "xi = mean or mean + 2 std per term (paper section 2.2); both rules are written",

@@ -1,6 +1,6 @@
 """``python -m amat_hooks.cli``: the ``amat`` console script."""
 import sys
 
-from . import main
+from amat_hooks.cli import main
 
 sys.exit(main())

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..calibration import write_xi_file, xi_record
-from ..tasks import Task
+from amat_hooks.calibration import write_xi_file, xi_record
+from amat_hooks.tasks import Task
 
 
 def run_calibrate(task: Task, args: argparse.Namespace) -> int:

@@ -9,12 +9,12 @@ import argparse
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from ..evaluation import (EvalResult, EvalTask, RadiusSpec, check_levels, fingerprint, load_result,
+from amat_hooks.evaluation import (EvalResult, EvalTask, RadiusSpec, check_levels, fingerprint, load_result,
                           robustness_eval, save_result)
-from ..report import masking_lines, plot_margin_histogram, radius_markdown, to_markdown, write_report
-from ..sidecars import read_adversarial_state
-from ..tasks import Task, TaskError
-from .options import checked_levels, parse_attacks, parse_model_specs
+from amat_hooks.report import masking_lines, plot_margin_histogram, radius_markdown, to_markdown, write_report
+from amat_hooks.sidecars import read_adversarial_state
+from amat_hooks.tasks import Task, TaskError
+from amat_hooks.cli.options import checked_levels, parse_attacks, parse_model_specs
 
 
 def run_eval(task: Task, args: argparse.Namespace) -> int:

@@ -12,10 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from ..atomic_files import atomic_write_json, atomic_write_text, read_json
-from ..evaluation import EvalResult, EvalTask, check_levels, robustness_eval
-from ..tasks import Task, TrainRun
-from .options import checked_levels, parse_deltas
+from amat_hooks.atomic_files import atomic_write_json, atomic_write_text, read_json
+from amat_hooks.evaluation import EvalResult, EvalTask, check_levels, robustness_eval
+from amat_hooks.tasks import Task, TrainRun
+from amat_hooks.cli.options import checked_levels, parse_deltas
 
 
 def run_grid_command(task: Task, args: argparse.Namespace) -> int:

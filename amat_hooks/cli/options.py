@@ -6,7 +6,7 @@ import argparse
 import math
 from typing import Callable
 
-from ..tasks import TaskError
+from amat_hooks.tasks import TaskError
 
 #: The paper's evaluation noise levels (L2) per task, section 3 / Tables 1-7.
 PAPER_LEVELS = {
@@ -88,7 +88,7 @@ def parse_attacks(text: str) -> tuple[str, ...]:
 def checked_levels(levels) -> list[float]:
     """``--levels`` as :func:`~amat_hooks.evaluation.check_levels` accepts them, or a
     :class:`TaskError` naming the problem."""
-    from ..evaluation import check_levels
+    from amat_hooks.evaluation import check_levels
 
     try:
         return check_levels(levels)

@@ -11,10 +11,10 @@ from typing import Any, Hashable, Sequence
 
 from torch import Tensor, nn
 
-from ..hookspecs import hookimpl
-from ..loop import AdversarialLoop, per_sample_mean  # noqa: F401 (the documented import path)
-from ..segmentation import SegmentationEvalTask  # noqa: F401 (import path of amat-hooks 0.1)
-from ..policies import BoundLoss
+from amat_hooks.hookspecs import hookimpl
+from amat_hooks.loop import AdversarialLoop, per_sample_mean  # noqa: F401 (the documented import path)
+from amat_hooks.segmentation import SegmentationEvalTask  # noqa: F401 (import path of amat-hooks 0.1)
+from amat_hooks.policies import BoundLoss
 
 #: Dict batch keys of the input, the target and the sample ids (first match wins).
 X_KEYS = ("x", "input", "inputs", "image", "images")

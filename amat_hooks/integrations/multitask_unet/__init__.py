@@ -6,9 +6,9 @@ Importing this package is light; torchvision is imported only by :mod:`.model`.
 """
 from __future__ import annotations
 
-from .losses import TERM_NAMES, dice_loss, landmark_terms, masked_l1
-from .targets import landmark_targets, radius_for
-from .voting import voting
+from amat_hooks.integrations.multitask_unet.losses import TERM_NAMES, dice_loss, landmark_terms, masked_l1
+from amat_hooks.integrations.multitask_unet.targets import landmark_targets, radius_for
+from amat_hooks.integrations.multitask_unet.voting import voting
 
 __all__ = ["TERM_NAMES", "dice_loss", "landmark_targets", "landmark_terms", "masked_l1",
            "radius_for", "voting"]

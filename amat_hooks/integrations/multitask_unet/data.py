@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .targets import check_landmarks, landmark_targets, radius_for
+from amat_hooks.integrations.multitask_unet.targets import check_landmarks, landmark_targets, radius_for
 
 PAPER_SPLIT = {"train": (1, 150), "val": (151, 200), "test": (201, 300)}
 #: ``points`` = the first annotation (points.csv, or 400_junior); ``junior`` is its alias.

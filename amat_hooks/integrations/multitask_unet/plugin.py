@@ -18,7 +18,7 @@ from typing import Any, Hashable, Sequence
 
 from torch import Tensor, nn
 
-from ...hookspecs import hookimpl
+from amat_hooks.hookspecs import hookimpl
 
 _DICT_KEYS = ("image", "mask", "heatmap", "offset_y", "offset_x")
 
@@ -103,8 +103,8 @@ def amat_bind_loss(batch: Any, model: nn.Module, host: Any):
     maps = landmark_maps(batch)
     if kind is None or maps is None:
         return None
-    from ...policies import BoundLoss
-    from .losses import TERM_NAMES, landmark_terms
+    from amat_hooks.policies import BoundLoss
+    from amat_hooks.integrations.multitask_unet.losses import TERM_NAMES, landmark_terms
 
     _, mask, heatmap, offset_y, offset_x = maps
     bce = getattr(host, "landmark_bce", None)
@@ -120,7 +120,7 @@ def amat_runner_loss(batch: Any, host: Any):
     """``amat run``: the three landmark terms, heatmap BCE or Dice (see :mod:`.runner_loss`)."""
     if landmark_maps(batch) is None:
         return None
-    from .runner_loss import LandmarkScriptLoss
+    from amat_hooks.integrations.multitask_unet.runner_loss import LandmarkScriptLoss
 
     options = getattr(host, "options", None)
     return LandmarkScriptLoss(getattr(options, "heatmap_loss", None) or "auto",
@@ -131,7 +131,7 @@ def amat_runner_loss(batch: Any, host: Any):
 def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.choices.get("run")  # the runner's plugin adds it first (tryfirst)
     if run is not None:
-        from .runner_loss import HEATMAP_CHOICES
+        from amat_hooks.integrations.multitask_unet.runner_loss import HEATMAP_CHOICES
 
         run.add_argument("--heatmap-loss", choices=HEATMAP_CHOICES, default="auto",
                          help="Multi-Task U-Net scripts: the heatmap term the script trains with. auto "
@@ -156,7 +156,7 @@ def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _make_data(args: argparse.Namespace) -> int:
-    from .data import write_generated_isbi
+    from amat_hooks.integrations.multitask_unet.data import write_generated_isbi
 
     root = write_generated_isbi(args.out, n=args.n, height=args.height, width=args.width,
                                 num_landmarks=args.landmarks, seed=args.seed, layout=args.layout)
@@ -166,6 +166,6 @@ def _make_data(args: argparse.Namespace) -> int:
 
 @hookimpl
 def amat_tasks():
-    from .task import LandmarkTask
+    from amat_hooks.integrations.multitask_unet.task import LandmarkTask
 
     return [LandmarkTask()]

@@ -22,8 +22,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..runner.loss import RunnerError, ScriptLoss
-from .losses import TERM_NAMES, landmark_terms
+from amat_hooks.integrations.runner.loss import RunnerError, ScriptLoss
+from amat_hooks.integrations.multitask_unet.losses import TERM_NAMES, landmark_terms
 
 HEATMAP_CHOICES = ("auto", "dice", "bce")
 
@@ -56,7 +56,7 @@ class LandmarkScriptLoss(ScriptLoss):
         return f"{self.name} (heatmap term: {self.kind}; {self.source}{check})"
 
     def terms(self, batch: Any, output: Any) -> Tensor:
-        from .plugin import landmark_maps
+        from amat_hooks.integrations.multitask_unet.plugin import landmark_maps
 
         maps = landmark_maps(batch)
         _, mask, heatmap, offset_y, offset_x = maps

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...tasks import CalibrationSet, TaskError
-from .losses import TERM_NAMES, per_sample_terms
-from .settings import default_xi_path
+from amat_hooks.tasks import CalibrationSet, TaskError
+from amat_hooks.integrations.nnunet.losses import TERM_NAMES, per_sample_terms
+from amat_hooks.integrations.nnunet.settings import default_xi_path
 
 
 def clean_losses(trainer, keys, batch_size: int, log=print) -> tuple[np.ndarray, list[tuple[str, int]]]:
     """Per-slice clean losses ``[N]`` and their ``(case, slice)`` ids."""
-    from .slices import load_cases, prepared_slices
+    from amat_hooks.integrations.nnunet.slices import load_cases, prepared_slices
 
     if len(trainer.configuration_manager.patch_size) != 2:
         raise TaskError(f"calibration is implemented for 2d configurations (samples = slices); "
@@ -68,7 +68,7 @@ def clean_losses_of_model(dataset: str, configuration: str, fold: str, trainer_n
     """The clean model's per-slice losses on the fold's training cases."""
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    from .evaluate import checkpoint_path, drop_load_log, existing_logs
+    from amat_hooks.integrations.nnunet.evaluate import checkpoint_path, drop_load_log, existing_logs
 
     fold_arg: Any = fold if fold == "all" else int(fold)
     expected = checkpoint_path(dataset, configuration, fold, trainer_name, plans, checkpoint)

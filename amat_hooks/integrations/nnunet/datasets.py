@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ...atomic_files import atomic_write_json
+from amat_hooks.atomic_files import atomic_write_json
 
 #: Paper split of MSD Task04 Hippocampus (section 3.1): train / validation / test cases.
 HIPPOCAMPUS_SPLIT = (208, 17, 35)
@@ -30,7 +30,7 @@ def make_generated_dataset(raw_root: str | os.PathLike, dataset_id: int = 990, n
     """Write ``Dataset{id}_{name}`` in nnU-Net raw format: ``cases`` small volumes of
     ``slices`` independent 2D images (bright ellipses = label 1, a distractor blob, noise)
     from :func:`amat_hooks.synthetic.shapes_segmentation`. Seeded; no downloads."""
-    from ...synthetic import shapes_segmentation
+    from amat_hooks.synthetic import shapes_segmentation
 
     if not 1 <= dataset_id <= 999:
         raise ValueError(f"nnU-Net dataset ids are 1..999, got {dataset_id}")

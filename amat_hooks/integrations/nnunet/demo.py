@@ -87,7 +87,7 @@ def _run(cmd: list[str], env: dict[str, str], log: Path, what: str, echo: EpochE
 
 def make_demo_dataset(raw: Path, train_cases: int, test_cases: int, slices: int, size: int, seed: int) -> Path:
     """Generated training cases in imagesTr and separate test cases in imagesTs/labelsTs."""
-    from .datasets import make_generated_dataset
+    from amat_hooks.integrations.nnunet.datasets import make_generated_dataset
 
     folder = make_generated_dataset(raw, DATASET_ID, "AMATDemo", cases=train_cases, slices=slices, size=size,
                                     seed=seed)
@@ -109,7 +109,7 @@ def run_nnunet_demo(args: argparse.Namespace) -> int:
     bindir = Path(sys.executable).parent
     env = _env(root)
     epochs = args.epochs or 8
-    from ...policies import TRAIN_REFINE_STEPS
+    from amat_hooks.policies import TRAIN_REFINE_STEPS
 
     iters, steps, refine, sat_eps, delta = 20, 5, TRAIN_REFINE_STEPS, 4.0, 1.0
     levels = [2.0, 4.0, 8.0]
@@ -156,7 +156,7 @@ def run_nnunet_demo(args: argparse.Namespace) -> int:
     if p.returncode != 0:
         print(f"amat eval nnunet failed (exit {p.returncode})", file=sys.stderr)
         return p.returncode
-    from ...evaluation import load_result, warn_if_weak
+    from amat_hooks.evaluation import load_result, warn_if_weak
 
     results = {label: load_result(root / "report" / "models" / f"{label}.json") for label, _, _ in runs}
     if timing:

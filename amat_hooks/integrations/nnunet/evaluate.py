@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...config import ENV_NAMES, LEGACY_FIELDS
-from ...evaluation import EvalBatch, EvalTask
-from ...metrics import adi, dice_counts, dice_from_counts, tvdi
-from .losses import per_sample_terms
-from .slices import load_cases, prepared_slices
+from amat_hooks.config import ENV_NAMES, LEGACY_FIELDS
+from amat_hooks.evaluation import EvalBatch, EvalTask
+from amat_hooks.metrics import adi, dice_counts, dice_from_counts, tvdi
+from amat_hooks.integrations.nnunet.losses import per_sample_terms
+from amat_hooks.integrations.nnunet.slices import load_cases, prepared_slices
 
 
 class NnUNetEvalError(RuntimeError):

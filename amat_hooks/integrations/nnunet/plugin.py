@@ -16,10 +16,10 @@ from typing import Any, Hashable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ...hookspecs import hookimpl
-from ...policies import BoundLoss
-from .batch import NnUNetBatch
-from .losses import TERM_NAMES, per_sample_terms
+from amat_hooks.hookspecs import hookimpl
+from amat_hooks.policies import BoundLoss
+from amat_hooks.integrations.nnunet.batch import NnUNetBatch
+from amat_hooks.integrations.nnunet.losses import TERM_NAMES, per_sample_terms
 
 
 # -- batch anatomy ---------------------------------------------------------------------------
@@ -83,14 +83,14 @@ def amat_bind_loss(batch: Any, model: nn.Module, host: Any) -> BoundLoss | None:
 # -- the task and the demo back end -------------------------------------------------------------
 @hookimpl
 def amat_tasks():
-    from .task import NnUNetTask
+    from amat_hooks.integrations.nnunet.task import NnUNetTask
 
     return [NnUNetTask()]
 
 
 @hookimpl
 def amat_demo_backends() -> dict:
-    from .demo import run_nnunet_demo
+    from amat_hooks.integrations.nnunet.demo import run_nnunet_demo
 
     return {"nnunet": ("the real nnU-Net trainer (nnUNetv2_train) on generated 2D data, ~15 min",
                        run_nnunet_demo)}
@@ -141,7 +141,7 @@ def _need(var: str, given: str | None) -> str:
 def _convert_hippocampus(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .datasets import convert_hippocampus
+    from amat_hooks.integrations.nnunet.datasets import convert_hippocampus
 
     src = args.src or str(Path.cwd().parent / "shared" / "data" / "msd_hippocampus")
     try:
@@ -161,7 +161,7 @@ def _convert_hippocampus(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .datasets import make_generated_dataset
+    from amat_hooks.integrations.nnunet.datasets import make_generated_dataset
 
     folder = make_generated_dataset(_need("nnUNet_raw", args.raw), dataset_id=args.id, cases=args.cases,
                                     slices=args.slices, size=args.size, seed=args.seed)
@@ -171,7 +171,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from . import TRAINER_FOLDER
+    from amat_hooks.integrations.nnunet import TRAINER_FOLDER
 
     folders = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
     print(f"amat-hooks trainer folder: {TRAINER_FOLDER}")

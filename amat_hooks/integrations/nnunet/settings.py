@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ...config import AdvConfig, AdvConfigError, env_wording
-from ...policies import MODES
+from amat_hooks.config import AdvConfig, AdvConfigError, env_wording
+from amat_hooks.policies import MODES
 
 #: Paper table (section 3.3): AMAT step size Delta per nnU-Net dataset.
 PAPER_STEP = {"heart": 5.0, "hippocampus": 0.5, "prostate": 3.0}
@@ -211,7 +211,7 @@ def calibrate_command(dataset: str, configuration: str, fold: int | str, plans: 
 def load_xi_file(path: str | os.PathLike, *, dataset: str, configuration: str, plans: str,
                  fold: int | str, rule: str, n_terms: int) -> list[float]:
     """Read and check a calibration file; every problem names the command that fixes it."""
-    from ...calibration import XiFileError, read_xi_file
+    from amat_hooks.calibration import XiFileError, read_xi_file
 
     fix = f"run `{calibrate_command(dataset, configuration, fold, plans)}`"
     path = Path(path)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from ...tasks import CalibrationSet, Task, TaskError, TrainRun
+from amat_hooks.tasks import CalibrationSet, Task, TaskError, TrainRun
 
 
 def _preset_for(dataset: str) -> str:
@@ -102,7 +102,7 @@ class NnUNetTask(Task):
         return trainer.replace("nnUNetTrainer", "") or trainer
 
     def check_model(self, name: str, spec: str, args: argparse.Namespace) -> None:
-        from .evaluate import checkpoint_path
+        from amat_hooks.integrations.nnunet.evaluate import checkpoint_path
 
         trainer, root = _split_spec(spec)
         with results_root(root):
@@ -112,7 +112,7 @@ class NnUNetTask(Task):
                             f"{args.dataset} {args.configuration} {args.fold} -tr {trainer}")
 
     def eval_task(self, name: str, spec: str, args: argparse.Namespace):
-        from .evaluate import NnUNetSliceEvalTask, load_trainer
+        from amat_hooks.integrations.nnunet.evaluate import NnUNetSliceEvalTask, load_trainer
 
         trainer_name, root = _split_spec(spec)
         with results_root(root):
@@ -123,7 +123,7 @@ class NnUNetTask(Task):
                                    max_slices=args.max_slices)
 
     def adversarial_state(self, spec: str, args: argparse.Namespace) -> Path | None:
-        from .evaluate import checkpoint_path
+        from amat_hooks.integrations.nnunet.evaluate import checkpoint_path
 
         trainer, root = _split_spec(spec)
         with results_root(root):
@@ -134,7 +134,7 @@ class NnUNetTask(Task):
 
     # -- calibrate ----------------------------------------------------------------------------
     def calibration_set(self, args: argparse.Namespace, log=print) -> CalibrationSet:
-        from .calibrate import clean_losses_of_model
+        from amat_hooks.integrations.nnunet.calibrate import clean_losses_of_model
 
         return clean_losses_of_model(args.dataset, args.configuration, args.fold, trainer_name=args.trainer,
                                      plans=args.plans, checkpoint=args.checkpoint, device=args.device,
@@ -144,7 +144,7 @@ class NnUNetTask(Task):
         return Path(calibration.source["default_path"])
 
     def xi_usage(self, path: Path, xi: Sequence[float], args: argparse.Namespace) -> str:
-        from .settings import default_xi_path
+        from amat_hooks.integrations.nnunet.settings import default_xi_path
 
         here = Path(path) == Path(default_xi_path(Path(path).parent, args.configuration,
                                                    args.plans, args.fold))

@@ -23,15 +23,15 @@ from torch import Tensor
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from ...config import AdvConfig, AdvConfigError, env_wording, force_resume_requested
-from ...engine import AdversarialEngine
-from ...atomic_files import atomic_torch_save
-from ...margins import MarginMismatchError
-from ...plugins import get_plugin_manager
-from ...policies import AMAT
-from .batch import NnUNetBatch
-from .loader import SLICE_KEY, slice_reporting_loader
-from .settings import calibrate_command, default_xi_path, load_xi_file, read_settings, save_interval
+from amat_hooks.config import AdvConfig, AdvConfigError, env_wording, force_resume_requested
+from amat_hooks.engine import AdversarialEngine
+from amat_hooks.atomic_files import atomic_torch_save
+from amat_hooks.margins import MarginMismatchError
+from amat_hooks.plugins import get_plugin_manager
+from amat_hooks.policies import AMAT
+from amat_hooks.integrations.nnunet.batch import NnUNetBatch
+from amat_hooks.integrations.nnunet.loader import SLICE_KEY, slice_reporting_loader
+from amat_hooks.integrations.nnunet.settings import calibrate_command, default_xi_path, load_xi_file, read_settings, save_interval
 
 #: Key of our state inside nnU-Net's checkpoint dict.
 CHECKPOINT_KEY = "amat_hooks"

@@ -23,12 +23,12 @@ terms, BCE vs Dice) live in :mod:`amat_hooks.integrations.multitask_unet.plugin`
 """
 from __future__ import annotations
 
-from .host import SIDECAR_SUFFIX, STATE_FORMAT, STATE_NAME, PendingBatch, Runner
-from .ids import IndexCollate, IndexedBatch, IndexedDataset, RunnerBatch
-from .launcher import EXIT_REFUSED, EXIT_USAGE, parse_command, run_script
-from .loss import BoundLossScriptLoss, CriterionScriptLoss, RunnerError, ScriptLoss
-from .patches import Patches
-from .split import BATCH_MODES
+from amat_hooks.integrations.runner.host import SIDECAR_SUFFIX, STATE_FORMAT, STATE_NAME, PendingBatch, Runner
+from amat_hooks.integrations.runner.ids import IndexCollate, IndexedBatch, IndexedDataset, RunnerBatch
+from amat_hooks.integrations.runner.launcher import EXIT_REFUSED, EXIT_USAGE, parse_command, run_script
+from amat_hooks.integrations.runner.loss import BoundLossScriptLoss, CriterionScriptLoss, RunnerError, ScriptLoss
+from amat_hooks.integrations.runner.patches import Patches
+from amat_hooks.integrations.runner.split import BATCH_MODES
 
 __all__ = [
     "BATCH_MODES", "BoundLossScriptLoss", "CriterionScriptLoss", "EXIT_REFUSED", "EXIT_USAGE", "IndexCollate",

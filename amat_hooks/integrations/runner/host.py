@@ -31,9 +31,9 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from .ids import RunnerBatch, batch_rows
-from .loss import RunnerError, ScriptLoss
-from .split import BATCH_MODES, ForwardHooks, detach
+from amat_hooks.integrations.runner.ids import RunnerBatch, batch_rows
+from amat_hooks.integrations.runner.loss import RunnerError, ScriptLoss
+from amat_hooks.integrations.runner.split import BATCH_MODES, ForwardHooks, detach
 
 STATE_NAME = "amat_state.json"
 SIDECAR_SUFFIX = ".amat.json"
@@ -73,8 +73,8 @@ class Runner:
 
     def __init__(self, config: Any, pm: Any = None, options: Any = None, out_dir: str | Path | None = None,
                  verbose: bool = True, batch_mode: str = "split", **adapter_options: Any) -> None:
-        from ...engine import AdversarialEngine
-        from ...plugins import get_plugin_manager
+        from amat_hooks.engine import AdversarialEngine
+        from amat_hooks.plugins import get_plugin_manager
 
         if batch_mode not in BATCH_MODES:
             raise RunnerError(f"unknown --adv-batch {batch_mode!r}; choose one of {', '.join(BATCH_MODES)}")
@@ -197,7 +197,7 @@ class Runner:
             raise
 
     def _process(self, data: Any, ids: list | None) -> Any:
-        from ...engine import AdapterError
+        from amat_hooks.engine import AdapterError
 
         self.hooks.reset()
         self.flush(final=False)
@@ -308,7 +308,7 @@ class Runner:
         self.script_loss.confirm(self)  # logs what it corrects, or raises RunnerError
         xi_file = getattr(self.options, "adv_xi_file", None)
         if xi_file and self.engine.policy.name == "amat":
-            from ...calibration import XiFileError, read_xi_file
+            from amat_hooks.calibration import XiFileError, read_xi_file
 
             try:
                 read_xi_file(xi_file).check_identity(self.script_loss.identity())
@@ -320,7 +320,7 @@ class Runner:
 
     def _observe(self, p: PendingBatch) -> None:
         """Algorithm 1 lines 9-12 for one batch, with the terms of the script's forward."""
-        from ...attacks import preserved_state
+        from amat_hooks.attacks import preserved_state
 
         if self.engine.policy.name != "amat":
             return  # STD/SAT keep no per-sample state
@@ -395,7 +395,7 @@ class Runner:
         """After ``--adv-resume``: are the model's weights at the first step those of the
         checkpoint the resumed margins belong to? (The runner restores margins, xi and the
         epoch counter; the weights are the script's to load.)"""
-        from .checkpoints import CheckpointError, compare_state_dicts, read_state_dict
+        from amat_hooks.integrations.runner.checkpoints import CheckpointError, compare_state_dicts, read_state_dict
 
         pol = self.engine.policy
         what = f"{len(pol.margins)} margins" if pol.name == "amat" else "the adversarial state"
@@ -444,12 +444,12 @@ class Runner:
         return out
 
     def write_state(self, path: Path) -> Path:
-        from ...atomic_files import atomic_write_json
+        from amat_hooks.atomic_files import atomic_write_json
 
         return atomic_write_json(path, self.state())
 
     def load_state(self, path: str | Path, force: bool = False) -> None:
-        from ...atomic_files import read_json
+        from amat_hooks.atomic_files import read_json
 
         path = Path(path)
         if not path.is_file():

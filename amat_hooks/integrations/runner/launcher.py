@@ -10,9 +10,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
-from .host import STATE_NAME, Runner
-from .loss import RunnerError
-from .patches import Patches
+from amat_hooks.integrations.runner.host import STATE_NAME, Runner
+from amat_hooks.integrations.runner.loss import RunnerError
+from amat_hooks.integrations.runner.patches import Patches
 
 EXIT_USAGE = 2
 EXIT_REFUSED = 3

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from torch import Tensor, nn
 
-from ...policies import BoundLoss
+from amat_hooks.policies import BoundLoss
 
 
 class RunnerError(RuntimeError):
@@ -103,7 +103,7 @@ class CriterionScriptLoss(ScriptLoss):
         return crit
 
     def terms(self, batch: Any, output: Any) -> Tensor:
-        from ..torch_loop import batch_target
+        from amat_hooks.integrations.torch_loop import batch_target
 
         v = self._unreduced()(output, batch_target(batch))
         return v.reshape(v.shape[0], -1).mean(1)

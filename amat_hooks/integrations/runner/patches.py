@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from .host import Runner
-from .ids import IndexCollate, IndexedBatch, IndexedDataset
+from amat_hooks.integrations.runner.host import Runner
+from amat_hooks.integrations.runner.ids import IndexCollate, IndexedBatch, IndexedDataset
 
 
 class Patches:

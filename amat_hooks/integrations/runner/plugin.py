@@ -17,12 +17,12 @@ from typing import Any, Hashable, Sequence
 
 from torch import Tensor, nn
 
-from ...hookspecs import hookimpl
-from .host import SIDECAR_SUFFIX, STATE_NAME, Runner
-from .ids import RunnerBatch
-from .launcher import EXIT_USAGE, run_script
-from .loss import BoundLossScriptLoss, CriterionScriptLoss, RunnerError, ScriptLoss
-from .split import BATCH_MODES
+from amat_hooks.hookspecs import hookimpl
+from amat_hooks.integrations.runner.host import SIDECAR_SUFFIX, STATE_NAME, Runner
+from amat_hooks.integrations.runner.ids import RunnerBatch
+from amat_hooks.integrations.runner.launcher import EXIT_USAGE, run_script
+from amat_hooks.integrations.runner.loss import BoundLossScriptLoss, CriterionScriptLoss, RunnerError, ScriptLoss
+from amat_hooks.integrations.runner.split import BATCH_MODES
 
 
 @hookimpl
@@ -64,7 +64,7 @@ def amat_bind_loss(batch: Any, model: nn.Module, host: Any):
 
 @hookimpl(trylast=True)
 def amat_runner_loss(batch: Any, host: Any) -> ScriptLoss | None:
-    from ..torch_loop import batch_target
+    from amat_hooks.integrations.torch_loop import batch_target
 
     if not isinstance(host, Runner):
         return None
@@ -79,7 +79,7 @@ def amat_runner_loss(batch: Any, host: Any) -> ScriptLoss | None:
 
 @hookimpl(tryfirst=True)
 def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
-    from ...config import AdvConfig
+    from amat_hooks.config import AdvConfig
 
     p = subparsers.add_parser(
         "run", help="run an unmodified training script with STD/SAT/AMAT (monkeypatch runner)",
@@ -109,7 +109,7 @@ def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """``amat run``: settings, resume, then the script."""
-    from ...config import AdvConfig, AdvConfigError, force_resume_requested
+    from amat_hooks.config import AdvConfig, AdvConfigError, force_resume_requested
 
     try:
         cfg = AdvConfig.from_args(args)

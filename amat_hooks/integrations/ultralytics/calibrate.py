@@ -22,7 +22,7 @@ import random
 import numpy as np
 import torch
 
-from .offline import prepare_offline
+from amat_hooks.integrations.ultralytics.offline import prepare_offline
 
 
 def per_image_terms(model: str, data: str, split: str = "train", imgsz: int | None = None, batch: int = 16,
@@ -39,8 +39,8 @@ def per_image_terms(model: str, data: str, split: str = "train", imgsz: int | No
     from ultralytics.utils import DEFAULT_CFG_KEYS
     from ultralytics.utils.torch_utils import select_device
 
-    from .terms import criterion_with_terms, term_names
-    from .validator import build_criterion
+    from amat_hooks.integrations.ultralytics.terms import criterion_with_terms, term_names
+    from amat_hooks.integrations.ultralytics.validator import build_criterion
 
     data_dict = check_det_dataset(data)
     if split not in data_dict or not data_dict[split]:

@@ -26,8 +26,8 @@ from typing import Any, Iterable
 import numpy as np
 from torch import Tensor
 
-from ...evaluation import EvalBatch, EvalTask
-from .offline import prepare_offline
+from amat_hooks.evaluation import EvalBatch, EvalTask
+from amat_hooks.integrations.ultralytics.offline import prepare_offline
 
 #: Ultralytics arguments ``amat eval yolo`` passes to the validator config, and defaults.
 EVAL_DEFAULTS = {"split": "val", "batch": 16, "workers": 0, "device": "cpu", "rect": False, "plots": False,
@@ -43,7 +43,7 @@ class YoloEvalError(ValueError):
 def repeat_targets(target: dict[str, Any], x: Tensor) -> dict[str, Tensor]:
     """Targets of a batch for inputs ``x`` that hold its images several times (level-major):
     the adapter's own batch stretching (``batch_idx`` shifted per copy)."""
-    from .plugin import amat_batch_with_inputs
+    from amat_hooks.integrations.ultralytics.plugin import amat_batch_with_inputs
 
     b = len(target["im_file"])
     batch = {"img": x[:b], "im_file": target["im_file"], **{k: target[k] for k in _TARGET_KEYS}}
@@ -92,7 +92,7 @@ class YoloEvalTask(EvalTask):
         from ultralytics.utils import DEFAULT_CFG_KEYS
         from ultralytics.utils.torch_utils import select_device
 
-        from .validator import build_criterion
+        from amat_hooks.integrations.ultralytics.validator import build_criterion
 
         if metric not in METRICS:
             raise YoloEvalError(f"unknown metric {metric!r}; choose one of {METRICS}")
@@ -155,7 +155,7 @@ class YoloEvalTask(EvalTask):
 
     # -- attack objective ------------------------------------------------------------------------
     def loss_terms(self, x: Tensor, target: dict[str, Any], repeats: int) -> Tensor:
-        from .terms import criterion_with_terms
+        from amat_hooks.integrations.ultralytics.terms import criterion_with_terms
 
         targets = repeat_targets(target, x)
         return criterion_with_terms(self.criterion, self.model(x), targets).terms

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from ...offline import apply_offline_env
+from amat_hooks.offline import apply_offline_env
 
 #: Font names Ultralytics asks ``check_font`` for.
 FONT_NAMES = ("Arial.ttf", "Arial.Unicode.ttf")

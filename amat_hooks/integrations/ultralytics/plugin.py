@@ -13,8 +13,8 @@ import os
 import sys
 from typing import Any, Hashable, Sequence
 
-from ...config import AdvConfig, AdvConfigError, _float_list
-from ...hookspecs import hookimpl
+from amat_hooks.config import AdvConfig, AdvConfigError, _float_list
+from amat_hooks.hookspecs import hookimpl
 
 TERM_NAMES = ("box", "cls", "dfl")
 _TARGET_KEYS = ("batch_idx", "cls", "bboxes")
@@ -69,8 +69,8 @@ def amat_batch_with_inputs(batch: Any, inputs: Any, host: Any):
 def amat_bind_loss(batch: Any, model: Any, host: Any):
     if not (_is_yolo_batch(batch) and _is_yolo_host(host)):
         return None
-    from ...policies import BoundLoss
-    from .terms import criterion_with_terms
+    from amat_hooks.policies import BoundLoss
+    from amat_hooks.integrations.ultralytics.terms import criterion_with_terms
 
     criterion = host.amat_base_criterion
     targets = {k: batch[k] for k in _TARGET_KEYS}
@@ -90,7 +90,7 @@ def loss_term_names(host: Any) -> list[str]:
     """The criterion's per-image terms: box, cls, dfl (l1 instead of dfl for reg_max=1)."""
     if host.amat_base_criterion is None:
         return list(TERM_NAMES)
-    from .terms import term_names
+    from amat_hooks.integrations.ultralytics.terms import term_names
 
     return term_names(host.amat_base_criterion)  # "l1" instead of "dfl" for reg_max=1 heads
 
@@ -140,7 +140,7 @@ def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 @hookimpl
 def amat_tasks():
-    from .task import YoloTask
+    from amat_hooks.integrations.ultralytics.task import YoloTask
 
     return [YoloTask()]
 
@@ -208,7 +208,7 @@ def _requested_config(args: argparse.Namespace) -> AdvConfig | None:
 
 
 def _yolo_command(args: argparse.Namespace) -> int:
-    from .offline import prepare_offline
+    from amat_hooks.integrations.ultralytics.offline import prepare_offline
 
     words = list(args.extra)
     try:
@@ -219,7 +219,7 @@ def _yolo_command(args: argparse.Namespace) -> int:
         cfg = _requested_config(args)
         task, mode, kv = _parse_yolo_words(words)
         prepare_offline()
-        from .trainer import CONFIG_ENV, ValAttack, settings_env_value, unsupported_task
+        from amat_hooks.integrations.ultralytics.trainer import CONFIG_ENV, ValAttack, settings_env_value, unsupported_task
 
         val = ValAttack(levels=list(args.adv_val_eps or []), attack=args.adv_val_attack,
                         steps=args.adv_val_steps or 10).validate()
@@ -252,12 +252,12 @@ def _run_ultralytics(words: Sequence[str], val) -> int:
     import ultralytics.models.yolo.detect as detect
     from ultralytics.cfg import entrypoint
 
-    from .trainer import AMATDetectionTrainer
+    from amat_hooks.integrations.ultralytics.trainer import AMATDetectionTrainer
 
     saved = (detect.DetectionTrainer, detect.DetectionValidator, list(sys.argv))
     detect.DetectionTrainer = AMATDetectionTrainer
     if val is not None and val.levels:
-        from .validator import AdversarialDetectionValidator
+        from amat_hooks.integrations.ultralytics.validator import AdversarialDetectionValidator
 
         if len(val.levels) > 1:
             return _fail("in mode=val give one --adv-val-eps level per run (or use `amat eval yolo --levels`)")
@@ -275,7 +275,7 @@ def _run_ultralytics(words: Sequence[str], val) -> int:
 
 
 def _bccd_command(args: argparse.Namespace) -> int:
-    from .bccd import BCCDError, convert
+    from amat_hooks.integrations.ultralytics.bccd import BCCDError, convert
 
     try:
         report = convert(args.src, args.out, split=args.split, seed=args.seed)

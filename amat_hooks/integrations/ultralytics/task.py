@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from ...tasks import CalibrationSet, Task, TaskError, TrainRun, amat_executable
+from amat_hooks.tasks import CalibrationSet, Task, TaskError, TrainRun, amat_executable
 
 #: Ultralytics arguments that matter to evaluation (the grid forwards these from its training words).
 EVAL_KEYS = ("imgsz", "batch", "device", "workers", "conf", "iou", "max_det", "half", "fraction", "rect",
@@ -97,7 +97,7 @@ class YoloTask(Task):
                             "detected objects (default 0.25, Ultralytics' predict default)")
 
     def check(self, args: argparse.Namespace, command: str) -> None:
-        from .offline import prepare_offline
+        from amat_hooks.integrations.ultralytics.offline import prepare_offline
 
         prepare_offline()
         kv, words, flags = split_words(args.extra)
@@ -130,8 +130,8 @@ class YoloTask(Task):
             if "model" not in kv:
                 raise TaskError("missing model=...; e.g. model=yolov5s.yaml (trained from scratch per Delta)")
             check_data(kv.get("data"), "val")
-            from ...config import AdvConfigError
-            from .plugin import _check_model_offline
+            from amat_hooks.config import AdvConfigError
+            from amat_hooks.integrations.ultralytics.plugin import _check_model_offline
 
             try:
                 _check_model_offline(str(kv["model"]), "train")
@@ -149,14 +149,14 @@ class YoloTask(Task):
                             f"e.g. runs/detect/train/weights/best.pt; amat-hooks never downloads)")
 
     def eval_task(self, name: str, spec: str, args: argparse.Namespace):
-        from .evaluate import YoloEvalTask
+        from amat_hooks.integrations.ultralytics.evaluate import YoloEvalTask
 
         kv = {k: v for k, v in args.yolo_kv.items() if k != "data"}
         return YoloEvalTask(spec, args.yolo_kv["data"], metric=args.metric, det_conf=args.det_conf,
                             workdir=Path(args.out), **kv)
 
     def adversarial_state(self, spec: str, args: argparse.Namespace) -> Path | None:
-        from .trainer import SIDECAR_NAME
+        from amat_hooks.integrations.ultralytics.trainer import SIDECAR_NAME
 
         side = Path(spec).parent / SIDECAR_NAME
         return side if side.is_file() else None
@@ -167,7 +167,7 @@ class YoloTask(Task):
 
     # -- calibrate ----------------------------------------------------------------------------
     def calibration_set(self, args: argparse.Namespace, log=print) -> CalibrationSet:
-        from .calibrate import per_image_terms
+        from amat_hooks.integrations.ultralytics.calibrate import per_image_terms
 
         kv = dict(args.yolo_kv)
         passes = args.augmented_passes
@@ -194,7 +194,7 @@ class YoloTask(Task):
         return TrainRun(cmd=cmd, artefact=lambda: last if last.is_file() else None)
 
     def grid_eval_task(self, artefact: Path, args: argparse.Namespace):
-        from .evaluate import YoloEvalTask
+        from amat_hooks.integrations.ultralytics.evaluate import YoloEvalTask
 
         eval_kv = {k: v for k, v in args.yolo_kv.items() if k in EVAL_KEYS}
         return YoloEvalTask(artefact, args.yolo_kv["data"], metric=args.metric, det_conf=args.det_conf,

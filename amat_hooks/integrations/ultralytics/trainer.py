@@ -24,7 +24,7 @@ from typing import Any, Hashable, Sequence
 
 import torch
 
-from .offline import offline_amp_check, prepare_offline
+from amat_hooks.integrations.ultralytics.offline import offline_amp_check, prepare_offline
 
 prepare_offline()  # before Ultralytics is imported: YOLO_OFFLINE decides its ONLINE flag at import
 
@@ -32,11 +32,11 @@ from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK  # noqa: E402
 from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
-from ...config import AdvConfig, AdvConfigError, force_resume_requested  # noqa: E402
-from ...engine import AdversarialEngine  # noqa: E402
-from ...atomic_files import atomic_write_json, read_json  # noqa: E402
-from ...margins import MarginMismatchError  # noqa: E402
-from ...policies import AMAT, StepOutput  # noqa: E402
+from amat_hooks.config import AdvConfig, AdvConfigError, force_resume_requested  # noqa: E402
+from amat_hooks.engine import AdversarialEngine  # noqa: E402
+from amat_hooks.atomic_files import atomic_write_json, read_json  # noqa: E402
+from amat_hooks.margins import MarginMismatchError  # noqa: E402
+from amat_hooks.policies import AMAT, StepOutput  # noqa: E402
 
 SIDECAR_NAME = "amat_state.json"
 CONFIG_ENV = "AMAT_YOLO_CONFIG"
@@ -209,7 +209,7 @@ class AMATDetectionTrainer(DetectionTrainer):
         if self.adv_val is not None and self.adv_val.levels:
             from copy import copy
 
-            from .validator import AdversarialDetectionValidator
+            from amat_hooks.integrations.ultralytics.validator import AdversarialDetectionValidator
 
             return AdversarialDetectionValidator(
                 self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks,
@@ -302,7 +302,7 @@ class AMATDetectionTrainer(DetectionTrainer):
             LOGGER.warning(f"AMAT: resuming without {self.sidecar_path}: margins start again at Delta")
         model = unwrap_model(self.model)
         base = getattr(model, "criterion", None) or model.init_criterion()
-        from .terms import detection_parts
+        from amat_hooks.integrations.ultralytics.terms import detection_parts
 
         detection_parts(base)  # clear error now if this criterion has no per-sample terms
         self.amat_base_criterion = base

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .offline import prepare_offline
+from amat_hooks.integrations.ultralytics.offline import prepare_offline
 
 prepare_offline()
 
@@ -28,8 +28,8 @@ from ultralytics.models.yolo.detect import DetectionValidator  # noqa: E402
 from ultralytics.nn.autobackend import AutoBackend  # noqa: E402
 from ultralytics.utils import DEFAULT_CFG_KEYS  # noqa: E402
 
-from ...attacks import ifgsm, pgd  # noqa: E402
-from .terms import criterion_with_terms  # noqa: E402
+from amat_hooks.attacks import ifgsm, pgd  # noqa: E402
+from amat_hooks.integrations.ultralytics.terms import criterion_with_terms  # noqa: E402
 
 ATTACKS = ("pgd", "ifgsm")
 _TARGET_KEYS = ("batch_idx", "cls", "bboxes")
