@@ -4,7 +4,7 @@ a minimal-norm attack (the robust radius).
 One implementation serves training (SAT: fixed eps; AMAT: eps = margin E(i), full radius
 as in Algorithm 1, or - the opt-in ``boundary="stop"`` variant - stopping at the
 loss-defined boundary) and evaluation (100-step PGD, 10-step IFGSM and the segmentation
-objectives of :mod:`amat_hooks.objectives`, several noise levels in one call by repeating
+objectives of :mod:`amat_hooks.evaluation.objectives`, several noise levels in one call by repeating
 the batch with a per-sample eps; :func:`min_norm` for each sample's smallest breaking noise).
 """
 from __future__ import annotations

@@ -256,7 +256,7 @@ def env_wording(message: str, prefix: str = "AMAT_") -> str:
 def read_xi_thresholds(path: str, rule: str | None, n_terms: int | None = None,
                        fix: str = "write it with `amat calibrate <task>`") -> tuple[list[float], str, str]:
     """(xi, source description, rule) from an xi file (``--adv-xi-file`` / ``AMAT_XI_FILE``)."""
-    from amat_hooks.calibration import XiFileError, read_xi_file
+    from amat_hooks.state import XiFileError, read_xi_file
 
     try:
         xf = read_xi_file(path, fix=fix)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from torch import Tensor, nn
 
-    from amat_hooks.integrations.runner.loss import ScriptLoss
+    from amat_hooks.run.loss import ScriptLoss
     from amat_hooks.policies import BoundLoss
     from amat_hooks.tasks import Task
 
@@ -104,14 +104,14 @@ def amat_runner_loss(batch: Any, host: Any) -> "ScriptLoss | None":
     own noisy forward against xi (no extra forward pass).
 
     Called once, with the first training batch; the returned
-    :class:`~amat_hooks.integrations.runner.ScriptLoss` serves every later batch: its
+    :class:`~amat_hooks.run.ScriptLoss` serves every later batch: its
     ``bound_loss(batch, model)`` is the attack objective, ``terms(batch, output)`` the
     per-sample terms ``[B, K]`` of a model output, ``confirm(host)`` is called after the
     script computed its loss on the first batch and before its first optimizer step (to
     check or refine what was inferred; raise ``RunnerError`` to refuse the run).
 
     :param batch: the script's first training batch, as its DataLoader yields it (no ids).
-    :param host: the runner (:class:`~amat_hooks.integrations.runner.Runner`):
+    :param host: the runner (:class:`~amat_hooks.run.Runner`):
         ``host.options`` holds the parsed ``amat run`` flags (an adapter adds its own to the
         ``run`` parser in :func:`amat_add_commands`, which the runner creates first),
         ``host.loss_modules`` the ``torch.nn`` loss modules the script created (in order),

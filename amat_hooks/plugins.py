@@ -15,13 +15,13 @@ ENTRY_POINT_GROUP = "amat_hooks"
 BUILTIN_PLUGINS = (
     "amat_hooks.integrations.torch_loop",
     "amat_hooks.progress",
-    "amat_hooks.cli_core",
+    "amat_hooks.cli.commands",
 )
 OPTIONAL_PLUGINS = (
     "amat_hooks.integrations.multitask_unet.plugin",
     "amat_hooks.integrations.nnunet.plugin",
     "amat_hooks.integrations.ultralytics.plugin",
-    "amat_hooks.integrations.runner.plugin",
+    "amat_hooks.run.plugin",
 )
 
 log = logging.getLogger(__name__)

@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from amat_hooks.config import AdvConfig  # noqa: E402
-from amat_hooks.demo import TinySegNet, seg_loss_terms, train_one  # noqa: E402
+from amat_hooks.demo.loop import TinySegNet, seg_loss_terms, train_one  # noqa: E402
 from amat_hooks.evaluation import RadiusSpec, robustness_eval  # noqa: E402
-from amat_hooks.segmentation import SegmentationEvalTask  # noqa: E402
-from amat_hooks.synthetic import shapes_segmentation  # noqa: E402
+from amat_hooks.evaluation.segmentation import SegmentationEvalTask  # noqa: E402
+from amat_hooks.zoo.shapes import shapes_segmentation  # noqa: E402
 
 #: everything from this heading on in the output file is kept by a rerun (GPU runs pasted in by
 #: hand, the older batched-levels measurement); ``--batched`` replaces the latter
@@ -230,7 +230,7 @@ Worst-case ADI at the largest level: {wres.noisy['worst'][levels[-1]]['ADI']:.4f
 
 
 def _auc(curve, levels):
-    from amat_hooks.metrics import auc_robust
+    from amat_hooks.evaluation.metrics import auc_robust
 
     return auc_robust(1.0, curve, levels)
 

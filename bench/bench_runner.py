@@ -98,7 +98,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sys.path.insert(0, str(REPO))
-        from amat_hooks.integrations.multitask_unet.data import write_generated_isbi
+        from amat_hooks.zoo.isbi import write_generated_isbi
 
         data = write_generated_isbi(tmp / "data", n=args.images + 2, height=2 * args.size[0],
                                     width=2 * args.size[1], num_landmarks=args.landmarks, seed=0)
@@ -193,7 +193,7 @@ def in_process_pairs(args: argparse.Namespace, data: Path, loads: list[float]) -
     import importlib
 
     from amat_hooks.config import AdvConfig
-    from amat_hooks.integrations.runner import Patches, Runner
+    from amat_hooks.run import Patches, Runner
 
     ex_data, ex_net, ex_train = (importlib.import_module(m) for m in ("data_loader", "network", "train"))
     device = torch.device(args.device)

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("YOLO_CONFIG_DIR", str(tmp / "cfg"))
     import torch
 
-    from amat_hooks.integrations.ultralytics.synth import make_dataset
+    from amat_hooks.zoo.detection_data import make_dataset
     from amat_hooks.integrations.ultralytics.terms import criterion_with_terms
     from amat_hooks.integrations.ultralytics.trainer import AMATDetectionTrainer
 
@@ -164,7 +164,7 @@ def bench_eval(args) -> int:
     from amat_hooks.evaluation import robustness_eval
     from amat_hooks.integrations.ultralytics.evaluate import YoloEvalTask
     from amat_hooks.integrations.ultralytics.offline import prepare_offline
-    from amat_hooks.integrations.ultralytics.synth import NAMES, make_dataset
+    from amat_hooks.zoo.detection_data import NAMES, make_dataset
 
     prepare_offline()
     from ultralytics.nn.tasks import DetectionModel

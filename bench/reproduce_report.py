@@ -171,7 +171,7 @@ def _landmark_epochs(log: Path) -> list[float]:
 
 def method_files(dataset: str, seed_dir: Path, method: str) -> tuple[list[float], Path | None]:
     """(seconds of each training epoch, the file holding the adversarial state) of one method."""
-    from amat_hooks.sidecars import read_adversarial_state  # noqa: F401 (checked in training_record)
+    from amat_hooks.state import read_adversarial_state  # noqa: F401 (checked in training_record)
 
     if dataset == "hippocampus":
         root = seed_dir / "results" / method
@@ -188,7 +188,7 @@ def method_files(dataset: str, seed_dir: Path, method: str) -> tuple[list[float]
 
 
 def training_record(dataset: str, seed_dir: Path, method: str) -> dict:
-    from amat_hooks.sidecars import read_adversarial_state
+    from amat_hooks.state import read_adversarial_state
 
     seconds, state_file = method_files(dataset, seed_dir, method)
     rec: dict = {"epoch_seconds": seconds}

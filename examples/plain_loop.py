@@ -13,11 +13,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from amat_hooks import AdvConfig
-from amat_hooks.demo import TinySegNet, seg_loss_terms
+from amat_hooks.demo.loop import TinySegNet, seg_loss_terms
 from amat_hooks.evaluation import robustness_eval
 from amat_hooks import AdversarialLoop
-from amat_hooks.segmentation import SegmentationEvalTask
-from amat_hooks.synthetic import shapes_segmentation
+from amat_hooks.evaluation.segmentation import SegmentationEvalTask
+from amat_hooks.zoo.shapes import shapes_segmentation
 
 
 def main() -> None:

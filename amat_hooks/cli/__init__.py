@@ -29,7 +29,7 @@ SHARED_COMMANDS = {
 
 #: Exceptions that mean "bad input": one line, exit 2.
 def _usage_errors() -> tuple[type[BaseException], ...]:
-    from amat_hooks.calibration import XiFileError
+    from amat_hooks.state import XiFileError
     from amat_hooks.config import AdvConfigError
     from amat_hooks.margins import MarginMismatchError
     from amat_hooks.policies import SemanticsMismatchError

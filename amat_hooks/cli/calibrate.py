@@ -1,12 +1,12 @@
 """``amat calibrate <task>``: xi from a clean model (paper section 2.2), written once for
 every task: the task scores the training split, this module computes both rules, writes
-the one xi file schema (:mod:`amat_hooks.calibration`) and says how to use it."""
+the one xi file schema (:mod:`amat_hooks.state`) and says how to use it."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from amat_hooks.calibration import write_xi_file, xi_record
+from amat_hooks.state import write_xi_file, xi_record
 from amat_hooks.tasks import Task
 
 

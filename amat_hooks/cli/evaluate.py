@@ -11,8 +11,8 @@ from typing import Callable, Mapping, Sequence
 
 from amat_hooks.evaluation import (EvalResult, EvalTask, RadiusSpec, check_levels, fingerprint, load_result,
                           robustness_eval, save_result)
-from amat_hooks.report import masking_lines, plot_margin_histogram, radius_markdown, to_markdown, write_report
-from amat_hooks.sidecars import read_adversarial_state
+from amat_hooks.evaluation.report import masking_lines, plot_margin_histogram, radius_markdown, to_markdown, write_report
+from amat_hooks.state import read_adversarial_state
 from amat_hooks.tasks import Task, TaskError
 from amat_hooks.cli.options import checked_levels, parse_attacks, parse_model_specs
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from amat_hooks.hookspecs import hookimpl
 from amat_hooks.loop import AdversarialLoop, per_sample_mean  # noqa: F401 (the documented import path)
-from amat_hooks.segmentation import SegmentationEvalTask  # noqa: F401 (import path of amat-hooks 0.1)
+from amat_hooks.evaluation.segmentation import SegmentationEvalTask  # noqa: F401 (import path of amat-hooks 0.1)
 from amat_hooks.policies import BoundLoss
 
 #: Dict batch keys of the input, the target and the sample ids (first match wins).

@@ -2,12 +2,12 @@
 (torchvision architecture, random init - no downloads), U-Net decoder with skips, 1x1 head
 giving per landmark a sigmoid heatmap and x/y offset maps.
 
-The network is written once, in ``amat_hooks.integrations.multitask_unet.model``; this file
+The network is written once, in ``amat_hooks.zoo.multitask_unet``; this file
 only gives it the original code's name and signature. That import is the network
 definition and nothing else: no hooks, no patching, no adversarial training - running
 ``python train.py`` is an ordinary clean run, and ``amat run`` adds AMAT from outside.
 """
-from amat_hooks.integrations.multitask_unet.model import MultiTaskUNet
+from amat_hooks.zoo.multitask_unet import MultiTaskUNet
 
 
 class UNet_Pretrained(MultiTaskUNet):

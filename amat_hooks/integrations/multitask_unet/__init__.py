@@ -7,8 +7,8 @@ Importing this package is light; torchvision is imported only by :mod:`.model`.
 from __future__ import annotations
 
 from amat_hooks.integrations.multitask_unet.losses import TERM_NAMES, dice_loss, landmark_terms, masked_l1
-from amat_hooks.integrations.multitask_unet.targets import landmark_targets, radius_for
-from amat_hooks.integrations.multitask_unet.voting import voting
+from amat_hooks.zoo.landmark_maps import landmark_targets, radius_for
+from amat_hooks.zoo.landmark_maps import voting
 
 __all__ = ["TERM_NAMES", "dice_loss", "landmark_targets", "landmark_terms", "masked_l1",
            "radius_for", "voting"]

@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from amat_hooks.integrations.runner.loss import RunnerError, ScriptLoss
+from amat_hooks.run.loss import RunnerError, ScriptLoss
 from amat_hooks.integrations.multitask_unet.losses import TERM_NAMES, landmark_terms
 
 HEATMAP_CHOICES = ("auto", "dice", "bce")

@@ -35,8 +35,8 @@ def load_model(checkpoint: str | Path, in_channels: int | None = None, log=None)
     through ``log``; a key the model needs that is missing or has another shape is a
     :class:`TaskError` naming it.
     """
-    from amat_hooks.integrations.runner.checkpoints import CheckpointError, read_state_dict
-    from amat_hooks.integrations.multitask_unet.model import MultiTaskUNet
+    from amat_hooks.run.checkpoints import CheckpointError, read_state_dict
+    from amat_hooks.zoo.multitask_unet import MultiTaskUNet
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -88,7 +88,7 @@ def _stderr(message: str) -> None:
 def checkpoint_sidecar(checkpoint: str | Path) -> dict[str, Any]:
     """The ``CKPT.amat.json`` that ``amat run`` wrote next to a checkpoint (``{}`` if none)."""
     from amat_hooks.atomic_files import read_json
-    from amat_hooks.integrations.runner import SIDECAR_SUFFIX
+    from amat_hooks.run import SIDECAR_SUFFIX
 
     side = Path(str(checkpoint) + SIDECAR_SUFFIX)
     if not side.is_file():
@@ -104,7 +104,7 @@ def training_setup(checkpoint: str | Path, args: argparse.Namespace) -> tuple[tu
     """``((H, W), heatmap loss, where they came from)`` for a checkpoint: the flags where
     given, else what its sidecar recorded (the run's input size and heatmap term), else
     the paper's 200x160 and Dice."""
-    from amat_hooks.integrations.multitask_unet.data import PAPER_SIZE
+    from amat_hooks.zoo.isbi import PAPER_SIZE
 
     side = checkpoint_sidecar(checkpoint)
     shape = side.get("input_shape")
@@ -162,15 +162,15 @@ class LandmarkEvalTask(EvalTask):
         return landmark_terms(self.model(x), mask, heat, oy, ox, heatmap_loss=self.heatmap_loss)
 
     def measure(self, x: Tensor, target: Any) -> list[list[float]]:
-        from amat_hooks.metrics import radial_errors_mm
-        from amat_hooks.integrations.multitask_unet.voting import voting
+        from amat_hooks.evaluation.metrics import radial_errors_mm
+        from amat_hooks.zoo.landmark_maps import voting
 
         heat, oy, ox = self.model(x)
         pred = voting(heat, oy, ox, self.dataset.radius)
         return radial_errors_mm(pred, target[4], **self.dataset.to_original_mm()).tolist()
 
     def reduce(self, stats: list[Any]) -> dict[str, float]:
-        from amat_hooks.metrics import mre, sdr
+        from amat_hooks.evaluation.metrics import mre, sdr
 
         errors = torch.tensor([row for batch in stats for row in batch], dtype=torch.float64)
         out = {"MRE": mre(errors)}
@@ -231,7 +231,7 @@ class LandmarkTask(Task):
                                 "goes (e.g. --out {out}); each Delta trains into its own folder")
         if command == "calibrate" and not Path(args.checkpoint).is_file():
             raise TaskError(f"checkpoint not found: {args.checkpoint}")
-        from amat_hooks.integrations.multitask_unet.data import LandmarkDataError, detect_layout
+        from amat_hooks.zoo.isbi import LandmarkDataError, detect_layout
 
         try:
             detect_layout(args.data)
@@ -254,7 +254,7 @@ class LandmarkTask(Task):
         return LandmarkEvalTask(model, self._dataset(args, model, size), args.batch_size, kind)
 
     def adversarial_state(self, spec: str, args: argparse.Namespace) -> Path | None:
-        from amat_hooks.integrations.runner import SIDECAR_SUFFIX
+        from amat_hooks.run import SIDECAR_SUFFIX
 
         side = Path(spec + SIDECAR_SUFFIX)
         return side if side.is_file() else None
@@ -320,7 +320,7 @@ class LandmarkTask(Task):
         return cmd[1:] if cmd and cmd[0] == "--" else cmd
 
     def _dataset(self, args: argparse.Namespace, model: nn.Module, size: tuple[int, int]):
-        from amat_hooks.integrations.multitask_unet.data import LandmarkDataError, LandmarkDataset
+        from amat_hooks.zoo.isbi import LandmarkDataError, LandmarkDataset
 
         channels = int(model.vgg.features[0].in_channels)
         key = (args.data, args.split, tuple(size), args.annotation, model.num_landmarks, channels, args.max_images)

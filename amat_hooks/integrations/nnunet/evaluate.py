@@ -25,7 +25,7 @@ from torch import Tensor
 
 from amat_hooks.config import ENV_NAMES, LEGACY_FIELDS
 from amat_hooks.evaluation import EvalBatch, EvalTask
-from amat_hooks.metrics import adi, dice_counts, dice_from_counts, tvdi
+from amat_hooks.evaluation.metrics import adi, dice_counts, dice_from_counts, tvdi
 from amat_hooks.integrations.nnunet.losses import per_sample_terms
 from amat_hooks.integrations.nnunet.slices import load_cases, prepared_slices
 

@@ -90,7 +90,7 @@ def amat_tasks():
 
 @hookimpl
 def amat_demo_backends() -> dict:
-    from amat_hooks.integrations.nnunet.demo import run_nnunet_demo
+    from amat_hooks.demo.nnunet import run_nnunet_demo
 
     return {"nnunet": ("the real nnU-Net trainer (nnUNetv2_train) on generated 2D data, ~15 min",
                        run_nnunet_demo)}
@@ -141,7 +141,7 @@ def _need(var: str, given: str | None) -> str:
 def _convert_hippocampus(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from amat_hooks.integrations.nnunet.datasets import convert_hippocampus
+    from amat_hooks.zoo.nnunet_data import convert_hippocampus
 
     src = args.src or str(Path.cwd().parent / "shared" / "data" / "msd_hippocampus")
     try:
@@ -161,7 +161,7 @@ def _convert_hippocampus(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from amat_hooks.integrations.nnunet.datasets import make_generated_dataset
+    from amat_hooks.zoo.nnunet_data import make_generated_dataset
 
     folder = make_generated_dataset(_need("nnUNet_raw", args.raw), dataset_id=args.id, cases=args.cases,
                                     slices=args.slices, size=args.size, seed=args.seed)

@@ -211,7 +211,7 @@ def calibrate_command(dataset: str, configuration: str, fold: int | str, plans: 
 def load_xi_file(path: str | os.PathLike, *, dataset: str, configuration: str, plans: str,
                  fold: int | str, rule: str, n_terms: int) -> list[float]:
     """Read and check a calibration file; every problem names the command that fixes it."""
-    from amat_hooks.calibration import XiFileError, read_xi_file
+    from amat_hooks.state import XiFileError, read_xi_file
 
     fix = f"run `{calibrate_command(dataset, configuration, fold, plans)}`"
     path = Path(path)

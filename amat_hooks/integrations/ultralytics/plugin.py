@@ -275,7 +275,7 @@ def _run_ultralytics(words: Sequence[str], val) -> int:
 
 
 def _bccd_command(args: argparse.Namespace) -> int:
-    from amat_hooks.integrations.ultralytics.bccd import BCCDError, convert
+    from amat_hooks.zoo.bccd import BCCDError, convert
 
     try:
         report = convert(args.src, args.out, split=args.split, seed=args.seed)

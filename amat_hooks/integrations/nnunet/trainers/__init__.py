@@ -1,5 +1,2 @@
-"""The folder nnU-Net searches for ``-tr`` names (via ``nnUNet_extTrainer``).
-
-nnU-Net imports each file here as a top-level module until one defines the requested
-class, so every file holds one trainer whose ``__name__`` equals its ``-tr`` name.
-"""
+"""The folder nnU-Net searches for ``-tr`` names (via ``nnUNet_extTrainer``): one module,
+:mod:`.nnunet_trainers_amat_hooks`, holds them all."""

@@ -1,0 +1,326 @@
+"""Paper-style robustness reports: tables (Markdown, CSV, JSON) shaped like Tables 1-7 with
+one block per attack and the per-sample worst case, curves of metric vs noise level (PNG,
+every attack per model), robust-radius histograms, the gradient-masking check and the
+margin histogram of an AMAT run."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from amat_hooks.atomic_files import atomic_write_json, atomic_write_text
+from amat_hooks.evaluation import EvalResult, masking_check
+
+_SHORT = {"pgd": "P", "ifgsm": "IF", "segpgd": "SEG", "cospgd": "COS", "mce": "MCE", "worst": "W"}
+_LONG = {"pgd": "PGD on the training loss", "ifgsm": "IFGSM on the training loss", "segpgd": "SegPGD",
+         "cospgd": "CosPGD", "mce": "masked CE", "worst": "worst case"}
+_PAPER = ("pgd", "ifgsm")
+_ORDER = ("pgd", "ifgsm", "segpgd", "cospgd", "mce", "worst")
+
+
+def _attacks(results: Mapping[str, EvalResult]) -> list[str]:
+    first = next(iter(results.values()))
+    for name, r in results.items():
+        if r.levels != first.levels:
+            raise ValueError(f"model {name} was evaluated at levels {r.levels}, others at {first.levels}")
+    common = [a for a in _ORDER if all(a in r.noisy for r in results.values())]
+    return common
+
+
+def _short(a: str) -> str:
+    return _SHORT.get(a, a.upper())
+
+
+def _describe(attack: str, r: EvalResult) -> str:
+    if attack == "worst":
+        over = ", ".join(r.worst_of) if r.worst_of else "the attacks listed"
+        return f"worst case per sample over {over}"
+    n = r.steps.get(attack)
+    return f"{n}-step " + _LONG.get(attack, attack) if n else _LONG.get(attack, attack)
+
+
+def _paper_block(results: Mapping[str, EvalResult], m: str, paper: list[str]) -> tuple[list[str], list[list]]:
+    """Method, clean, then per attack of the paper (P., IF.) its levels and Avg., then the
+    AUC_robust of the first of them: the shape of Tables 1-7."""
+    levels = next(iter(results.values())).levels
+    head = ["Method", m]
+    for a in paper:
+        head += [f"{_short(a)}.{lv:g}" for lv in levels] + ["Avg."]
+    head.append("AUC_robust")
+    rows = []
+    for name, r in results.items():
+        row: list = [name, r.clean[m]]
+        for a in paper:
+            c = r.curve(a, m)
+            row += c + [sum(c) / len(c)]
+        rows.append(row + [r.auc_robust(paper[0], m)])
+    return head, rows
+
+
+def table_rows(results: Mapping[str, EvalResult], metric: str | None = None) -> tuple[list[str], list[list]]:
+    """Header and rows: Method, clean, P.eps..., Avg., IF.eps..., Avg., AUC_robust (of PGD,
+    else of the first attack), then for every further attack its block
+    ``SEG.eps..., SEG.Avg., SEG.AUC_robust`` (the CSV; Markdown splits them into tables)."""
+    first = next(iter(results.values()))
+    m = metric or first.metric
+    attacks = _attacks(results)
+    paper = [a for a in attacks if a in _PAPER]
+    extra = [a for a in attacks if a not in _PAPER]
+    if paper:
+        head, rows = _paper_block(results, m, paper)
+    else:
+        head = ["Method", m] + (["AUC_robust"] if attacks else [])
+        rows = [[name, r.clean[m]] + ([r.auc_robust(attacks[0], m)] if attacks else [])
+                for name, r in results.items()]
+    for a in extra:
+        head += [f"{_short(a)}.{lv:g}" for lv in first.levels] + [f"{_short(a)}.Avg.", f"{_short(a)}.AUC_robust"]
+    for row, r in zip(rows, results.values()):
+        for a in extra:
+            c = r.curve(a, m)
+            row += c + [sum(c) / len(c), r.auc_robust(a, m)]
+    return head, rows
+
+
+def _best(rows: list[list], higher: bool) -> list[int]:
+    cols = len(rows[0])
+    pick = max if higher else min
+    return [pick(range(len(rows)), key=lambda i: rows[i][c]) for c in range(1, cols)]
+
+
+def _md_table(head: list[str], rows: list[list], higher: bool, digits: int) -> list[str]:
+    best = _best(rows, higher)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, row in enumerate(rows):
+        cells = [str(row[0])] + [(f"**{v:.{digits}f}**" if best[c] == i else f"{v:.{digits}f}")
+                                 for c, v in enumerate(row[1:])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def to_markdown(results: Mapping[str, EvalResult], metric: str | None = None, digits: int = 4) -> str:
+    """The paper's table (clean, P. and IF. blocks, AUC_robust) and, for every other attack,
+    one table of the same shape; the ``worst`` table last (the number to quote)."""
+    first = next(iter(results.values()))
+    m = metric or first.metric
+    higher = first.higher_is_better
+    attacks = _attacks(results)
+    paper = [a for a in attacks if a in _PAPER]
+    extra = [a for a in attacks if a not in _PAPER]
+    note = "higher is better" if higher else "lower is better"
+    scored = sorted({r.scored for r in results.values() if r.scored})
+    what = f" Scored: {'; '.join(scored)}." if scored else ""
+    out: list[str] = []
+    if not attacks:
+        rows = [[name, r.clean[m]] for name, r in results.items()]
+        out += _md_table(["Method", m], rows, higher, digits)
+        out += ["", f"Clean scores ({note}).{what}"]
+    if paper:
+        out += _md_table(*_paper_block(results, m, paper), higher, digits)
+        steps = ", ".join(f"{_short(a)} = {first.steps[a]}-step {'PGD' if a == 'pgd' else 'IFGSM'}"
+                          for a in paper if a in first.steps)
+        out.append("")
+        out.append(f"Best per column in bold ({note})" + (f"; {steps}, L2." if steps else ".") + what)
+    for a in extra:
+        head = ["Method", m] + [f"{_short(a)}.{lv:g}" for lv in first.levels] + ["Avg.", "AUC_robust"]
+        rows = []
+        for name, r in results.items():
+            c = r.curve(a, m)
+            rows.append([name, r.clean[m]] + c + [sum(c) / len(c), r.auc_robust(a, m)])
+        title = f"{_short(a)}: {_describe(a, first)}, L2"
+        if a == "worst":
+            title += " - a sample counts as broken if any attack breaks it; the number to quote"
+        out += ["", f"**{title}** ({note})", ""] + _md_table(head, rows, higher, digits)
+    return "\n".join(out).lstrip("\n")
+
+
+def radius_markdown(results: Mapping[str, EvalResult], digits: int = 4) -> str:
+    """The radius block: per model the share of samples robust at each level from one
+    minimal-norm run, next to the same share from the per-level worst case where kept."""
+    have = {k: r for k, r in results.items() if r.radius}
+    if not have:
+        return ""
+    first = next(iter(have.values()))
+    spec = first.radius
+    rel = spec.get("relative", True)
+    thr = spec["threshold"]
+    crit = (f"{first.metric} falls below {thr:g} x its clean value" if rel and first.higher_is_better else
+            f"{first.metric} rises above its clean value / {thr:g}" if rel else
+            f"{first.metric} is {'below' if first.higher_is_better else 'above'} {thr:g}")
+    head = ["Method", "median radius", "broken"] + [f"R.{lv:g}" for lv in first.levels] + ["AUC_robust"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in have.items():
+        radii = r.radii()
+        fin = sorted(radii)
+        med = fin[len(fin) // 2]
+        med_s = "inf" if math.isinf(med) else f"{med:.{digits}f}"
+        n_broken = sum(not math.isinf(v) for v in radii)
+        cells = [f"{name} (radius)", med_s, f"{n_broken}/{len(radii)}"] + [
+            f"{v:.{digits}f}" for v in r.radius_curve()] + [f"{r.radius_auc():.{digits}f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+        ref = "worst" if "worst" in r.noisy else (next(iter(r.noisy)) if r.noisy else None)
+        if ref is not None and r.per_sample.get("scores"):
+            curve = r.unbroken_fraction(ref)
+            clean0 = 1.0 - sum(r.broken(r.sample_scores("clean", 0), r.sample_scores("clean", 0), thr, rel)) / len(radii)
+            from amat_hooks.evaluation.metrics import auc_robust
+
+            cells = [f"{name} (per level, {_short(ref)})", "", ""] + [f"{v:.{digits}f}" for v in curve] + [
+                f"{auc_robust(clean0, curve, r.levels):.{digits}f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    objs = ", ".join(spec["objectives"])
+    return (f"**Robust radius** ({spec['steps']}-step minimal-norm L2 attack on {objs}; a sample is broken when "
+            f"its {crit}; R.eps = share of samples not broken at eps; max radius {spec['max_radius']:g}; "
+            f"histograms in the _radii.png)\n\n" + "\n".join(lines))
+
+
+def masking_lines(results: Mapping[str, EvalResult]) -> list[str]:
+    """The gradient-masking check of every model, one line per finding (``name: ...``)."""
+    out = []
+    for name, r in results.items():
+        out += [f"{name}: {line}" for line in masking_check(r)]
+    return out
+
+
+def to_csv(results: Mapping[str, EvalResult], metric: str | None = None) -> str:
+    head, rows = table_rows(results, metric)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(head)
+    for row in rows:
+        w.writerow([row[0]] + [f"{v:.6f}" for v in row[1:]])
+    return buf.getvalue()
+
+
+def _save_png(fig, path: str | os.PathLike) -> Path:
+    """Write a figure atomically (a half-written PNG never replaces a good one)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_curves(results: Mapping[str, EvalResult], path: str | os.PathLike, metric: str | None = None,
+                title: str = "") -> Path:
+    """Metric vs noise level, one panel per model, one line per attack (``worst`` bold,
+    random noise of the same norm dashed grey)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = next(iter(results.values()))
+    m = metric or first.metric
+    n = len(results)
+    cols = min(n, 3)
+    rows_ = -(-n // cols)
+    # one y-axis for all panels, so the models compare at a glance
+    fig, axes = plt.subplots(rows_, cols, figsize=(4.6 * cols, 3.6 * rows_), squeeze=False, sharey=True)
+    for k, (name, r) in enumerate(results.items()):
+        ax = axes[k // cols][k % cols]
+        xs = [0.0] + r.levels
+        for a in [a for a in _ORDER if a in r.noisy] + [a for a in r.noisy if a not in _ORDER]:
+            style = dict(lw=2.6, color="black") if a == "worst" else dict(lw=1.4)
+            label = f"{_short(a)}: {_describe(a, r)}"
+            ax.plot(xs, [r.clean[m]] + r.curve(a, m), marker="o", ms=3, label=label, **style)
+        if r.random and all(lv in r.random for lv in r.levels):
+            ax.plot(xs, [r.clean[m]] + [r.random[lv][m] for lv in r.levels], ls="--", color="grey",
+                    label="random noise, same L2 norm")
+        ax.set_xlabel("L2 noise level")
+        ax.set_ylabel(m)
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    for k in range(n, rows_ * cols):
+        axes[k // cols][k % cols].axis("off")
+    handles: dict = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    # outside the axes: a legend inside covers the curves
+    fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save_png(fig, path)
+
+
+def plot_radius_histograms(results: Mapping[str, EvalResult], path: str | os.PathLike, title: str = "") -> Path:
+    """Histogram of the robust radii, one panel per model (samples not broken within the
+    maximum radius in the last bar, marked)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    have = {k: r for k, r in results.items() if r.radius}
+    if not have:
+        raise ValueError("no model of this report has a radius run")
+    mx = max(float(r.radius["max_radius"]) for r in have.values())
+    n = len(have)
+    fig, axes = plt.subplots(1, n, figsize=(4.4 * n, 3.4), squeeze=False, sharex=True)
+    bins = [mx * i / 30 for i in range(31)]
+    for ax, (name, r) in zip(axes[0], have.items()):
+        radii = r.radii()
+        fin = [v for v in radii if not math.isinf(v)]
+        ax.hist(fin, bins=bins, color="#4477aa")
+        unbroken = len(radii) - len(fin)
+        if unbroken:
+            ax.bar([mx * 1.04], [unbroken], width=mx / 30, color="#cc6677", label=f"> {mx:g}: {unbroken}")
+            ax.legend(fontsize=8, frameon=False)
+        for lv in r.levels:
+            ax.axvline(lv, color="grey", lw=0.6, ls=":")
+        ax.set_xlabel("robust radius (L2)")
+        ax.set_ylabel("samples")
+        ax.set_title(f"{name} (n={len(radii)})")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save_png(fig, path)
+
+
+def plot_margin_histogram(values: Sequence[float], path: str | os.PathLike, title: str = "AMAT margins") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(list(values), bins=30, color="#4477aa")
+    ax.set_xlabel("margin E(i) (L2)")
+    ax.set_ylabel("training samples")
+    ax.set_title(f"{title} (n={len(values)})")
+    return _save_png(fig, path)
+
+
+def write_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike, name: str = "robustness",
+                 title: str = "", margins: Sequence[float] | None = None,
+                 notes: Sequence[str] = ()) -> dict[str, Path]:
+    """Write ``<name>.md/.csv/.json/.png`` (+ ``<name>_radii.png`` with a radius run,
+    ``<name>_margins.png``) into ``out_dir``; ``notes`` (e.g. each AMAT model's margins and
+    xi source) go under the title; the gradient-masking check after the tables."""
+    out = Path(out_dir)
+    head = (f"# {title}\n\n" if title else "") + "".join(f"- {n}\n" for n in notes) + ("\n" if notes else "")
+    body = to_markdown(results) + "\n"
+    rad = radius_markdown(results)
+    if rad:
+        body += "\n" + rad + "\n"
+    checks = masking_lines(results)
+    if checks:
+        body += "\n**Gradient-masking check** (largest level)\n\n" + "".join(f"- {c}\n" for c in checks)
+    paths = {
+        "md": atomic_write_text(out / f"{name}.md", head + body),
+        "csv": atomic_write_text(out / f"{name}.csv", to_csv(results)),
+        "json": atomic_write_json(out / f"{name}.json", {k: r.to_dict() for k, r in results.items()}),
+        "png": plot_curves(results, out / f"{name}.png", title=title),
+    }
+    if rad:
+        paths["radii_png"] = plot_radius_histograms(results, out / f"{name}_radii.png", title=title)
+    if margins is not None and len(margins):
+        paths["margins_png"] = plot_margin_histogram(margins, out / f"{name}_margins.png")
+    return paths

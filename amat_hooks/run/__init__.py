@@ -1,0 +1,37 @@
+"""``amat run``: adversarial training for an unmodified training script.
+
+    amat run --adv amat --adv-step 1 --adv-xi-rule mean+2std -- python train.py --epochs 500
+
+The script runs in this process (``runpy``) after the runner patched torch from outside;
+by concern:
+
+==============  ==========================================================================
+:mod:`.ids`     sample ids: the dataset index travels with the sample through the loader
+:mod:`.patches` the DataLoader / Module / Optimizer / ``torch.save`` patches, undone at the end
+:mod:`.split`   the model's forward on the handed 2B rows: two passes (default) or one
+:mod:`.host`    :class:`Runner`, the host: attack each training batch, margin test from the
+                script's own noisy forward, epochs, sidecars and ``amat_state.json``
+:mod:`.loss`    :class:`ScriptLoss`: what an adapter says about the script's loss (hook
+                ``amat_runner_loss``), and the generic ``(x, y)`` one
+:mod:`.checkpoints` weights as scripts save them (nested dicts, ``module.`` prefixes)
+:mod:`.launcher` running ``python SCRIPT.py`` / ``python -m module`` with its exit code
+:mod:`.plugin`  the hook implementations and the ``amat run`` command
+==============  ==========================================================================
+
+The runner knows no trainer: the Multi-Task U-Net specifics (its batches, its three loss
+terms, BCE vs Dice) live in :mod:`amat_hooks.integrations.multitask_unet.plugin`.
+"""
+from __future__ import annotations
+
+from amat_hooks.run.host import SIDECAR_SUFFIX, STATE_FORMAT, STATE_NAME, PendingBatch, Runner
+from amat_hooks.run.ids import IndexCollate, IndexedBatch, IndexedDataset, RunnerBatch
+from amat_hooks.run.launcher import EXIT_REFUSED, EXIT_USAGE, parse_command, run_script
+from amat_hooks.run.loss import BoundLossScriptLoss, CriterionScriptLoss, RunnerError, ScriptLoss
+from amat_hooks.run.patches import Patches
+from amat_hooks.run.split import BATCH_MODES
+
+__all__ = [
+    "BATCH_MODES", "BoundLossScriptLoss", "CriterionScriptLoss", "EXIT_REFUSED", "EXIT_USAGE", "IndexCollate",
+    "IndexedBatch", "IndexedDataset", "Patches", "PendingBatch", "Runner", "RunnerBatch", "RunnerError",
+    "SIDECAR_SUFFIX", "STATE_FORMAT", "STATE_NAME", "ScriptLoss", "parse_command", "run_script",
+]

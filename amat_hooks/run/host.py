@@ -1,0 +1,537 @@
+"""The host of ``amat run``: what happens to each training batch of the script.
+
+For every batch a patched DataLoader fetches while the model trains (:mod:`.patches`):
+
+1. the first time, the adapters describe the script's loss (hook ``amat_runner_loss``),
+   and after ``--adv-resume`` the model's weights are compared with the checkpoint next to
+   the resumed state;
+2. the core attacks the B clean rows (``AdversarialEngine.attack``: margins E(i), or SAT's
+   eps, -> L2 PGD, no margin update yet) and the script receives ONE batch of 2B rows,
+   clean rows then noisy rows, targets repeated, so its own loss code computes
+   ``(L_clean + L_noisy) / 2``;
+3. when the script forwards those rows, :mod:`.split` runs them as two forward passes
+   (default) or one, and keeps both outputs;
+4. before the script's optimizer step (or at the next batch / the end of the pass) the
+   per-sample terms of those outputs go to the policy (``AdversarialEngine.observe``:
+   Algorithm 1 lines 9-12 on the noisy forward the script trained on; no extra forward).
+
+The runner implements the :class:`~amat_hooks.hookspecs.Host` protocol (``amat_log``,
+``amat_history``) and writes ``amat_state.json`` / ``CKPT.amat.json``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import weakref
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from amat_hooks.run.ids import RunnerBatch, batch_rows
+from amat_hooks.run.loss import RunnerError, ScriptLoss
+from amat_hooks.run.split import BATCH_MODES, ForwardHooks, detach
+
+STATE_NAME = "amat_state.json"
+SIDECAR_SUFFIX = ".amat.json"
+STATE_FORMAT = "amat-hooks runner state"
+
+
+class PendingBatch:
+    """A batch handed to the script, waiting for its forward and its margin test."""
+
+    __slots__ = ("data", "perturbation", "rows", "shape", "forwarded", "clean_out", "noisy_out")
+
+    def __init__(self, data: Any, perturbation: Any, rows: int, shape: tuple) -> None:
+        self.data, self.perturbation, self.rows, self.shape = data, perturbation, rows, shape
+        self.forwarded = False
+        self.clean_out = self.noisy_out = None
+
+    def set_outputs(self, clean: Any, noisy: Any) -> None:
+        self.clean_out, self.noisy_out = detach(clean), detach(noisy)
+
+
+class _Counts:
+    __slots__ = ("batches", "rows", "steps", "noise_sum", "noise_rows")
+
+    def __init__(self) -> None:
+        self.batches = self.rows = self.steps = self.noise_rows = 0
+        self.noise_sum = 0.0
+
+
+class Runner:
+    """Host object for adapters during ``amat run`` (adapters recognise it by type).
+
+    ``options``: the parsed ``amat run`` flags (adapters read their own, e.g. the landmark
+    adapter's ``heatmap_loss``); keyword arguments not named here are set on it.
+    ``batch_mode``: ``"split"`` (clean and noisy rows as two forward passes, the default) or
+    ``"joint"`` (one forward of 2B rows).
+    """
+
+    def __init__(self, config: Any, pm: Any = None, options: Any = None, out_dir: str | Path | None = None,
+                 verbose: bool = True, batch_mode: str = "split", **adapter_options: Any) -> None:
+        from amat_hooks.engine import AdversarialEngine
+        from amat_hooks.plugins import get_plugin_manager
+
+        if batch_mode not in BATCH_MODES:
+            raise RunnerError(f"unknown --adv-batch {batch_mode!r}; choose one of {', '.join(BATCH_MODES)}")
+        self.config = config.validate()
+        self.pm = pm or get_plugin_manager()
+        self.options = options if options is not None else SimpleNamespace()
+        for k, v in adapter_options.items():
+            setattr(self.options, k, v)
+        self.batch_mode = batch_mode
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.verbose = verbose
+        self.amat_history: list[dict[str, float]] = []
+        self.engine = AdversarialEngine(
+            self.config.build_policy(calibrate_hint="amat calibrate <task>", log=self.amat_log),
+            host=self, pm=self.pm)
+        # what the patches found
+        self.model: nn.Module | None = None
+        self._modules: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+        self._optimizers: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
+        self.loss_modules: list[nn.Module] = []      # the script's torch.nn loss modules, in creation order
+        self.loss_calls: list[nn.Module] = []        # ... that it called on a training output (first batch)
+        self.recording_losses = False
+        self.internal = False                        # True while the runner runs the model itself
+        self.hooks = ForwardHooks(self)
+        # the script's loss, asked once
+        self.script_loss: ScriptLoss | None = None
+        self._loss_asked = False
+        self._confirmed = False
+        self.pending: list[PendingBatch] = []
+        self.input_shape: list[int] | None = None
+        # progress
+        self.epoch = 0
+        self.total = _Counts()
+        self.this_epoch = _Counts()
+        self._since_step = 0                         # attacked batches since the last optimizer step
+        self.checkpoint_dir: Path | None = None
+        self.last_checkpoint: str | None = None
+        self.script: str | None = None
+        self.resumed_from: str | None = None
+        self._resume_checkpoint: str | None = None
+        self._warned: set[str] = set()
+        self.refused: str | None = None              # why a RunnerError ended the run (then: no state)
+
+    # -- Host protocol -------------------------------------------------------------------------
+    def amat_log(self, message: str) -> None:
+        """``[amat] message`` on stdout (above an active tqdm bar, not into it)."""
+        if self.verbose:
+            _emit(f"[amat] {message}", sys.stdout)
+
+    def warn(self, message: str, key: str | None = None) -> None:
+        """``amat run: warning: message`` on stderr, once per ``key``."""
+        if key is not None:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        _emit(f"amat run: warning: {message}", sys.stderr)
+
+    # -- counters (read by tests, docs and the final line) ------------------------------------
+    @property
+    def batches_seen(self) -> int:
+        return self.total.batches
+
+    @property
+    def steps(self) -> int:
+        return self.total.steps
+
+    # -- model / loss discovery ---------------------------------------------------------------
+    def note_module(self, module: nn.Module) -> None:
+        """Every ``nn.Module`` the script creates (patched ``nn.Module.__init__``)."""
+        if isinstance(module, nn.modules.loss._Loss):
+            self.loss_modules.append(module)
+        else:
+            self._modules.add(module)
+
+    def find_model(self) -> nn.Module | None:
+        """The outermost module owning the most parameters given to an optimizer."""
+        if self.model is not None:
+            return self.model
+        params = {id(p) for opt in list(self._optimizers) for g in opt.param_groups for p in g["params"]}
+        if not params:
+            return None
+        best, best_key = None, None
+        for m in list(self._modules):
+            n = sum(1 for p in m.parameters() if id(p) in params)
+            if n == 0:
+                continue
+            key = (n, sum(1 for _ in m.modules()))
+            if best_key is None or key > best_key:
+                best, best_key = m, key
+        self.model = best
+        if best is not None:
+            self.amat_log(f"model: {type(best).__name__} ({sum(p.numel() for p in best.parameters()):,} parameters)")
+        return best
+
+    @property
+    def criterion(self) -> nn.Module | None:
+        """The script's first ``torch.nn`` loss module (generic adapters' default)."""
+        return self.loss_modules[0] if self.loss_modules else None
+
+    def training_batch(self) -> bool:
+        model = self.find_model()
+        return model is not None and model.training and torch.is_grad_enabled()
+
+    @contextlib.contextmanager
+    def running_model(self) -> Iterator[None]:
+        """The runner's own forwards (attack, terms): not the script's, not split, not counted."""
+        prev, self.internal = self.internal, True
+        try:
+            yield
+        finally:
+            self.internal = prev
+
+    # -- the batch path -------------------------------------------------------------------------
+    def process(self, data: Any, ids: list | None) -> Any:
+        """Clean batch of B rows -> the batch the script sees (2B rows for SAT/AMAT)."""
+        try:
+            return self._process(data, ids)
+        except RunnerError as e:
+            self.refused = str(e)
+            raise
+
+    def _process(self, data: Any, ids: list | None) -> Any:
+        from amat_hooks.engine import AdapterError
+
+        self.hooks.reset()
+        self.flush(final=False)
+        rows = len(ids) if ids is not None else batch_rows(data) or 0
+        if not self._loss_asked:
+            self._first_batch(data)
+        pol = self.engine.policy
+        if pol.name == "none":
+            self._count(rows)
+            return data
+        if ids is None and pol.name == "amat":
+            raise RunnerError("AMAT keeps one margin per sample, but the training DataLoader reads an "
+                              "IterableDataset, which has no sample indices; use a map-style Dataset "
+                              "(__getitem__/__len__) or train with --adv sat")
+        batch = RunnerBatch(data, None if ids is None else list(ids))
+        try:
+            with torch.enable_grad(), self.running_model():
+                x = self.engine.inputs(batch)
+                src, dev = x.device, _model_device(self.model)
+                moved = dev is not None and dev != src  # the script moves batches later (img.cuda())
+                if moved:
+                    batch = RunnerBatch(_move(data, dev), batch.ids)
+                    x = self.engine.inputs(batch)
+                bound = self.script_loss.bound_loss(batch.data, self.model)
+                pert = self.engine.attack(self.model, batch, bound_loss=bound)
+                both = torch.cat([x, pert.x_adv.to(dtype=x.dtype, device=x.device)], dim=0)
+                out = self.engine.with_inputs(batch, both)
+                out = out.data if isinstance(out, RunnerBatch) else out
+                if moved:  # hand the script its batch where it was
+                    out = _move(out, src)
+        except AdapterError as e:
+            raise RunnerError(_unknown_structure(str(e))) from None
+        b = int(x.shape[0])
+        self.pending.append(PendingBatch(batch.data, pert, b, tuple(both.shape)))
+        if pert.attack is not None:
+            norm_sum, norm_rows = float(pert.attack.noise_norm.sum()), int(pert.attack.noise_norm.numel())
+            for c in (self.total, self.this_epoch):
+                c.noise_sum += norm_sum
+                c.noise_rows += norm_rows
+        self._count(2 * b)
+        return out
+
+    def _count(self, fed: int) -> None:
+        for c in (self.total, self.this_epoch):
+            c.batches += 1
+            c.rows += fed
+        self._since_step += 1
+
+    def _first_batch(self, data: Any) -> None:
+        """Once: the adapter's description of the loss, the input shape, the resume check."""
+        self._loss_asked = True
+        with self.running_model():
+            x = self.pm.hook.amat_batch_inputs(batch=data, host=self)
+            if isinstance(x, Tensor) and x.dim() >= 1:
+                self.input_shape = [int(v) for v in x.shape[1:]]
+            self.script_loss = self.pm.hook.amat_runner_loss(batch=data, host=self)
+        if self.script_loss is None:
+            if self.engine.policy.name != "none":
+                raise RunnerError(_unknown_structure("no adapter answered amat_runner_loss for it"))
+            self.hooks.remove()  # --adv none: nothing to observe
+        else:
+            self.recording_losses = True
+            self.amat_log(f"adapter: {self.script_loss.describe()}")
+            if hasattr(self.engine.policy, "calibrate_hint"):
+                self.engine.policy.calibrate_hint = self.script_loss.calibrate_hint
+            if self.engine.policy.name != "none":
+                self.amat_log(f"forward: {_BATCH_TEXT[self.batch_mode]}")
+        if self.resumed_from is not None:
+            self._check_resumed_weights()
+
+    def match_forward(self, x: Any) -> PendingBatch | None:
+        """The handed batch a training forward of the model receives (first unmatched of
+        the same shape), or None."""
+        if not isinstance(x, Tensor) or x.dim() == 0:
+            return None
+        for p in self.pending:
+            if not p.forwarded and tuple(x.shape) == p.shape:
+                p.forwarded = True
+                return p
+        return None
+
+    def flush(self, final: bool = True) -> None:
+        """The margin test of every batch whose forward ran (``final``: of every pending
+        batch; those the model never received cost one extra forward)."""
+        if not self._confirmed and self.script_loss is not None and (
+                final or any(p.forwarded for p in self.pending)):
+            self._confirm()  # the script has run its loss on the first batch by now
+        if not self.pending:
+            return
+        keep = []
+        for p in self.pending:
+            if p.noisy_out is None and not final:
+                keep.append(p)
+                continue
+            if not p.forwarded:
+                self.warn("the model was not called with the rows the runner handed to the script (the "
+                          "script changes their shape before its forward, or calls the model another way), so "
+                          "the runner could not run the clean and the noisy rows as separate forward passes; "
+                          "they ran as the script ran them"
+                          + ("; AMAT's margin test costs one extra forward per batch"
+                             if self.engine.policy.name == "amat" else ""), key="unmatched")
+            self._observe(p)
+        self.pending = keep
+
+    def _confirm(self) -> None:
+        self._confirmed = True
+        self.recording_losses = False
+        self.script_loss.confirm(self)  # logs what it corrects, or raises RunnerError
+        xi_file = getattr(self.options, "adv_xi_file", None)
+        if xi_file and self.engine.policy.name == "amat":
+            from amat_hooks.state import XiFileError, read_xi_file
+
+            try:
+                read_xi_file(xi_file).check_identity(self.script_loss.identity())
+            except XiFileError as e:
+                raise RunnerError(f"--adv-xi-file: {e}") from None
+        self.loss_calls.clear()
+        if self.engine.policy.name == "none":
+            self.hooks.remove()
+
+    def _observe(self, p: PendingBatch) -> None:
+        """Algorithm 1 lines 9-12 for one batch, with the terms of the script's forward."""
+        from amat_hooks.attacks import preserved_state
+
+        if self.engine.policy.name != "amat":
+            return  # STD/SAT keep no per-sample state
+        pert = p.perturbation
+        with torch.no_grad(), self.running_model():
+            noisy = clean = None
+            if p.noisy_out is not None:
+                noisy = self.script_loss.terms(p.data, p.noisy_out)
+                if noisy is not None:
+                    clean = self.script_loss.terms(p.data, p.clean_out)
+            if noisy is None:  # no output seen, or an adapter without terms of an output
+                with preserved_state(self.model):
+                    noisy = pert.bound_loss.terms(pert.x_adv)
+                    if pert.clean_terms is None and self.engine.policy.needs_clean_terms:
+                        clean = pert.bound_loss.terms(pert.x)
+            self.engine.observe(pert, noisy, clean)
+
+    def before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Global optimizer step pre-hook: refuse a step that followed no attacked batch;
+        run the margin test of the batches trained in this step (before the update)."""
+        try:
+            self._before_step()
+        except RunnerError as e:
+            self.refused = str(e)
+            raise
+
+    def _before_step(self) -> None:
+        if self._since_step == 0:
+            if self.total.batches == 0:
+                why = ("no batch came from a torch.utils.data.DataLoader in training mode; the runner "
+                       "patches DataLoader to add the noisy samples, so this script cannot be patched "
+                       "(build the training batches with a DataLoader, or use the AdversarialLoop API)")
+            else:
+                why = ("optimizer.step() ran twice without a new training batch from a DataLoader; "
+                       "batches built outside a DataLoader cannot be patched")
+            if self.find_model() is None:
+                why = ("no model found: no torch.optim optimizer was created with the model's parameters "
+                       "before the first training batch")
+            raise RunnerError(f"cannot patch this script: {why}. Refusing to train without "
+                              f"{self.config.label}.")
+        self.flush(final=True)
+        self._since_step = 0
+        self.total.steps += 1
+        self.this_epoch.steps += 1
+
+    def end_of_pass(self) -> None:
+        """A training pass over a DataLoader ended: one epoch."""
+        self.flush(final=True)
+        self.engine.epoch_end(self.epoch)  # margin sync across ranks + amat_epoch_end (history)
+        self.amat_log(f"epoch {self.epoch}: {self.describe(self.this_epoch)}")
+        self.epoch += 1
+        self.this_epoch = _Counts()
+        if self.checkpoint_dir is not None:
+            self.write_state(self.checkpoint_dir / STATE_NAME)
+
+    def describe(self, counts: _Counts | None = None) -> str:
+        """One line: mode, batches, rows fed, mean noise, margin summary and xi (``counts``:
+        one epoch's; default: this run's totals)."""
+        c = counts or self.total
+        pol = self.engine.policy
+        parts = [f"{self.config.label}", f"batches {c.batches}", f"rows fed {c.rows}"]
+        if c.noise_rows:
+            parts.append(f"mean noise L2 {c.noise_sum / c.noise_rows:.4g}")
+        if pol.name == "amat":
+            parts.append(pol.describe())
+        elif getattr(pol, "nan_samples", 0):
+            parts.append(f"NaN samples {pol.nan_samples}")
+        return ", ".join(parts)
+
+    # -- resume --------------------------------------------------------------------------------------
+    def _check_resumed_weights(self) -> None:
+        """After ``--adv-resume``: are the model's weights at the first step those of the
+        checkpoint the resumed margins belong to? (The runner restores margins, xi and the
+        epoch counter; the weights are the script's to load.)"""
+        from amat_hooks.run.checkpoints import CheckpointError, compare_state_dicts, read_state_dict
+
+        pol = self.engine.policy
+        what = f"{len(pol.margins)} margins" if pol.name == "amat" else "the adversarial state"
+        ckpt = self._resume_checkpoint
+        if not ckpt:
+            self.warn(f"--adv-resume restored {what} from {self.resumed_from}, which names no checkpoint, so the "
+                      f"model's weights cannot be checked against it; make sure the script loaded the weights "
+                      f"these margins were trained with", key="resume")
+            return
+        try:
+            saved = read_state_dict(ckpt)
+        except CheckpointError as e:
+            self.warn(f"--adv-resume: cannot check the model's weights against the checkpoint next to "
+                      f"{self.resumed_from}: {e}", key="resume")
+            return
+        n, differ = compare_state_dicts(self.model.state_dict(), saved)
+        if not differ:
+            self.amat_log(f"resume: the model's weights at the first step equal {ckpt} ({n} tensors)")
+            return
+        example = ", ".join(differ[:2])
+        self.warn(f"--adv-resume restored {what} from {self.resumed_from}, but the model's weights at the first "
+                  f"training step differ from {ckpt} ({len(differ)} of {max(n, len(differ))} tensors, e.g. "
+                  f"{example}): the script did not load them, so the margins belong to another model; load that "
+                  f"checkpoint in the script (e.g. its --init/--resume option) or start without --adv-resume",
+                  key="resume")
+
+    # -- state ----------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        pol = self.engine.policy
+        xi = pol.xi() if pol.name == "amat" else None
+        t = self.total
+        out = {
+            "format": STATE_FORMAT, "version": 1, "script": self.script,
+            "resumed_from": self.resumed_from,
+            "config": self.config.to_dict(), "label": self.config.label, "epochs": self.epoch,
+            "checkpoint": self.last_checkpoint, "term_names": None, "heatmap_loss": None,
+            "batch": self.batch_mode, "input_shape": self.input_shape,
+            "xi": None if xi is None else xi.tolist(), "summary": pol.summary(),
+            "history": list(self.amat_history),
+            "stats": {"steps": t.steps, "batches": t.batches, "rows_fed": t.rows,
+                      "mean_noise_norm": t.noise_sum / t.noise_rows if t.noise_rows else None},
+            "engine": self.engine.state_dict(),
+        }
+        if self.script_loss is not None:
+            out.update(self.script_loss.state())
+        return out
+
+    def write_state(self, path: Path) -> Path:
+        from amat_hooks.atomic_files import atomic_write_json
+
+        return atomic_write_json(path, self.state())
+
+    def load_state(self, path: str | Path, force: bool = False) -> None:
+        from amat_hooks.atomic_files import read_json
+
+        path = Path(path)
+        if not path.is_file():
+            raise RunnerError(f"--adv-resume: {path} does not exist; point it at a {STATE_NAME} or "
+                              f"*{SIDECAR_SUFFIX} written by amat run")
+        try:
+            state = read_json(path)
+        except (OSError, ValueError) as e:
+            raise RunnerError(f"--adv-resume: {path} is unreadable ({e})") from None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise RunnerError(f"--adv-resume: {path} is not an amat run state file")
+        try:
+            self.engine.load_state_dict(state["engine"], force=force)
+        except ValueError as e:
+            raise RunnerError(f"--adv-resume: {e}") from None
+        self.epoch = int(state.get("epochs", 0))
+        self.resumed_from = str(path)
+        stats = state.get("stats") or {}
+        self.total.steps = int(stats.get("steps") or 0)
+        self.total.batches = int(stats.get("batches") or 0)
+        self.total.rows = int(stats.get("rows_fed") or 0)
+        self.amat_history = [dict(h) for h in state.get("history") or []]
+        if path.name.endswith(SIDECAR_SUFFIX):
+            self._resume_checkpoint = str(path.with_name(path.name[:-len(SIDECAR_SUFFIX)]))
+        else:
+            self._resume_checkpoint = state.get("checkpoint")
+        pol = self.engine.policy
+        n = len(pol.margins) if pol.name == "amat" else 0
+        self.amat_log(f"resumed from {path}: epoch {self.epoch}, {n} margins (weights: the script's to load; "
+                      f"checked at the first step)")
+
+    def after_save(self, f: Any) -> None:
+        """Called after the script's torch.save: write the sidecar next to the checkpoint."""
+        if not isinstance(f, (str, os.PathLike)):
+            return
+        p = Path(f)
+        if p.name.endswith(SIDECAR_SUFFIX) or p.name == STATE_NAME:
+            return
+        self.checkpoint_dir = p.parent
+        self.last_checkpoint = str(p)
+        self.write_state(p.with_name(p.name + SIDECAR_SUFFIX))
+        self.write_state(p.parent / STATE_NAME)
+
+
+_BATCH_TEXT = {"split": "clean and noisy rows as two forward passes (BatchNorm sees each separately; "
+                        "--adv-batch joint: one pass of 2B rows)",
+               "joint": "clean and noisy rows as one forward pass of 2B rows (--adv-batch joint: BatchNorm "
+                        "statistics over both)"}
+
+
+def _unknown_structure(detail: str) -> str:
+    return (f"cannot patch this script: the training batch has a structure no adapter knows ({detail}). "
+            f"Built-in adapters: Multi-Task U-Net tuples (image, mask, heatmap, offset_y, offset_x, ...) and "
+            f"generic (x, y) / dict batches with a torch.nn loss module; add one through the 'amat_hooks' "
+            f"entry-point group (see docs/runner.md)")
+
+
+def _emit(text: str, stream: Any) -> None:
+    """Print a line; through ``tqdm.write`` while a tqdm bar is active (the line then
+    appears above the bar instead of inside it)."""
+    tq = sys.modules.get("tqdm")
+    bar = getattr(tq, "tqdm", None) if tq is not None else None
+    if bar is not None and len(getattr(bar, "_instances", ()) or ()) > 0:
+        bar.write(text, file=stream)
+        stream.flush()
+    else:
+        print(text, file=stream, flush=True)
+
+
+def _model_device(model: nn.Module | None) -> torch.device | None:
+    p = next(model.parameters(), None) if model is not None else None
+    return None if p is None else p.device
+
+
+def _move(v: Any, device: torch.device) -> Any:
+    """Tensors (also nested in tuples/lists/dicts) to ``device``."""
+    if isinstance(v, Tensor):
+        return v.to(device)
+    if isinstance(v, dict):
+        return {k: _move(x, device) for k, x in v.items()}
+    if isinstance(v, tuple) and hasattr(v, "_fields"):  # namedtuple
+        return type(v)(*(_move(x, device) for x in v))
+    if isinstance(v, (list, tuple)):
+        return type(v)(_move(x, device) for x in v)
+    return v
