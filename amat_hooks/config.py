@@ -25,8 +25,6 @@ class AdvConfigError(ValueError):
     """Bad adversarial-training settings; the message names the flag and the fix."""
 
 
-#: Field names before amat-hooks 0.2 (JSON files and keyword arguments still use them).
-LEGACY_FIELDS = {"step": "delta", "steps": "pgd_steps", "step_size": "pgd_step_size"}
 #: The environment variable of each field (nnU-Net's front end, DDP re-creation).
 ENV_NAMES = {"mode": "AMAT_MODE", "delta": "AMAT_STEP", "eps": "AMAT_EPS", "pgd_steps": "AMAT_STEPS",
              "pgd_step_size": "AMAT_STEP_SIZE", "alpha": "AMAT_ALPHA", "norm": "AMAT_NORM", "xi": "AMAT_XI",
@@ -34,12 +32,11 @@ ENV_NAMES = {"mode": "AMAT_MODE", "delta": "AMAT_STEP", "eps": "AMAT_EPS", "pgd_
              "refine_steps": "AMAT_REFINE_STEPS", "max_margin": "AMAT_MAX_MARGIN"}
 
 
-@dataclass(init=False)
+@dataclass
 class AdvConfig:
     """Adversarial-training settings. ``delta`` is AMAT's step Delta (flag ``--adv-step``),
     ``pgd_steps`` the PGD iterations (``--adv-steps``), ``pgd_step_size`` an absolute PGD
-    step (``--adv-step-size``); the names before 0.2 (``step``, ``steps``, ``step_size``)
-    are accepted as keywords and in JSON."""
+    step (``--adv-step-size``)."""
 
     mode: str = "amat"
     delta: float | None = None         # AMAT expansion step Delta (= initial margin)
@@ -57,57 +54,49 @@ class AdvConfig:
     alpha: float = DEFAULT_ALPHA       # PGD step = alpha * eps / steps (unless step_size)
     xi_source: str | None = None       # where given xi came from (file path, flag, variable)
 
-    def __init__(self, mode: str = "amat", delta: float | None = None, eps: float | None = None,
-                 pgd_steps: int = 10, pgd_step_size: float | None = None, norm: str = "l2",
-                 xi: list[float] | None = None, xi_rule: str = "mean", xi_momentum: float | None = 0.01,
-                 refine_steps: int = TRAIN_REFINE_STEPS, max_margin: float | None = None,
-                 bounds: tuple[float, float] | None = None, boundary: str = "none",
-                 alpha: float = DEFAULT_ALPHA, xi_source: str | None = None, **legacy: Any) -> None:
-        given = {"delta": delta, "pgd_steps": pgd_steps, "pgd_step_size": pgd_step_size}
-        for old, value in legacy.items():
-            if old not in LEGACY_FIELDS:
-                raise TypeError(f"AdvConfig got an unexpected keyword argument {old!r}")
-            given[LEGACY_FIELDS[old]] = value
-        self.mode = _ALIASES.get(str(mode).lower(), str(mode).lower())
-        self.delta, self.eps = given["delta"], eps
-        self.pgd_steps, self.pgd_step_size = given["pgd_steps"], given["pgd_step_size"]
-        self.norm, self.xi, self.xi_rule, self.xi_momentum = norm, xi, xi_rule, xi_momentum
-        self.refine_steps, self.max_margin = refine_steps, max_margin
-        self.bounds = tuple(bounds) if isinstance(bounds, list) else bounds
-        self.boundary, self.alpha, self.xi_source = boundary, alpha, xi_source
+    def __post_init__(self) -> None:
+        self.mode = _ALIASES.get(str(self.mode).lower(), str(self.mode).lower())
+        if isinstance(self.bounds, list):
+            self.bounds = tuple(self.bounds)
 
     def validate(self) -> "AdvConfig":
+        """Every value checked before any training starts; each problem is one
+        :class:`AdvConfigError` naming the flag, the value and the fix."""
         if self.mode not in MODES:
             raise AdvConfigError(f"unknown mode {self.mode!r} for --adv; choose one of: {', '.join(MODES)} "
                                  f"(std is an alias of none)")
-        if self.mode == "sat":
-            if self.eps is None:
-                raise AdvConfigError("--adv sat needs a noise level: add --adv-eps EPS (e.g. --adv-eps 5)")
-            if not (math.isfinite(self.eps) and self.eps > 0):
-                raise AdvConfigError(f"--adv-eps must be > 0, got {self.eps}")
-        if self.mode == "amat":
-            if self.delta is None:
-                raise AdvConfigError("--adv amat needs a step size: add --adv-step DELTA (e.g. --adv-step 0.5)")
-            if not (math.isfinite(self.delta) and self.delta > 0):
-                raise AdvConfigError(f"--adv-step must be > 0, got {self.delta}")
-        if self.eps is not None and not self.eps > 0:
-            raise AdvConfigError(f"--adv-eps must be > 0, got {self.eps}")
-        if not isinstance(self.pgd_steps, int) or self.pgd_steps < 1:
-            raise AdvConfigError(f"--adv-steps must be an integer >= 1, got {self.pgd_steps}")
-        if self.pgd_step_size is not None and not self.pgd_step_size > 0:
-            raise AdvConfigError(f"--adv-step-size must be > 0, got {self.pgd_step_size}")
+        if self.mode == "sat" and self.eps is None:
+            raise AdvConfigError("--adv sat needs a noise level: add --adv-eps EPS (e.g. --adv-eps 5)")
+        if self.mode == "amat" and self.delta is None:
+            raise AdvConfigError("--adv amat needs a step size: add --adv-step DELTA (e.g. --adv-step 0.5)")
+        _number("--adv-step", self.delta, "> 0, e.g. --adv-step 0.5")
+        _number("--adv-eps", self.eps, "> 0, e.g. --adv-eps 5")
+        _number("--adv-steps", self.pgd_steps, ">= 1", integer=True, least=1)
+        _number("--adv-step-size", self.pgd_step_size, "> 0, or leave it out (the step is then alpha * eps / steps)")
+        _number("--adv-alpha", self.alpha, "> 0, the PGD step is alpha * eps / steps")
+        _number("--adv-refine-steps", self.refine_steps, ">= 0", integer=True, least=0)
+        _number("--adv-max-margin", self.max_margin, "> 0, or leave it out (no cap)")
+        if self.max_margin is not None and self.delta is not None and self.max_margin < self.delta:
+            raise AdvConfigError(f"--adv-max-margin {self.max_margin:g} is below the initial margin --adv-step "
+                                 f"{self.delta:g}; raise it or leave it out")
+        if self.xi_momentum is not None and not (_is_number(self.xi_momentum) and 0 < self.xi_momentum <= 1):
+            raise AdvConfigError(f"xi momentum must be in (0, 1], got {self.xi_momentum!r}")
+        if self.xi is not None:
+            xi = self.xi if isinstance(self.xi, (list, tuple)) else [self.xi]
+            if not xi or not all(_is_number(v) and math.isfinite(v) for v in xi):
+                raise AdvConfigError(f"--adv-xi must be finite numbers, one per loss term, got {self.xi!r}")
+            self.xi = [float(v) for v in xi]
         if self.xi_rule not in RULES:
             raise AdvConfigError(f"unknown --adv-xi-rule {self.xi_rule!r}; choose one of: {', '.join(RULES)}")
-        if self.refine_steps < 0:
-            raise AdvConfigError(f"--adv-refine-steps must be >= 0, got {self.refine_steps}")
         if self.norm not in ("l2", "linf"):
             raise AdvConfigError(f"unknown --adv-norm {self.norm!r}; choose l2 or linf")
         if self.boundary not in BOUNDARY_MODES:
             raise AdvConfigError(f"unknown --adv-boundary {self.boundary!r}; choose one of: "
                                  f"{', '.join(BOUNDARY_MODES)} (none = Algorithm 1, full-radius PGD; "
                                  f"stop = stop at the loss boundary)")
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
-            raise AdvConfigError(f"--adv-alpha must be > 0 (PGD step = alpha * eps / steps), got {self.alpha}")
+        if self.bounds is not None and not (len(self.bounds) == 2 and all(map(_is_number, self.bounds))
+                                            and self.bounds[0] < self.bounds[1]):
+            raise AdvConfigError(f"input bounds must be (low, high) with low < high, got {self.bounds!r}")
         return self
 
     def attack_settings(self) -> AttackSettings:
@@ -145,9 +134,8 @@ class AdvConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "AdvConfig":
-        """From :meth:`to_dict` output, including files written with the names before 0.2."""
+        """From :meth:`to_dict` output."""
         known = {f.name for f in fields(cls)}
-        d = {LEGACY_FIELDS.get(k, k): v for k, v in d.items()}
         unknown = set(d) - known
         if unknown:
             raise AdvConfigError(f"unknown adversarial setting(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -207,7 +195,7 @@ class AdvConfig:
         AMAT_NORM, AMAT_XI, AMAT_XI_RULE, AMAT_BOUNDARY, AMAT_REFINE_STEPS, AMAT_MAX_MARGIN``
         over ``defaults``."""
         env = os.environ if env is None else env
-        d: dict[str, Any] = {LEGACY_FIELDS.get(k, k): v for k, v in (defaults or {}).items()}
+        d: dict[str, Any] = dict(defaults or {})
         conv = {"delta": float, "eps": float, "pgd_steps": int, "pgd_step_size": float, "xi": _float_list,
                 "refine_steps": int, "max_margin": float, "xi_momentum": float, "alpha": float,
                 "boundary": str.lower}
@@ -225,6 +213,24 @@ class AdvConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _number(flag: str, value: Any, rule: str, integer: bool = False, least: float | None = None) -> None:
+    """Refuse a value that is not a finite number (an integer where asked) obeying ``rule``
+    (``"> 0, e.g. --adv-eps 5"``: the bound, then the hint)."""
+    if value is None:
+        return
+    ok = _is_number(value) and math.isfinite(value) and (not integer or float(value).is_integer())
+    if ok:
+        ok = value >= least if least is not None else value > 0
+    if not ok:
+        bound, _, hint = rule.partition(", ")
+        kind = "an integer " if integer else ("" if _is_number(value) and math.isfinite(value) else "a finite number ")
+        raise AdvConfigError(f"{flag} must be {kind}{bound}, got {value!r}" + (f"; {hint}" if hint else ""))
 
 
 def _float_list(text: str | Sequence[float]) -> list[float]:

@@ -1,4 +1,15 @@
-"""Drives one adversarial training step through the hooks: adapter -> policy -> trainer."""
+"""One adversarial training step: adapter -> policy -> the trainer's own backward and step.
+
+The engine holds a :class:`~amat_hooks.policies.Policy` (STD / SAT / AMAT) and the host's
+:class:`~amat_hooks.adapter.BatchAdapter`. Two ways to drive it:
+
+* :meth:`AdversarialEngine.step` for hosts that own the loss call (the plain loop, the
+  nnU-Net and Ultralytics trainers): clean forward, PGD, noisy forward, ``(L0 + L1) / 2``,
+  margin update;
+* :meth:`~AdversarialEngine.attack` then :meth:`~AdversarialEngine.observe` for hosts that
+  only see batches (``amat run``): the noisy rows now, the margin test after the script's
+  own forward, from its outputs (no extra forward pass).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,111 +19,68 @@ import pluggy
 import torch
 from torch import Tensor, nn
 
+from amat_hooks.adapter import AdapterError, BatchAdapter, BoundLoss, as_terms, check_ids
 from amat_hooks.attacks import AttackResult, preserved_state
-from amat_hooks.policies import AMAT, BoundLoss, Policy, StepOutput  # noqa: F401 (StepOutput: public type)
-
-
-class AdapterError(RuntimeError):
-    """No registered adapter understands this batch/host."""
+from amat_hooks.policies import Policy, StepOutput
 
 
 class AdversarialEngine:
-    """Glue between a host trainer and a :class:`Policy`, via the ``amat_*`` hooks.
+    """Glue between a host trainer, its adapter and a :class:`Policy`."""
 
-    ``step(model, batch)`` returns the loss to back-propagate (clean only for STD,
-    ``(L_clean + L_noisy) / 2`` for SAT/AMAT) and updates AMAT's margins.
-    """
+    def __init__(self, policy: Policy, adapter: BatchAdapter, host: Any = None,
+                 pm: pluggy.PluginManager | None = None) -> None:
+        if not isinstance(adapter, BatchAdapter):
+            raise TypeError(f"adapter must be a BatchAdapter, got {type(adapter).__name__}")
+        self.policy, self.adapter, self.host = policy, adapter, host
+        self._pm = pm
+        self._ids_checked = False
 
-    def __init__(self, policy: Policy, host: Any = None, pm: pluggy.PluginManager | None = None) -> None:
-        if pm is None:
+    @property
+    def pm(self) -> pluggy.PluginManager:
+        if self._pm is None:
             from amat_hooks.plugins import get_plugin_manager
 
-            pm = get_plugin_manager()
-        self.policy = policy
-        self.host = host
-        self.pm = pm
-        self.hook = pm.hook
+            self._pm = get_plugin_manager()
+        return self._pm
 
-    # -- adapter questions -------------------------------------------------------------------
-    def inputs(self, batch: Any) -> Tensor:
-        x = self.hook.amat_batch_inputs(batch=batch, host=self.host)
-        if x is None:
-            raise AdapterError(
-                f"no amat_hooks adapter recognises this batch ({_describe(batch)}) for host "
-                f"{type(self.host).__name__}; register an adapter implementing amat_batch_inputs "
-                f"(entry-point group 'amat_hooks')")
-        return x
-
-    def sample_ids(self, batch: Any) -> Sequence[Hashable] | None:
-        ids = self.hook.amat_batch_sample_ids(batch=batch, host=self.host)
-        if ids is None and isinstance(self.policy, AMAT):
-            raise AdapterError(
-                f"AMAT needs sample ids but the batch ({_describe(batch)}) carries none; yield "
-                f"(x, y, ids) from the DataLoader or implement amat_batch_sample_ids")
-        if isinstance(ids, Tensor):
-            ids = ids.tolist()
+    def _ids(self, batch: Any, ids: Sequence[Hashable] | None, rows: int) -> list[Hashable] | None:
+        """The batch's sample ids (the host's, else the adapter's), checked; AMAT needs them."""
+        ids = self.adapter.ids(batch) if ids is None else ids
+        if self.policy.name != "amat":
+            return None if ids is None else list(ids.tolist() if isinstance(ids, Tensor) else ids)
+        ids = check_ids(ids, rows)
+        if not self._ids_checked:
+            self._ids_checked = True
+            if rows > 1 and len(set(ids)) == 1:
+                raise AdapterError(f"every sample of the first batch has the id {ids[0]!r}: ids must tell the "
+                                   f"samples apart (one margin per sample); yield the dataset index")
         return ids
 
-    def bound_loss(self, batch: Any, model: nn.Module) -> BoundLoss:
-        bl = self.hook.amat_bind_loss(batch=batch, model=model, host=self.host)
-        if bl is None:
-            raise AdapterError(f"no adapter implements amat_bind_loss for host {type(self.host).__name__}")
-        return bl
+    # -- hosts that own the loss call -----------------------------------------------------------
+    def step(self, model: nn.Module, batch: Any, ids: Sequence[Hashable] | None = None) -> StepOutput:
+        x = self.adapter.inputs(batch)
+        return self.policy.step(model, x, self._ids(batch, ids, x.shape[0]), self.adapter.bind_loss(batch, model))
 
-    def with_inputs(self, batch: Any, inputs: Tensor) -> Any:
-        out = self.hook.amat_batch_with_inputs(batch=batch, inputs=inputs, host=self.host)
-        if out is None:
-            raise AdapterError(f"no adapter can put a perturbed input back into {_describe(batch)}")
-        return out
+    # -- hosts that only see batches ------------------------------------------------------------
+    def attack(self, model: nn.Module, batch: Any, ids: Sequence[Hashable] | None = None,
+               bound_loss: BoundLoss | None = None) -> "Perturbation":
+        """Algorithm 1 line 3 only: the noisy inputs of ``batch``, margins NOT updated yet.
 
-    # -- training ----------------------------------------------------------------------------
-    def step(self, model: nn.Module, batch: Any) -> StepOutput:
-        x = self.inputs(batch)
-        ids = self.sample_ids(batch) if self.policy.name == "amat" else self._ids_or_none(batch)
-        return self.policy.step(model, x, ids, self.bound_loss(batch, model))
-
-    def perturb(self, model: nn.Module, batch: Any) -> tuple[Tensor, AttackResult | None]:
-        """Noisy inputs for a batch, margins updated at once from the attack's own terms at
-        ``x_adv`` (one extra forward pass). Hosts that run the noisy forward themselves use
-        :meth:`attack` + :meth:`observe` instead and pay no extra forward."""
-        p = self.attack(model, batch)
-        if p.attack is None:
-            return p.x, None
-        if p.clean_terms is None and self.policy.needs_clean_terms:
-            with torch.no_grad(), preserved_state(model):  # this extra forward must not move BN stats
-                p.clean_terms = _as_terms(p.bound_loss.terms(p.x).detach())
-        self.observe(p, p.attack.terms, p.clean_terms)
-        return p.x_adv, p.attack
-
-    # -- the runner's path: attack now, observe after the host's own noisy forward ------------
-    @property
-    def clean_terms_before_attack(self) -> bool:
-        """Whether the policy needs a batch's clean terms BEFORE its attack (the boundary-stop
-        variant stops PGD at xi and exempts samples already above it). Otherwise the clean
-        terms of the host's own clean forward, given to :meth:`observe`, are enough."""
-        return self.policy.needs_clean_terms_before_attack
-
-    def attack(self, model: nn.Module, batch: Any, bound_loss: BoundLoss | None = None) -> "Perturbation":
-        """Algorithm 1 line 3 only: the noisy inputs of ``batch``, margins NOT updated.
-
-        ``bound_loss`` (default: the ``amat_bind_loss`` hook) is the attack objective. Where
-        :attr:`clean_terms_before_attack`, the clean terms are computed here (one no-grad
-        forward, normalisation statistics preserved) and given to the policy. The host then
-        runs its own clean and noisy forward and calls :meth:`observe` with their terms.
+        Where the policy needs a batch's clean terms before its attack (the boundary-stop
+        variant), they are computed here (one no-grad forward, normalisation statistics
+        preserved). The host then runs its own clean and noisy forward and calls :meth:`observe`.
         """
-        x = self.inputs(batch)
-        ids = self.sample_ids(batch) if self.policy.name == "amat" else self._ids_or_none(batch)
-        bl = bound_loss if bound_loss is not None else self.bound_loss(batch, model)
+        x = self.adapter.inputs(batch)
+        ids = self._ids(batch, ids, x.shape[0])
+        bl = bound_loss if bound_loss is not None else self.adapter.bind_loss(batch, model)
         clean_terms = None
-        clean_observed = False
-        if self.clean_terms_before_attack:
-            with torch.no_grad(), preserved_state(model):  # must not move BN stats
-                clean_terms = _as_terms(bl.terms(x).detach())
+        if self.policy.needs_clean_terms_before_attack:
+            with torch.no_grad(), preserved_state(model):
+                clean_terms = as_terms(bl.terms(x).detach(), x.shape[0])
             self.policy.observe_clean(clean_terms)
-            clean_observed = True
         attack = self.policy.perturb(model, x, ids, bl.terms, clean_terms=clean_terms)
         return Perturbation(x=x, ids=ids, attack=attack, bound_loss=bl, clean_terms=clean_terms,
-                            clean_observed=clean_observed, eps=getattr(self.policy, "last_eps", None))
+                            clean_observed=clean_terms is not None, eps=self.policy.last_eps)
 
     def observe(self, perturbation: "Perturbation", noisy_terms: Tensor,
                 clean_terms: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
@@ -120,33 +88,33 @@ class AdversarialEngine:
         per-sample terms of the host's own noisy training forward (and of its clean forward:
         AMAT's online xi, NaN checks). Returns (accepted [B], updated [B]) where relevant."""
         p = perturbation
+        b = p.x.shape[0]
         if clean_terms is not None:
-            clean_terms = _as_terms(clean_terms.detach())
+            clean_terms = as_terms(clean_terms.detach(), b)
             if not p.clean_observed:
                 self.policy.observe_clean(clean_terms)
                 p.clean_observed = True
         if p.attack is None:
             return None, None
         ct = p.clean_terms if p.clean_terms is not None else clean_terms
-        return self.policy.observe(p.ids, _as_terms(noisy_terms.detach()), p.attack, ct)
+        return self.policy.observe(p.ids, as_terms(noisy_terms.detach(), b), p.attack, ct)
 
-    def _ids_or_none(self, batch: Any):
-        ids = self.hook.amat_batch_sample_ids(batch=batch, host=self.host)
-        return ids.tolist() if isinstance(ids, Tensor) else ids
-
+    # -- epochs and state -----------------------------------------------------------------------
     def epoch_end(self, epoch: int) -> dict[str, float]:
         """Merge margins across ranks, then tell ``amat_epoch_end``; returns the summary."""
-        if isinstance(self.policy, AMAT):
-            self.policy.margins.sync()
+        margins = getattr(self.policy, "margins", None)
+        if margins is not None:
+            margins.sync()
         summary = self.policy.summary()
-        self.hook.amat_epoch_end(epoch=epoch, summary=summary, host=self.host)
+        self.pm.hook.amat_epoch_end(epoch=epoch, summary=summary, host=self.host)
         return summary
 
-    # -- persistence -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"policy": self.policy.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any], force: bool = False) -> None:
+        if not isinstance(state, dict) or not isinstance(state.get("policy"), dict):
+            raise ValueError("not an adversarial state: it has no 'policy' entry (was it written by amat-hooks?)")
         self.policy.load_state_dict(state["policy"], force=force)
 
 
@@ -165,18 +133,3 @@ class Perturbation:
     @property
     def x_adv(self) -> Tensor:
         return self.x if self.attack is None else self.attack.x_adv
-
-
-def _as_terms(t: Tensor) -> Tensor:
-    return t if t.dim() == 2 else t.reshape(t.shape[0], -1) if t.dim() > 2 else t.unsqueeze(1)
-
-
-def _describe(batch: Any) -> str:
-    if isinstance(batch, Tensor):
-        return f"Tensor{tuple(batch.shape)}"
-    if isinstance(batch, dict):
-        return "dict with keys " + ", ".join(map(str, list(batch)[:8]))
-    if isinstance(batch, (list, tuple)):
-        return f"{type(batch).__name__} of {len(batch)}: " + ", ".join(
-            type(b).__name__ for b in batch[:6])
-    return type(batch).__name__

@@ -1,30 +1,21 @@
 """Hook specifications of amat-hooks, grouped by phase (modelled on pytest's hookspec.py).
 
-An adapter (a plugin) describes ONE kind of trainer batch: where the input is, which
-sample ids it carries, how to put a perturbed input back and how to get per-sample loss
-terms. A ``firstresult`` hook stops at the first non-None answer; an adapter returns
-``None`` for a batch that is not its kind and the next plugin is asked. Plugins
-registered later (entry points) are asked first; the generic sniffers of the plain
-PyTorch adapter are ``trylast``, so any specific adapter wins over them.
-
-Every hook receives the ``host``: what drives training (an nnU-Net trainer, an
-Ultralytics trainer, :class:`~amat_hooks.integrations.torch_loop.AdversarialLoop`, the
-``amat run`` runner). Adapters recognise their own host by type; the core only needs
-what :class:`Host` names.
+Five hooks, all prefixed ``amat_``. A trainer's batch anatomy is not a hook question per
+batch: it is one :class:`~amat_hooks.adapter.BatchAdapter` object. Hosts that know their
+trainer (the nnU-Net and Ultralytics trainers) build it themselves; generic hosts (the
+plain-loop :class:`~amat_hooks.loop.AdversarialLoop`, the ``amat run`` runner) ask
+:func:`amat_adapter` once, with their first training batch.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Hashable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 import pluggy
 
 if TYPE_CHECKING:
     import argparse
 
-    from torch import Tensor, nn
-
-    from amat_hooks.run.loss import ScriptLoss
-    from amat_hooks.policies import BoundLoss
+    from amat_hooks.adapter import BatchAdapter
     from amat_hooks.tasks import Task
 
 PROJECT = "amat_hooks"
@@ -44,82 +35,23 @@ class Host(Protocol):
 
 
 # -------------------------------------------------------------------------------------
-# Batch anatomy: what the adapter knows about its trainer's batches.
+# Batch anatomy: asked once per run by generic hosts.
 # -------------------------------------------------------------------------------------
 @hookspec(firstresult=True)
-def amat_batch_inputs(batch: Any, host: Any) -> "Tensor | None":
-    """Return the input tensor ``[B, ...]`` of ``batch`` that the attack perturbs.
+def amat_adapter(batch: Any, host: Any) -> "BatchAdapter | None":
+    """Return the :class:`~amat_hooks.adapter.BatchAdapter` for batches like ``batch``, or
+    None if they are not your kind.
 
-    :param batch: the trainer's batch, as its data loader yields it.
-    :param host: the training host (see :class:`Host`).
+    :param batch: the first training batch, as the trainer's DataLoader yields it (under
+        ``amat run``: without the ids the runner adds).
+    :param host: the generic host asking: an :class:`~amat_hooks.loop.AdversarialLoop`
+        (``host.loss_fn``: the user's per-sample loss) or the ``amat run``
+        :class:`~amat_hooks.run.Runner` (``host.options``: the parsed ``amat run`` flags,
+        ``host.loss_modules``: the ``torch.nn`` loss modules the script created).
 
-    Stops at the first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def amat_batch_sample_ids(batch: Any, host: Any) -> "Sequence[Hashable] | None":
-    """Return one hashable id per sample of ``batch`` (file name, case + slice, index).
-
-    AMAT keys its margins by these ids, so they must be stable across epochs.
-
-    :param batch: the trainer's batch.
-    :param host: the training host.
-
-    Stops at the first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def amat_batch_with_inputs(batch: Any, inputs: "Tensor", host: Any) -> Any:
-    """Return a batch like ``batch`` whose input is ``inputs``.
-
-    :param batch: the trainer's batch of B samples.
-    :param inputs: ``[k*B, ...]``: the perturbed input, or clean and noisy rows stacked
-        (the runner's ``--adv-batch joint`` option); targets are repeated k times.
-    :param host: the training host.
-
-    Stops at the first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def amat_bind_loss(batch: Any, model: "nn.Module", host: Any) -> "BoundLoss | None":
-    """Return a :class:`~amat_hooks.policies.BoundLoss` for ``batch``: per-sample loss terms
-    ``[B, K]`` as a function of the input, from the trainer's OWN loss objects, and
-    optionally the trainer's scalar loss of the same forward pass.
-
-    :param batch: the trainer's batch (its targets are bound into the loss).
-    :param model: the network the attack differentiates (unwrapped from DDP if needed).
-    :param host: the training host.
-
-    Stops at the first non-None result.
-    """
-
-
-@hookspec(firstresult=True)
-def amat_runner_loss(batch: Any, host: Any) -> "ScriptLoss | None":
-    """``amat run`` only: describe the loss an unmodified training script computes on its
-    batches, so that the runner can attack it and test the per-sample terms of the script's
-    own noisy forward against xi (no extra forward pass).
-
-    Called once, with the first training batch; the returned
-    :class:`~amat_hooks.run.ScriptLoss` serves every later batch: its
-    ``bound_loss(batch, model)`` is the attack objective, ``terms(batch, output)`` the
-    per-sample terms ``[B, K]`` of a model output, ``confirm(host)`` is called after the
-    script computed its loss on the first batch and before its first optimizer step (to
-    check or refine what was inferred; raise ``RunnerError`` to refuse the run).
-
-    :param batch: the script's first training batch, as its DataLoader yields it (no ids).
-    :param host: the runner (:class:`~amat_hooks.run.Runner`):
-        ``host.options`` holds the parsed ``amat run`` flags (an adapter adds its own to the
-        ``run`` parser in :func:`amat_add_commands`, which the runner creates first),
-        ``host.loss_modules`` the ``torch.nn`` loss modules the script created (in order),
-        ``host.loss_calls`` (in ``confirm``) those it called on a training output.
-
-    Return None for a batch that is not your kind. Stops at the first non-None result; the
-    runner's generic ``(x, y)`` answer is ``trylast``. Implemented by the Multi-Task U-Net
-    adapter (heatmap BCE or Dice, inferred from the script's ``nn.BCELoss``).
+    Asked once per run; the adapter then serves every batch. Stops at the first non-None
+    result; plugins registered later (entry points) are asked first, and the generic
+    ``(x, y[, ids])`` answers of the loop and the runner are ``trylast``.
     """
 
 
@@ -138,7 +70,7 @@ def amat_epoch_end(epoch: int, summary: "dict[str, float]", host: Any) -> None:
 
 
 # -------------------------------------------------------------------------------------
-# Command line
+# Command line and tasks: results of all plugins are merged.
 # -------------------------------------------------------------------------------------
 @hookspec
 def amat_add_commands(subparsers: "argparse._SubParsersAction") -> None:
@@ -152,12 +84,11 @@ def amat_add_commands(subparsers: "argparse._SubParsersAction") -> None:
 @hookspec
 def amat_tasks() -> "Sequence[Task]":
     """Return the :class:`~amat_hooks.tasks.Task` objects this plugin contributes to
-    ``amat calibrate``, ``amat eval`` and ``amat grid`` (``amat eval NAME ...``). Results of
-    all plugins are merged; a later plugin's task replaces one of the same name.
+    ``amat calibrate``, ``amat eval`` and ``amat grid`` (``amat eval NAME ...``). A later
+    plugin's task replaces one of the same name.
     """
 
 
 @hookspec
 def amat_demo_backends() -> "dict[str, Any]":
-    """Return ``{name: (description, run(args) -> int)}`` for ``amat demo --backend NAME``.
-    Results of all plugins are merged; the core supplies ``loop``."""
+    """Return ``{name: (description, run(args) -> int)}`` for ``amat demo --backend NAME``."""

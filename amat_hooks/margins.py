@@ -1,6 +1,8 @@
 """Per-sample margins E(i) of Algorithm 1, keyed by any hashable sample id."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from typing import Any, Hashable, Sequence
 
@@ -23,9 +25,8 @@ class MarginStore:
     every rank's updates in rank order so all ranks hold the same table.
     """
 
-    def __init__(self, init: float, delta: float | None = None, max_margin: float | None = None,
-                 dataset_id: str | None = None, step: float | None = None) -> None:
-        delta = step if delta is None else delta  # ``step``: the name before 0.2
+    def __init__(self, init: float, delta: float, max_margin: float | None = None,
+                 dataset_id: str | None = None) -> None:
         if not (isinstance(init, (int, float)) and math.isfinite(init) and init >= 0):
             raise ValueError(f"MarginStore init must be a finite number >= 0, got {init!r}")
         if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0):
@@ -159,9 +160,8 @@ class MarginStore:
     def load_state_dict(self, state: dict[str, Any], force: bool = False) -> None:
         """Restore a table exactly. A table made with another init/step/dataset is refused
         unless ``force=True`` (its margins would mean something else)."""
-        state = dict(state)
-        if "delta" not in state and "step" in state:  # written before 0.2
-            state["delta"] = state["step"]
+        if not isinstance(state, dict):
+            raise MarginMismatchError(f"not a MarginStore state: a {type(state).__name__}")
         for key in ("init", "delta", "ids", "values"):
             if key not in state:
                 raise MarginMismatchError(f"not a MarginStore state: key {key!r} missing")
@@ -183,6 +183,11 @@ class MarginStore:
         ids = [tuple(i) if isinstance(i, list) else i for i in state["ids"]]
         if len(ids) != len(state["values"]):
             raise MarginMismatchError("corrupt margin table: ids and values differ in length")
+        values = torch.as_tensor(state["values"], dtype=torch.float64)
+        if values.numel() and not (torch.isfinite(values).all() and (values >= 0).all()):
+            bad = int((~torch.isfinite(values) | (values < 0)).sum())
+            raise MarginMismatchError(f"corrupt margin table: {bad} margin(s) are NaN, inf or negative; resume "
+                                      f"from an earlier state or start a fresh run")
         self._ids = ids
         self._index = {i: r for r, i in enumerate(ids)}
         self._values = torch.tensor(state["values"], dtype=torch.float64)
@@ -208,6 +213,13 @@ class MarginStore:
         return {"count": int(v.numel()), "updates": self._updates, "mean": float(v.mean()),
                 "std": float(v.std(unbiased=False)), "min": float(v.min()), "max": float(v.max()),
                 "q10": float(q[0]), "q50": float(q[1]), "q90": float(q[2])}
+
+    def digest(self) -> str:
+        """First 16 hex digits of the SHA-256 of the table (ids and the exact bits of its float64
+        values): two tables with the same digest are the same table bit for bit. Logged on resume."""
+        ids = [list(i) if isinstance(i, tuple) else i for i in self._ids]
+        payload = json.dumps([ids, [float(v).hex() for v in self._values.tolist()]], separators=(",", ":"))
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
     def format_summary(self) -> str:
         s = self.summary()

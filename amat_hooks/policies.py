@@ -6,6 +6,7 @@ back-propagate and (AMAT) updates the margins. Nothing here knows a trainer.
 """
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -14,38 +15,12 @@ from typing import Any, Callable, Hashable, Sequence
 import torch
 from torch import Tensor, nn
 
+from amat_hooks.adapter import BoundLoss
 from amat_hooks.attacks import DEFAULT_ALPHA, AttackResult, pgd
 from amat_hooks.margins import MarginStore
 from amat_hooks.thresholds import OnlineThreshold, accepted, check_xi
 
 TermsFn = Callable[[Tensor], Tensor]
-TrainingFn = Callable[[Tensor, bool], "tuple[Tensor, Tensor]"]
-
-
-@dataclass
-class BoundLoss:
-    """A batch's loss, bound to its targets by the adapter.
-
-    ``terms(x)`` -> per-sample loss terms ``[B, K]`` (the attack objective; must not issue
-    collective calls). ``training(x, clean)`` -> ``(trainer's own scalar loss, terms [B, K])``
-    from ONE forward pass; ``clean`` is True for the clean input of the step (a trainer
-    that already ran that forward, like nnU-Net, reuses its output) and False for the
-    noisy one. If omitted, the training loss is ``terms.sum(1).mean()``.
-    """
-
-    terms: TermsFn
-    training: TrainingFn | None = None
-    term_names: Sequence[str] | None = None
-
-    def training_loss(self, x: Tensor, clean: bool = False) -> tuple[Tensor, Tensor]:
-        if self.training is not None:
-            loss, terms = self.training(x, clean)
-        else:
-            terms = self.terms(x)
-            loss = terms.reshape(terms.shape[0], -1).sum(1).mean()
-        if terms.dim() == 1:
-            terms = terms.unsqueeze(1)
-        return loss, terms
 
 
 @dataclass
@@ -74,9 +49,6 @@ TRAIN_REFINE_STEPS = 2
 #: code) - full-radius PGD, every iteration. ``stop``: the opt-in variant that stops each
 #: sample at its loss boundary xi and bisects there.
 BOUNDARY_MODES = ("none", "stop")
-#: What a checkpoint without a recorded boundary mode was trained with (amat-hooks <= 0.1
-#: always stopped at the boundary).
-LEGACY_BOUNDARY = "stop"
 
 
 class SemanticsMismatchError(ValueError):
@@ -247,16 +219,15 @@ class AMAT(Policy):
                  init: float | None = None, dataset_id: str | None = None,
                  xi_momentum: float | None = 0.01, boundary: str = "none",
                  xi_source: str | None = None, calibrate_hint: str = "amat calibrate <task>",
-                 log: Callable[[str], None] | None = None, step: float | None = None) -> None:
-        step = delta if delta is not None else step  # ``step``: the keyword before 0.2
-        if not (isinstance(step, (int, float)) and step > 0):
-            raise ValueError(f"AMAT needs a step size Delta > 0, got {step!r}; pass e.g. --adv-step 0.5")
+                 log: Callable[[str], None] | None = None) -> None:
+        if not (isinstance(delta, (int, float)) and not isinstance(delta, bool) and math.isfinite(delta) and delta > 0):
+            raise ValueError(f"AMAT needs a step size Delta > 0, got {delta!r}; pass e.g. --adv-step 0.5")
         if boundary not in BOUNDARY_MODES:
             raise ValueError(f"unknown --adv-boundary {boundary!r}; choose one of: {', '.join(BOUNDARY_MODES)}")
         super().__init__(attack)
-        self.delta = float(step)
+        self.delta = float(delta)
         self.boundary_mode = boundary
-        self.margins = MarginStore(init=float(step if init is None else init), delta=float(step),
+        self.margins = MarginStore(init=float(delta if init is None else init), delta=float(delta),
                                    max_margin=max_margin, dataset_id=dataset_id)
         self.xi_fixed = None if xi is None else check_xi(xi)
         self.online = None if xi is not None else OnlineThreshold(rule=xi_rule, momentum=xi_momentum)
@@ -367,7 +338,12 @@ class AMAT(Policy):
 
     def load_state_dict(self, state, force=False):
         super().load_state_dict(state, force=force)
-        saved = state.get("config", {}).get("boundary", LEGACY_BOUNDARY)
+        if not isinstance(state.get("margins"), dict):
+            raise SemanticsMismatchError("not an AMAT state: it holds no margin table (was it written by SAT or STD?)")
+        saved = state.get("config", {}).get("boundary")
+        if saved not in BOUNDARY_MODES:
+            raise SemanticsMismatchError(f"the saved margins record no valid --adv-boundary ({saved!r}): not a state "
+                                         f"this amat-hooks wrote; start a fresh run")
         if saved != self.boundary_mode and not force:
             raise SemanticsMismatchError(
                 f"the checkpoint's margins were trained with --adv-boundary {saved} "

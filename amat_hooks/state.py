@@ -1,25 +1,30 @@
-"""The one xi file: what ``amat calibrate <task>`` writes and every trainer reads.
+"""What a run leaves on disk: the one adversarial-state envelope and the one xi file.
 
-Schema (``kind: "amat-hooks xi"``, version 2)::
+**State envelope** (every host: the plain loop, ``amat run``, nnU-Net, Ultralytics, classic
+YOLOv5). The same dict is a JSON sidecar (``amat_state.json``, ``CKPT.amat.json``) or the
+``amat_hooks`` entry of a torch checkpoint (:data:`CHECKPOINT_KEY`)::
 
-    {"kind": "amat-hooks xi", "version": 2, "task": "nnunet",
-     "term_names": ["loss"], "rule": "mean",                # the paper's rule for the task
-     "xi": {"mean": [..K], "mean+2std": [..K]},             # both rules, one value per term
-     "stats": {"mean": [..], "std": [..], "min": [..], "max": [..]},
-     "n_samples": N, "n_nonfinite": k,
-     "identity": {...},   # what the xi belongs to (dataset, configuration, plans ...): checked
-     "source": {...},     # model, data, split that produced it: recorded
+    {"format": "amat-hooks state", "version": 2, "host": "runner", "label": "AMAT",
+     "config": {...AdvConfig...}, "epochs": 3,            # epochs finished
+     "checkpoint": "weights/last.pt",                     # the weights these margins belong to
+     "adapter": {...BatchAdapter.state()...}, "xi": [..K], "digest": "3f2a...",
+     "summary": {...}, "history": [{epoch, margin_mean, ...}], "policy": {...Policy.state_dict()...},
+     "host_state": {...}}                                 # what only that host needs
+
+One writer (:func:`write_state`), one reader (:func:`read_state`, which refuses anything
+else with the fix), one digest (:meth:`~amat_hooks.margins.MarginStore.digest`).
+
+**xi file** (``kind: "amat-hooks xi"``, version 2), written by ``amat calibrate <task>``::
+
+    {"kind": "amat-hooks xi", "version": 2, "task": "nnunet", "term_names": [..K], "rule": "mean",
+     "xi": {"mean": [..K], "mean+2std": [..K]}, "stats": {"mean", "std", "min", "max"},
+     "n_samples": N, "n_nonfinite": k, "identity": {...checked...}, "source": {...recorded...},
      "created": "2026-11-27T10:00:00+00:00"}
-
-:func:`read_xi_file` also reads the three formats written before (nnU-Net's
-``"amat-hooks nnunet xi"``, the YOLO and landmark ``{"xi": [...], "rule": ...}`` files) and
-says so once, with the command that rewrites the file in the new format.
 """
 from __future__ import annotations
 
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,14 +33,125 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from amat_hooks.atomic_files import atomic_write_json, read_json
-from amat_hooks.policies import LEGACY_BOUNDARY
-from amat_hooks.thresholds import RULES, xi_from_losses
+from amat_hooks.thresholds import RULES, OnlineThreshold, xi_from_losses
 
+STATE_FORMAT = "amat-hooks state"
+STATE_VERSION = 2
+#: Key of the adversarial state inside a torch checkpoint dict (nnU-Net, classic YOLOv5).
+CHECKPOINT_KEY = "amat_hooks"
 XI_KIND = "amat-hooks xi"
 XI_VERSION = 2
-LEGACY_NNUNET_KIND = "amat-hooks nnunet xi"
 
 
+class StateError(ValueError):
+    """A state file or checkpoint entry is missing, unreadable or not an amat-hooks state."""
+
+
+# -- the state envelope ---------------------------------------------------------------------------
+def state_envelope(host: str, config: Any, policy: Any, adapter: Any = None, epochs: int = 0,
+                   checkpoint: str | None = None, history: Sequence[Mapping[str, float]] = (),
+                   host_state: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The envelope of a host's adversarial state (see the module docstring)."""
+    margins = getattr(policy, "margins", None)
+    xi = policy.xi() if hasattr(policy, "xi") else None
+    return {"format": STATE_FORMAT, "version": STATE_VERSION, "host": host, "label": config.label,
+            "config": config.to_dict(), "epochs": int(epochs), "checkpoint": checkpoint,
+            "adapter": None if adapter is None else adapter.state(),
+            "xi": None if xi is None else xi.tolist(),
+            "digest": None if margins is None else margins.digest(),
+            "summary": policy.summary(), "history": [dict(h) for h in history],
+            "policy": policy.state_dict(), "host_state": dict(host_state or {})}
+
+
+def write_state(path: str | os.PathLike, envelope: Mapping[str, Any]) -> Path:
+    """A JSON sidecar, written atomically (a crash never leaves a truncated one)."""
+    return atomic_write_json(path, dict(envelope))
+
+
+def read_state(source: str | os.PathLike | Mapping[str, Any], where: str | None = None) -> dict[str, Any]:
+    """The envelope in a JSON sidecar, in a torch checkpoint's :data:`CHECKPOINT_KEY` entry,
+    or in an already loaded dict; anything else is a :class:`StateError` saying what it is."""
+    where = where or (str(source) if not isinstance(source, Mapping) else "the checkpoint")
+    raw = source if isinstance(source, Mapping) else _load(Path(source))
+    if isinstance(raw, Mapping) and CHECKPOINT_KEY in raw and "format" not in raw:
+        raw = raw[CHECKPOINT_KEY]
+    if not isinstance(raw, Mapping) or raw.get("format") != STATE_FORMAT:
+        raise StateError(f"{where} holds no amat-hooks state (written by another program, or by an "
+                         f"amat-hooks before 0.2: start a fresh run)")
+    if raw.get("version") != STATE_VERSION:
+        raise StateError(f"{where} is an amat-hooks state of version {raw.get('version')!r}; this amat-hooks "
+                         f"reads version {STATE_VERSION}")
+    for key, kind in (("policy", Mapping), ("config", Mapping), ("history", list)):
+        if not isinstance(raw.get(key), kind):
+            raise StateError(f"{where}: the state's {key!r} entry is missing or malformed (a damaged file); "
+                             f"resume from another checkpoint or start a fresh run")
+    return dict(raw)
+
+
+def _load(path: Path) -> Any:
+    if not path.is_file():
+        raise StateError(f"no state file at {path}")
+    try:
+        if path.suffix == ".json":
+            return read_json(path)
+        # nnU-Net and YOLOv5 checkpoints hold pickled objects: weights_only=False, as they load them
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file: say which and why
+        raise StateError(f"{path} is unreadable ({str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__})") from None
+
+
+@dataclass
+class AdversarialState:
+    """What a report needs from a trained model's adversarial state."""
+
+    path: Path
+    mode: str | None
+    label: str | None
+    margins: list[float] | None
+    xi: list[float] | None
+    xi_source: str | None
+    boundary: str | None
+    policy_config: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    delta: float | None = None
+
+    def describe(self, name: str | None = None) -> str:
+        """One line for a report header; ``name`` is what the report calls the model (the
+        training label is added where it differs)."""
+        label = self.label or self.mode or "?"
+        who = label if name is None else (name if name == label else f"{name} (trained as {label})")
+        if self.mode != "amat":
+            return f"{who}: no margins"
+        xi = "n/a" if not self.xi else "[" + ", ".join(f"{v:.4g}" for v in self.xi) + "]"
+        n = len(self.margins or [])
+        mean = sum(self.margins) / n if n else float("nan")
+        return (f"{who}: {n} margins (mean {mean:.4g}), xi={xi} from "
+                f"{self.xi_source or 'an unrecorded source'}, boundary={self.boundary}")
+
+
+def read_adversarial_state(path: str | os.PathLike) -> AdversarialState | None:
+    """The report's view of the state in ``path`` (sidecar or checkpoint), or None if it holds none."""
+    try:
+        env = read_state(path)
+    except StateError:
+        return None
+    policy = env["policy"]
+    pcfg = dict(policy.get("config") or {})
+    mode = pcfg.get("mode")
+    margins = (policy.get("margins") or {}).get("values") if mode == "amat" else None
+    xi = env.get("xi")
+    if xi is None and mode == "amat" and isinstance(policy.get("online_xi"), dict):
+        est = OnlineThreshold(rule=policy["online_xi"].get("rule", "mean"))
+        est.load_state_dict(policy["online_xi"])
+        xi = est.xi().tolist() if est.mean is not None else None
+    return AdversarialState(
+        path=Path(path), mode=mode, label=env.get("label"), margins=[float(v) for v in margins] if margins else None,
+        xi=[float(v) for v in xi] if xi else None, xi_source=pcfg.get("xi_source"),
+        boundary=pcfg.get("boundary") if mode == "amat" else None, policy_config=pcfg,
+        history=list(env.get("history") or []), delta=pcfg.get("delta"))
+
+
+# -- the xi file ----------------------------------------------------------------------------------
 class XiFileError(ValueError):
     """An xi file is missing, unreadable, for another run, or lacks the needed thresholds."""
 
@@ -51,7 +167,6 @@ class XiFile:
     rule: str | None = None
     identity: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
-    format: str = XI_KIND
 
     def thresholds(self, rule: str | None = None, n_terms: int | None = None, fix: str = "") -> list[float]:
         """The K thresholds of ``rule`` (default: the file's own rule); every problem names
@@ -65,9 +180,19 @@ class XiFile:
         if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
             raise XiFileError(f"xi file {self.path} holds invalid thresholds {values!r}{hint}")
         if n_terms is not None and len(values) != n_terms:
-            raise XiFileError(f"xi file {self.path} has {len(values)} thresholds but the loss has {n_terms} "
-                              f"terms{hint}")
+            raise XiFileError(f"xi file {self.path} has {len(values)} thresholds ({', '.join(self.term_names)}) "
+                              f"but the loss has {n_terms} terms{hint}")
         return [float(v) for v in values]
+
+    def check_task(self, task: str, term_names: Sequence[str] | None = None, fix: str = "") -> None:
+        """Refuse a file calibrated for another kind of model (its task or its term names)."""
+        hint = f"; {fix}" if fix else ""
+        if self.task is not None and self.task != task:
+            raise XiFileError(f"xi file {self.path} holds xi of a {self.task} model ({', '.join(self.term_names)}), "
+                              f"not of {task}{hint}")
+        if term_names is not None and self.term_names and list(self.term_names) != list(term_names):
+            raise XiFileError(f"xi file {self.path} has the terms {', '.join(self.term_names)}, this loss has "
+                              f"{', '.join(term_names)}{hint}")
 
     def check_identity(self, expected: Mapping[str, Any], fix: str = "") -> None:
         """Refuse a file calibrated for another dataset/configuration (keys present in both)."""
@@ -112,7 +237,7 @@ def write_xi_file(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
 
 
 def read_xi_file(path: str | os.PathLike, fix: str = "") -> XiFile:
-    """Read an xi file of any format amat-hooks wrote (see the module docstring)."""
+    """Read an xi file written by ``amat calibrate`` (see the module docstring)."""
     path = Path(path)
     hint = f"; {fix}" if fix else ""
     if not path.is_file():
@@ -121,134 +246,8 @@ def read_xi_file(path: str | os.PathLike, fix: str = "") -> XiFile:
         data = read_json(path)
     except (OSError, ValueError) as e:
         raise XiFileError(f"xi file {path} is unreadable ({e}){hint}") from None
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or data.get("kind") != XI_KIND:
         raise XiFileError(f"{path} is not an xi file written by amat calibrate{hint}")
-    if data.get("kind") == XI_KIND:
-        return XiFile(path=path, task=data.get("task"), term_names=list(data.get("term_names") or []),
-                      xi={k: list(v) for k, v in (data.get("xi") or {}).items()}, rule=data.get("rule"),
-                      identity=dict(data.get("identity") or {}), source=dict(data.get("source") or {}))
-    if data.get("kind") == LEGACY_NNUNET_KIND:
-        _legacy(path, "nnU-Net", fix)
-        return XiFile(path=path, task="nnunet", term_names=list(data.get("term_names") or ["loss"]),
-                      xi={k: list(v) for k, v in (data.get("xi") or {}).items()}, rule="mean",
-                      identity={k: data.get(k) for k in ("dataset", "configuration", "plans")},
-                      source={k: data.get(k) for k in ("fold", "trainer", "checkpoint")},
-                      format=LEGACY_NNUNET_KIND)
-    if isinstance(data.get("xi"), list) and isinstance(data.get("rule"), str):
-        if "terms" in data:  # YOLO: {"xi", "rule", "terms": [box, cls, dfl], "model", "data", "split"}
-            _legacy(path, "YOLO", fix)
-            return XiFile(path=path, task="yolo", term_names=list(data["terms"]),
-                          xi={data["rule"]: list(data["xi"])}, rule=data["rule"],
-                          source={k: data.get(k) for k in ("model", "data", "split")}, format="yolo (1)")
-        _legacy(path, "landmark", fix)  # {"xi", "rule", "term_names", "heatmap_loss", "checkpoint"}
-        return XiFile(path=path, task="landmark", term_names=list(data.get("term_names") or []),
-                      xi={data["rule"]: list(data["xi"])}, rule=data["rule"],
-                      identity={"heatmap_loss": data["heatmap_loss"]} if data.get("heatmap_loss") else {},
-                      source={k: data.get(k) for k in ("checkpoint", "annotation")}, format="landmark (1)")
-    raise XiFileError(f"{path} is not an xi file written by amat calibrate{hint}")
-
-
-def _legacy(path: Path, what: str, fix: str) -> None:
-    warnings.warn(f"{path} is an xi file in the older {what} format; it is read as it is"
-                  + (f" ({fix} rewrites it in the current one)" if fix else ""), UserWarning, stacklevel=3)
-
-
-# -- adversarial state next to / inside a checkpoint (formerly sidecars.py) --------------
-
-#: Key of the adversarial state inside an nnU-Net (or any torch) checkpoint dict.
-CHECKPOINT_KEY = "amat_hooks"
-
-
-@dataclass
-class AdversarialState:
-    """What a report needs from a trained model's adversarial state."""
-
-    path: Path
-    mode: str | None
-    label: str | None
-    margins: list[float] | None
-    xi: list[float] | None
-    xi_source: str | None
-    boundary: str | None
-    policy_config: dict[str, Any] = field(default_factory=dict)
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    def describe(self, name: str | None = None) -> str:
-        """One line for a report header; ``name`` is what the report calls the model (the
-        training label is added where it differs)."""
-        label = self.label or self.mode or "?"
-        who = label if name is None else (name if name == label else f"{name} (trained as {label})")
-        if self.mode != "amat":
-            return f"{who}: no margins"
-        xi = "n/a" if not self.xi else "[" + ", ".join(f"{v:.4g}" for v in self.xi) + "]"
-        n = len(self.margins or [])
-        mean = sum(self.margins) / n if n else float("nan")
-        return (f"{who}: {n} margins (mean {mean:.4g}), xi={xi} from "
-                f"{self.xi_source or 'an unrecorded source'}, boundary={self.boundary}")
-
-
-def read_adversarial_state(path: str | os.PathLike) -> AdversarialState | None:
-    """The state in ``path`` (JSON sidecar or torch checkpoint), or None if it holds none."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    raw = _load(path)
-    if not isinstance(raw, dict):
-        return None
-    if "engine" not in raw and isinstance(raw.get(CHECKPOINT_KEY), dict):
-        raw = raw[CHECKPOINT_KEY]
-    engine = raw.get("engine")
-    if not isinstance(engine, dict) or not isinstance(engine.get("policy"), dict):
-        return None
-    policy = engine["policy"]
-    pcfg = dict(policy.get("config") or {})
-    mode = pcfg.get("mode")
-    margins = (policy.get("margins") or {}).get("values") if mode == "amat" else None
-    xi = raw.get("xi")
-    if xi is None and mode == "amat":
-        xi = pcfg.get("xi") or _online_xi(policy.get("online_xi"))
-    cfg = raw.get("config") or {}
-    label = raw.get("label") or _label(pcfg, cfg)
-    return AdversarialState(
-        path=path, mode=mode, label=label, margins=[float(v) for v in margins] if margins else None,
-        xi=[float(v) for v in xi] if xi else None,
-        xi_source=pcfg.get("xi_source") or raw.get("xi_origin"),
-        boundary=pcfg.get("boundary", LEGACY_BOUNDARY) if mode == "amat" else None,
-        policy_config=pcfg, history=list(raw.get("history") or []))
-
-
-def _load(path: Path) -> Any:
-    if path.suffix == ".json":
-        from amat_hooks.atomic_files import read_json
-
-        try:
-            return read_json(path)
-        except (OSError, ValueError):
-            return None
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # noqa: BLE001 - not a checkpoint we can read: no state
-        return None
-
-
-def _online_xi(state: Any) -> list[float] | None:
-    if not isinstance(state, dict) or state.get("mean") is None:
-        return None
-    from amat_hooks.thresholds import OnlineThreshold
-
-    est = OnlineThreshold(rule=state.get("rule", "mean"))
-    est.load_state_dict(state)
-    return est.xi().tolist()
-
-
-def _label(pcfg: dict, cfg: dict) -> str | None:
-    mode = pcfg.get("mode")
-    if mode == "none":
-        return "STD"
-    if mode == "sat":
-        return f"SAT{pcfg.get('eps'):g}" if pcfg.get("eps") is not None else "SAT"
-    if mode == "amat":
-        return "AMAT" if pcfg.get("boundary", LEGACY_BOUNDARY) == "none" else "AMAT-stop"
-    return None
+    return XiFile(path=path, task=data.get("task"), term_names=list(data.get("term_names") or []),
+                  xi={k: list(v) for k, v in (data.get("xi") or {}).items()}, rule=data.get("rule"),
+                  identity=dict(data.get("identity") or {}), source=dict(data.get("source") or {}))

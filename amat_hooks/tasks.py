@@ -1,10 +1,10 @@
 """The task interface: what ``amat calibrate``, ``amat eval`` and ``amat grid`` need to
 know about one kind of trainer, so that the three commands are written once.
 
-An adapter says what a trainer's batch and loss look like (the ``amat_batch_*`` and
-``amat_bind_loss`` hooks). A :class:`Task` says how to load a model of that kind, feed it
-evaluation or calibration batches and score it, and how to train one AMAT model for the
-grid. Plugins contribute tasks through the ``amat_tasks`` hook; the commands in
+An adapter (:class:`~amat_hooks.adapter.BatchAdapter`) says what a trainer's batch and loss
+look like. A :class:`Task` says how to load a model of that kind, feed it evaluation or
+calibration batches (an :class:`~amat_hooks.evaluation.EvalTask` holding that adapter) and
+score it, and how to train one AMAT model for the grid. Plugins contribute tasks through the ``amat_tasks`` hook; the commands in
 :mod:`amat_hooks.cli` do the rest (model-spec and ``--deltas`` parsing, one subprocess per
 Delta, the xi file, the report, margin histograms, errors).
 """
@@ -16,8 +16,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
-
-from torch import Tensor
 
 from amat_hooks.evaluation import EvalTask
 
@@ -31,17 +29,19 @@ class TaskError(ValueError):
 
 @dataclass
 class CalibrationSet:
-    """Clean per-sample loss terms of a trained clean model on the training split.
+    """What ``amat calibrate`` scores: the clean model on the training split, as an
+    :class:`~amat_hooks.evaluation.EvalTask` whose adapter states the training loss (its
+    per-sample terms are what AMAT compares with xi).
 
-    ``terms`` ``[N, K]`` (non-finite rows are counted, not used); ``identity`` names what the
-    xi belongs to (dataset, configuration, data file ...), checked when a trainer reads it;
-    ``source`` says which model and data produced the terms (recorded, never checked).
+    ``identity`` names what the xi belongs to (dataset, configuration, data file ...), checked
+    when a trainer reads it; ``source`` says which model and data produced the terms
+    (recorded, never checked); ``default_path``: where the xi file goes without ``--out``.
     """
 
-    terms: Tensor
-    term_names: Sequence[str]
+    task: EvalTask
     identity: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
+    default_path: Path | None = None
 
 
 @dataclass
@@ -113,12 +113,8 @@ class Task(ABC):
 
     # -- calibrate -----------------------------------------------------------------------------
     def calibration_set(self, args: argparse.Namespace, log=print) -> CalibrationSet:
-        """Clean per-sample terms of the clean model on the training split."""
+        """The clean model on the training split (see :class:`CalibrationSet`)."""
         raise TaskError(f"amat calibrate {self.name} is not supported")
-
-    def default_xi_path(self, args: argparse.Namespace, calibration: CalibrationSet) -> Path:
-        """Where the xi file goes without ``--out``."""
-        return Path(f"amat_xi_{self.name}.json")
 
     def xi_usage(self, path: Path, xi: Sequence[float], args: argparse.Namespace) -> str:
         """One line: how a training run uses this xi file."""

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from amat_hooks.config import AdvConfig  # noqa: E402
-from amat_hooks.demo.loop import TinySegNet, seg_loss_terms, train_one  # noqa: E402
+from amat_hooks.demo.loop import train_one  # noqa: E402
+from amat_hooks.zoo.segnets import TinySegNet, seg_loss_terms  # noqa: E402
 from amat_hooks.evaluation import RadiusSpec, robustness_eval  # noqa: E402
 from amat_hooks.evaluation.segmentation import SegmentationEvalTask  # noqa: E402
 from amat_hooks.zoo.shapes import shapes_segmentation  # noqa: E402

@@ -12,11 +12,10 @@ import argparse
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from amat_hooks import AdvConfig
-from amat_hooks.demo.loop import TinySegNet, seg_loss_terms
+from amat_hooks import AdversarialLoop, AdvConfig, AdvConfigError
 from amat_hooks.evaluation import robustness_eval
-from amat_hooks import AdversarialLoop
 from amat_hooks.evaluation.segmentation import SegmentationEvalTask
+from amat_hooks.zoo.segnets import TinySegNet, seg_loss_terms
 from amat_hooks.zoo.shapes import shapes_segmentation
 
 
@@ -25,6 +24,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     AdvConfig.add_arguments(ap)
     args = ap.parse_args()
+    try:
+        config = AdvConfig.from_args(args)
+    except AdvConfigError as e:  # one line naming the flag and the fix, before any training
+        ap.error(str(e))
 
     x, y = shapes_segmentation(64, 32, seed=0)
     ids = torch.arange(len(x))  # one stable id per sample: AMAT keys margins by it
@@ -32,7 +35,7 @@ def main() -> None:
     model = TinySegNet()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
 
-    adv = AdversarialLoop(model, seg_loss_terms, AdvConfig.from_args(args))   # line 1
+    adv = AdversarialLoop(model, seg_loss_terms, config)                   # line 1
     for epoch in range(args.epochs):
         model.train()
         for xb, yb, ib in loader:

@@ -29,13 +29,14 @@ SHARED_COMMANDS = {
 
 #: Exceptions that mean "bad input": one line, exit 2.
 def _usage_errors() -> tuple[type[BaseException], ...]:
-    from amat_hooks.state import XiFileError
+    from amat_hooks.adapter import AdapterError
     from amat_hooks.config import AdvConfigError
     from amat_hooks.margins import MarginMismatchError
     from amat_hooks.policies import SemanticsMismatchError
+    from amat_hooks.state import StateError, XiFileError
 
-    return (TaskError, AdvConfigError, XiFileError, MarginMismatchError, SemanticsMismatchError,
-            FileNotFoundError)
+    return (TaskError, AdvConfigError, XiFileError, StateError, MarginMismatchError, SemanticsMismatchError,
+            AdapterError, FileNotFoundError)
 
 
 def tasks(pm=None) -> dict[str, Task]:

@@ -1,29 +1,67 @@
 """``amat calibrate <task>``: xi from a clean model (paper section 2.2), written once for
-every task: the task scores the training split, this module computes both rules, writes
+every task: the task gives the clean model on the training split (an EvalTask whose adapter
+states the training loss), this module scores it, computes both rules, prints them, writes
 the one xi file schema (:mod:`amat_hooks.state`) and says how to use it."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+import torch
+
+from amat_hooks.evaluation.progress import progress
+from amat_hooks.evaluation.task import EvalTask
 from amat_hooks.state import write_xi_file, xi_record
-from amat_hooks.tasks import Task
+from amat_hooks.tasks import Task, TaskError
+
+
+def clean_terms(task: EvalTask, show: bool = True) -> torch.Tensor:
+    """Per-sample training-loss terms ``[N, K]`` of the task's model on its batches, no grad
+    (the model in the mode the task left it: eval, or train for augmented passes)."""
+    rows = []
+    with torch.no_grad():
+        for batch in progress(task.batches(), total=task.size(), desc=f"calibrate {task.name}", enabled=show):
+            rows.append(task.loss_terms(batch.x, batch.target, 1).detach().float().cpu())
+    if not rows:
+        raise TaskError("the training split is empty: nothing to calibrate from")
+    return torch.cat(rows)
+
+
+def check_writable(path: Path) -> None:
+    """Refuse an ``--out`` that cannot be written, before any model runs (no lost work)."""
+    if path.is_dir():
+        raise TaskError(f"--out {path} is a folder; give the xi file's path, e.g. {path / 'xi.json'}")
+    folder = path.parent if str(path.parent) else Path(".")
+    probe = folder / f".{path.name}.amat-probe"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise TaskError(f"cannot write the xi file {path} ({e.strerror}); give a writable --out") from None
 
 
 def run_calibrate(task: Task, args: argparse.Namespace) -> int:
     task.check(args, "calibrate")
+    if args.out:
+        check_writable(Path(args.out))
     cal = task.calibration_set(args)
+    names = list(cal.task.adapter.term_names)
+    terms = clean_terms(cal.task, show=not getattr(args, "no_progress", False))
     rule = args.rule or task.xi_rule
-    record = xi_record(task.name, cal.terms, cal.term_names, rule, identity=cal.identity, source=cal.source)
-    path = Path(args.out) if args.out else task.default_xi_path(args, cal)
-    write_xi_file(path, record)
+    record = xi_record(task.name, terms, names, rule, identity=cal.identity, source=cal.source)
     xi = record["xi"][rule]
     other = "mean" if rule != "mean" else "mean+2std"
-    terms = ", ".join(f"{n}={v:.6g}" for n, v in zip(cal.term_names, xi))
     print(f"xi ({rule}) over {record['n_samples']} training samples"
           + (f" ({record['n_nonfinite']} non-finite, left out)" if record["n_nonfinite"] else "")
-          + f": {terms}")
-    print(f"xi ({other}): " + ", ".join(f"{n}={v:.6g}" for n, v in zip(cal.term_names, record["xi"][other])))
+          + ": " + ", ".join(f"{n}={v:.6g}" for n, v in zip(names, xi)), flush=True)
+    print(f"xi ({other}): " + ", ".join(f"{n}={v:.6g}" for n, v in zip(names, record["xi"][other])), flush=True)
+    path = Path(args.out) if args.out else (cal.default_path or Path(f"amat_xi_{task.name}.json"))
+    try:
+        write_xi_file(path, record)
+    except OSError as e:
+        raise TaskError(f"could not write {path} ({e.strerror}); the thresholds are printed above: "
+                        f"pass them as --adv-xi {','.join(f'{v:.6g}' for v in xi)}") from None
     print(f"written to {path}")
     print(task.xi_usage(path, xi, args))
     return 0

@@ -193,15 +193,16 @@ def to_csv(results: Mapping[str, EvalResult], metric: str | None = None) -> str:
     return buf.getvalue()
 
 
-def _save_png(fig, path: str | os.PathLike) -> Path:
+def _save_png(fig, path: str | os.PathLike, tight: bool = True, dpi: int = 110) -> Path:
     """Write a figure atomically (a half-written PNG never replaces a good one)."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    tmp = path.with_name("." + path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight" if tight else None)
     plt.close(fig)
     os.replace(tmp, path)
     return path
@@ -324,3 +325,50 @@ def write_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike, 
     if margins is not None and len(margins):
         paths["margins_png"] = plot_margin_histogram(margins, out / f"{name}_margins.png")
     return paths
+
+
+def training_margins_figure(series: Mapping[str, Sequence[float]], xi_label: str = "xi"):
+    """Margin mean and min..max per epoch, xi on a second axis, integer epochs, one legend below
+    the axes (None before the first epoch). ``series``: ``margin_mean``, ``margin_min``,
+    ``margin_max``, ``xi`` lists of equal length. Call it inside ``plt.style.context("default")``
+    (as :func:`plot_training_margins` does): nnU-Net's progress plot leaves seaborn's font scale set."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    n = len(series.get("margin_mean", []))
+    if n == 0:
+        return None
+    x = list(range(n))
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    ax.plot(x, series["margin_mean"], label="margin mean", color="b", marker="o" if n < 20 else None)
+    ax.fill_between(x, series["margin_min"], series["margin_max"], color="b", alpha=0.15, label="margin min..max")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("AMAT margin E (L2)")
+    ax.set_title("amat-hooks: per-sample margins and threshold xi per epoch", fontsize=11)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if n == 1:
+        ax.set_xlim(-0.5, 0.5)
+    ax2 = ax.twinx()
+    ax2.plot(x, series["xi"], color="r", ls="--", label="xi", marker="x" if n < 20 else None)
+    ax2.set_ylabel(xi_label)
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.14),
+              ncol=3, frameon=False)
+    fig.tight_layout()
+    fig.canvas.draw()  # tick labels exist (and use this style) from here on
+    return fig
+
+
+def plot_training_margins(series: Mapping[str, Sequence[float]], path: str | os.PathLike,
+                          xi_label: str = "xi") -> Path | None:
+    """``progress_amat.png`` (nnU-Net): :func:`training_margins_figure`, written atomically."""
+    import matplotlib
+
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    with plt.style.context("default"):
+        fig = training_margins_figure(series, xi_label)
+        if fig is None:
+            return None
+        return _save_png(fig, path, tight=False, dpi=100)

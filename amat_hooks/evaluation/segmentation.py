@@ -7,7 +7,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from amat_hooks.evaluation import EvalBatch, EvalTask
+from amat_hooks.adapter import TupleAdapter, repeat_rows
+from amat_hooks.evaluation.task import EvalBatch, EvalTask
 from amat_hooks.evaluation.objectives import SegmentationObjectives
 
 
@@ -35,34 +36,25 @@ class SegmentationEvalTask(SegmentationObjectives, EvalTask):
         if valid is not None and valid.shape != y.shape:
             raise ValueError(f"valid mask {tuple(valid.shape)} does not match the label maps {tuple(y.shape)}")
         self.model, self.x, self.y, self.loss_fn = model, x, y, loss_fn
+        self.adapter = TupleAdapter(loss_fn)
         self.batch_size, self.labels, self.bounds = batch_size, list(labels), bounds
         self.valid = valid.bool() if valid is not None else None
 
     def batches(self):
         for s in range(0, self.x.shape[0], self.batch_size):
             sl = slice(s, s + self.batch_size)
-            target = self.y[sl] if self.valid is None else (self.y[sl], self.valid[sl])
+            target = {"x": self.x[sl], "y": self.y[sl]}
+            if self.valid is not None:
+                target["valid"] = self.valid[sl]
             yield EvalBatch(key=f"{s}", x=self.x[sl], target=target)
 
     def size(self) -> int:
         return -(-self.x.shape[0] // self.batch_size)
 
-    @staticmethod
-    def _split(target) -> tuple[Tensor, Tensor | None]:
-        return target if isinstance(target, tuple) else (target, None)
-
-    @staticmethod
-    def _rep(t: Tensor, repeats: int) -> Tensor:
-        return t.repeat(repeats, *([1] * (t.dim() - 1)))
-
-    def loss_terms(self, x: Tensor, target, repeats: int) -> Tensor:
-        y, _ = self._split(target)
-        return self.loss_fn(self.model(x), self._rep(y, repeats))
-
     def measure(self, x: Tensor, target):
         from amat_hooks.evaluation.metrics import dice_counts
 
-        y, valid = self._split(target)
+        y, valid = target["y"], target.get("valid")
         pred = self.model(x).argmax(1)
         if valid is not None:
             pred, y = pred * valid, y * valid
@@ -84,8 +76,8 @@ class SegmentationEvalTask(SegmentationObjectives, EvalTask):
         return self.model(x)
 
     def segmentation_labels(self, target, repeats: int) -> Tensor:
-        return self._rep(self._split(target)[0], repeats)
+        return repeat_rows(target["y"], target["y"].shape[0], repeats)
 
     def segmentation_valid(self, target, repeats: int) -> Tensor | None:
-        valid = self._split(target)[1]
-        return None if valid is None else self._rep(valid, repeats)
+        valid = target.get("valid")
+        return None if valid is None else repeat_rows(valid, valid.shape[0], repeats)

@@ -11,27 +11,28 @@ by concern:
 :mod:`.split`   the model's forward on the handed 2B rows: two passes (default) or one
 :mod:`.host`    :class:`Runner`, the host: attack each training batch, margin test from the
                 script's own noisy forward, epochs, sidecars and ``amat_state.json``
-:mod:`.loss`    :class:`ScriptLoss`: what an adapter says about the script's loss (hook
-                ``amat_runner_loss``), and the generic ``(x, y)`` one
+:mod:`.adapter` :class:`CriterionAdapter`: the generic ``(x, y)`` batches of a script trained
+                with a ``torch.nn`` loss module; :class:`RunnerError`
 :mod:`.checkpoints` weights as scripts save them (nested dicts, ``module.`` prefixes)
 :mod:`.launcher` running ``python SCRIPT.py`` / ``python -m module`` with its exit code
-:mod:`.plugin`  the hook implementations and the ``amat run`` command
+:mod:`.plugin`  the generic ``amat_adapter`` answer and the ``amat run`` command
 ==============  ==========================================================================
 
-The runner knows no trainer: the Multi-Task U-Net specifics (its batches, its three loss
-terms, BCE vs Dice) live in :mod:`amat_hooks.integrations.multitask_unet.plugin`.
+The runner knows no trainer: it asks the plugins once which
+:class:`~amat_hooks.adapter.BatchAdapter` fits the script's batches (``amat_adapter``); the
+Multi-Task U-Net's (its batches, its three loss terms, BCE vs Dice) lives in
+:mod:`amat_hooks.integrations.multitask_unet.adapter`.
 """
 from __future__ import annotations
 
-from amat_hooks.run.host import SIDECAR_SUFFIX, STATE_FORMAT, STATE_NAME, PendingBatch, Runner
-from amat_hooks.run.ids import IndexCollate, IndexedBatch, IndexedDataset, RunnerBatch
+from amat_hooks.run.adapter import CriterionAdapter, RunnerError
+from amat_hooks.run.host import SIDECAR_SUFFIX, STATE_NAME, PendingBatch, Runner
+from amat_hooks.run.ids import IndexCollate, IndexedBatch, IndexedDataset
 from amat_hooks.run.launcher import EXIT_REFUSED, EXIT_USAGE, parse_command, run_script
-from amat_hooks.run.loss import BoundLossScriptLoss, CriterionScriptLoss, RunnerError, ScriptLoss
 from amat_hooks.run.patches import Patches
 from amat_hooks.run.split import BATCH_MODES
 
 __all__ = [
-    "BATCH_MODES", "BoundLossScriptLoss", "CriterionScriptLoss", "EXIT_REFUSED", "EXIT_USAGE", "IndexCollate",
-    "IndexedBatch", "IndexedDataset", "Patches", "PendingBatch", "Runner", "RunnerBatch", "RunnerError",
-    "SIDECAR_SUFFIX", "STATE_FORMAT", "STATE_NAME", "ScriptLoss", "parse_command", "run_script",
+    "BATCH_MODES", "CriterionAdapter", "EXIT_REFUSED", "EXIT_USAGE", "IndexCollate", "IndexedBatch", "IndexedDataset",
+    "Patches", "PendingBatch", "Runner", "RunnerError", "SIDECAR_SUFFIX", "STATE_NAME", "parse_command", "run_script",
 ]

@@ -2,9 +2,9 @@
 
 For every batch a patched DataLoader fetches while the model trains (:mod:`.patches`):
 
-1. the first time, the adapters describe the script's loss (hook ``amat_runner_loss``),
-   and after ``--adv-resume`` the model's weights are compared with the checkpoint next to
-   the resumed state;
+1. the first time, the plugins say which :class:`~amat_hooks.adapter.BatchAdapter` fits the script's batches
+   (hook ``amat_adapter``), and after ``--adv-resume`` the model's weights are compared with
+   the checkpoint next to the resumed state;
 2. the core attacks the B clean rows (``AdversarialEngine.attack``: margins E(i), or SAT's
    eps, -> L2 PGD, no margin update yet) and the script receives ONE batch of 2B rows,
    clean rows then noisy rows, targets repeated, so its own loss code computes
@@ -12,7 +12,7 @@ For every batch a patched DataLoader fetches while the model trains (:mod:`.patc
 3. when the script forwards those rows, :mod:`.split` runs them as two forward passes
    (default) or one, and keeps both outputs;
 4. before the script's optimizer step (or at the next batch / the end of the pass) the
-   per-sample terms of those outputs go to the policy (``AdversarialEngine.observe``:
+   per-sample terms of those outputs (``adapter.output_terms``) go to the policy (``AdversarialEngine.observe``:
    Algorithm 1 lines 9-12 on the noisy forward the script trained on; no extra forward).
 
 The runner implements the :class:`~amat_hooks.hookspecs.Host` protocol (``amat_log``,
@@ -31,13 +31,13 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from amat_hooks.run.ids import RunnerBatch, batch_rows
-from amat_hooks.run.loss import RunnerError, ScriptLoss
+from amat_hooks.adapter import AdapterError, BatchAdapter
+from amat_hooks.run.adapter import RunnerError
+from amat_hooks.run.ids import batch_rows
 from amat_hooks.run.split import BATCH_MODES, ForwardHooks, detach
 
 STATE_NAME = "amat_state.json"
 SIDECAR_SUFFIX = ".amat.json"
-STATE_FORMAT = "amat-hooks runner state"
 
 
 class PendingBatch:
@@ -73,7 +73,6 @@ class Runner:
 
     def __init__(self, config: Any, pm: Any = None, options: Any = None, out_dir: str | Path | None = None,
                  verbose: bool = True, batch_mode: str = "split", **adapter_options: Any) -> None:
-        from amat_hooks.engine import AdversarialEngine
         from amat_hooks.plugins import get_plugin_manager
 
         if batch_mode not in BATCH_MODES:
@@ -87,9 +86,8 @@ class Runner:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.verbose = verbose
         self.amat_history: list[dict[str, float]] = []
-        self.engine = AdversarialEngine(
-            self.config.build_policy(calibrate_hint="amat calibrate <task>", log=self.amat_log),
-            host=self, pm=self.pm)
+        self.policy = self.config.build_policy(calibrate_hint="amat calibrate <task>", log=self.amat_log)
+        self.engine: Any = None                      # AdversarialEngine, once the adapter is known
         # what the patches found
         self.model: nn.Module | None = None
         self._modules: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
@@ -99,9 +97,9 @@ class Runner:
         self.recording_losses = False
         self.internal = False                        # True while the runner runs the model itself
         self.hooks = ForwardHooks(self)
-        # the script's loss, asked once
-        self.script_loss: ScriptLoss | None = None
-        self._loss_asked = False
+        # the adapter of the script's batches, asked once
+        self.adapter: BatchAdapter | None = None
+        self._adapter_asked = False
         self._confirmed = False
         self.pending: list[PendingBatch] = []
         self.input_shape: list[int] | None = None
@@ -112,6 +110,7 @@ class Runner:
         self._since_step = 0                         # attacked batches since the last optimizer step
         self.checkpoint_dir: Path | None = None
         self.last_checkpoint: str | None = None
+        self.checkpoint_epochs: int | None = None     # epochs finished when last_checkpoint was saved
         self.script: str | None = None
         self.resumed_from: str | None = None
         self._resume_checkpoint: str | None = None
@@ -197,14 +196,12 @@ class Runner:
             raise
 
     def _process(self, data: Any, ids: list | None) -> Any:
-        from amat_hooks.engine import AdapterError
-
         self.hooks.reset()
         self.flush(final=False)
         rows = len(ids) if ids is not None else batch_rows(data) or 0
-        if not self._loss_asked:
+        if not self._adapter_asked:
             self._first_batch(data)
-        pol = self.engine.policy
+        pol = self.policy
         if pol.name == "none":
             self._count(rows)
             return data
@@ -212,26 +209,24 @@ class Runner:
             raise RunnerError("AMAT keeps one margin per sample, but the training DataLoader reads an "
                               "IterableDataset, which has no sample indices; use a map-style Dataset "
                               "(__getitem__/__len__) or train with --adv sat")
-        batch = RunnerBatch(data, None if ids is None else list(ids))
+        adapter = self.adapter
         try:
             with torch.enable_grad(), self.running_model():
-                x = self.engine.inputs(batch)
+                x = adapter.inputs(data)
                 src, dev = x.device, _model_device(self.model)
                 moved = dev is not None and dev != src  # the script moves batches later (img.cuda())
                 if moved:
-                    batch = RunnerBatch(_move(data, dev), batch.ids)
-                    x = self.engine.inputs(batch)
-                bound = self.script_loss.bound_loss(batch.data, self.model)
-                pert = self.engine.attack(self.model, batch, bound_loss=bound)
+                    data = _move(data, dev)
+                    x = adapter.inputs(data)
+                pert = self.engine.attack(self.model, data, ids=ids)
                 both = torch.cat([x, pert.x_adv.to(dtype=x.dtype, device=x.device)], dim=0)
-                out = self.engine.with_inputs(batch, both)
-                out = out.data if isinstance(out, RunnerBatch) else out
+                out = adapter.with_inputs(data, both)
                 if moved:  # hand the script its batch where it was
                     out = _move(out, src)
         except AdapterError as e:
-            raise RunnerError(_unknown_structure(str(e))) from None
+            raise RunnerError(_unknown_structure(f"{adapter.describe()}: {e}")) from None
         b = int(x.shape[0])
-        self.pending.append(PendingBatch(batch.data, pert, b, tuple(both.shape)))
+        self.pending.append(PendingBatch(data, pert, b, tuple(both.shape)))
         if pert.attack is not None:
             norm_sum, norm_rows = float(pert.attack.noise_norm.sum()), int(pert.attack.noise_norm.numel())
             for c in (self.total, self.this_epoch):
@@ -247,23 +242,30 @@ class Runner:
         self._since_step += 1
 
     def _first_batch(self, data: Any) -> None:
-        """Once: the adapter's description of the loss, the input shape, the resume check."""
-        self._loss_asked = True
+        """Once: the adapter of the script's batches, the input shape, the resume check."""
+        from amat_hooks.engine import AdversarialEngine
+
+        self._adapter_asked = True
+        self.find_model()
         with self.running_model():
-            x = self.pm.hook.amat_batch_inputs(batch=data, host=self)
-            if isinstance(x, Tensor) and x.dim() >= 1:
-                self.input_shape = [int(v) for v in x.shape[1:]]
-            self.script_loss = self.pm.hook.amat_runner_loss(batch=data, host=self)
-        if self.script_loss is None:
-            if self.engine.policy.name != "none":
-                raise RunnerError(_unknown_structure("no adapter answered amat_runner_loss for it"))
+            self.adapter = self.pm.hook.amat_adapter(batch=data, host=self)
+        if self.adapter is None:
+            if self.policy.name != "none":
+                raise RunnerError(_unknown_structure("no adapter answered amat_adapter for it"))
             self.hooks.remove()  # --adv none: nothing to observe
         else:
+            try:
+                x = self.adapter.inputs(data)
+                self.input_shape = [int(v) for v in x.shape[1:]]
+            except AdapterError as e:
+                if self.policy.name != "none":
+                    raise RunnerError(_unknown_structure(f"{self.adapter.describe()}: {e}")) from None
+            self.engine = AdversarialEngine(self.policy, self.adapter, host=self, pm=self.pm)
             self.recording_losses = True
-            self.amat_log(f"adapter: {self.script_loss.describe()}")
-            if hasattr(self.engine.policy, "calibrate_hint"):
-                self.engine.policy.calibrate_hint = self.script_loss.calibrate_hint
-            if self.engine.policy.name != "none":
+            self.amat_log(f"adapter: {self.adapter.describe()}")
+            if hasattr(self.policy, "calibrate_hint"):
+                self.policy.calibrate_hint = self.adapter.calibrate_hint
+            if self.policy.name != "none":
                 self.amat_log(f"forward: {_BATCH_TEXT[self.batch_mode]}")
         if self.resumed_from is not None:
             self._check_resumed_weights()
@@ -282,7 +284,7 @@ class Runner:
     def flush(self, final: bool = True) -> None:
         """The margin test of every batch whose forward ran (``final``: of every pending
         batch; those the model never received cost one extra forward)."""
-        if not self._confirmed and self.script_loss is not None and (
+        if not self._confirmed and self.adapter is not None and (
                 final or any(p.forwarded for p in self.pending)):
             self._confirm()  # the script has run its loss on the first batch by now
         if not self.pending:
@@ -298,43 +300,46 @@ class Runner:
                           "the runner could not run the clean and the noisy rows as separate forward passes; "
                           "they ran as the script ran them"
                           + ("; AMAT's margin test costs one extra forward per batch"
-                             if self.engine.policy.name == "amat" else ""), key="unmatched")
+                             if self.policy.name == "amat" else ""), key="unmatched")
             self._observe(p)
         self.pending = keep
 
     def _confirm(self) -> None:
         self._confirmed = True
         self.recording_losses = False
-        self.script_loss.confirm(self)  # logs what it corrects, or raises RunnerError
+        try:
+            self.adapter.check_first_step(self)  # logs what it corrects, or refuses the run
+        except AdapterError as e:
+            raise RunnerError(str(e)) from None
         xi_file = getattr(self.options, "adv_xi_file", None)
-        if xi_file and self.engine.policy.name == "amat":
+        if xi_file and self.policy.name == "amat":
             from amat_hooks.state import XiFileError, read_xi_file
 
             try:
-                read_xi_file(xi_file).check_identity(self.script_loss.identity())
+                read_xi_file(xi_file).check_identity(self.adapter.identity())
             except XiFileError as e:
                 raise RunnerError(f"--adv-xi-file: {e}") from None
         self.loss_calls.clear()
-        if self.engine.policy.name == "none":
+        if self.policy.name == "none":
             self.hooks.remove()
 
     def _observe(self, p: PendingBatch) -> None:
         """Algorithm 1 lines 9-12 for one batch, with the terms of the script's forward."""
         from amat_hooks.attacks import preserved_state
 
-        if self.engine.policy.name != "amat":
+        if self.policy.name != "amat":
             return  # STD/SAT keep no per-sample state
         pert = p.perturbation
         with torch.no_grad(), self.running_model():
             noisy = clean = None
             if p.noisy_out is not None:
-                noisy = self.script_loss.terms(p.data, p.noisy_out)
+                noisy = self.adapter.output_terms(p.data, p.noisy_out)
                 if noisy is not None:
-                    clean = self.script_loss.terms(p.data, p.clean_out)
+                    clean = self.adapter.output_terms(p.data, p.clean_out)
             if noisy is None:  # no output seen, or an adapter without terms of an output
                 with preserved_state(self.model):
                     noisy = pert.bound_loss.terms(pert.x_adv)
-                    if pert.clean_terms is None and self.engine.policy.needs_clean_terms:
+                    if pert.clean_terms is None and self.policy.needs_clean_terms:
                         clean = pert.bound_loss.terms(pert.x)
             self.engine.observe(pert, noisy, clean)
 
@@ -369,7 +374,10 @@ class Runner:
     def end_of_pass(self) -> None:
         """A training pass over a DataLoader ended: one epoch."""
         self.flush(final=True)
-        self.engine.epoch_end(self.epoch)  # margin sync across ranks + amat_epoch_end (history)
+        if self.engine is not None:
+            self.engine.epoch_end(self.epoch)  # margin sync across ranks + amat_epoch_end (history)
+        else:
+            self.pm.hook.amat_epoch_end(epoch=self.epoch, summary=self.policy.summary(), host=self)
         self.amat_log(f"epoch {self.epoch}: {self.describe(self.this_epoch)}")
         self.epoch += 1
         self.this_epoch = _Counts()
@@ -380,7 +388,7 @@ class Runner:
         """One line: mode, batches, rows fed, mean noise, margin summary and xi (``counts``:
         one epoch's; default: this run's totals)."""
         c = counts or self.total
-        pol = self.engine.policy
+        pol = self.policy
         parts = [f"{self.config.label}", f"batches {c.batches}", f"rows fed {c.rows}"]
         if c.noise_rows:
             parts.append(f"mean noise L2 {c.noise_sum / c.noise_rows:.4g}")
@@ -397,7 +405,7 @@ class Runner:
         epoch counter; the weights are the script's to load.)"""
         from amat_hooks.run.checkpoints import CheckpointError, compare_state_dicts, read_state_dict
 
-        pol = self.engine.policy
+        pol = self.policy
         what = f"{len(pol.margins)} margins" if pol.name == "amat" else "the adversarial state"
         ckpt = self._resume_checkpoint
         if not ckpt:
@@ -424,60 +432,50 @@ class Runner:
 
     # -- state ----------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        pol = self.engine.policy
-        xi = pol.xi() if pol.name == "amat" else None
+        """The state envelope (:func:`amat_hooks.state.state_envelope`) of this run so far."""
+        from amat_hooks.state import state_envelope
+
         t = self.total
-        out = {
-            "format": STATE_FORMAT, "version": 1, "script": self.script,
-            "resumed_from": self.resumed_from,
-            "config": self.config.to_dict(), "label": self.config.label, "epochs": self.epoch,
-            "checkpoint": self.last_checkpoint, "term_names": None, "heatmap_loss": None,
-            "batch": self.batch_mode, "input_shape": self.input_shape,
-            "xi": None if xi is None else xi.tolist(), "summary": pol.summary(),
-            "history": list(self.amat_history),
-            "stats": {"steps": t.steps, "batches": t.batches, "rows_fed": t.rows,
-                      "mean_noise_norm": t.noise_sum / t.noise_rows if t.noise_rows else None},
-            "engine": self.engine.state_dict(),
-        }
-        if self.script_loss is not None:
-            out.update(self.script_loss.state())
-        return out
+        return state_envelope(
+            "runner", self.config, self.policy, self.adapter, epochs=self.epoch, checkpoint=self.last_checkpoint,
+            history=self.amat_history,
+            host_state={"script": self.script, "resumed_from": self.resumed_from, "batch": self.batch_mode,
+                        "input_shape": self.input_shape, "checkpoint_epochs": self.checkpoint_epochs,
+                        "stats": {"steps": t.steps, "batches": t.batches, "rows_fed": t.rows,
+                                  "mean_noise_norm": t.noise_sum / t.noise_rows if t.noise_rows else None}})
 
     def write_state(self, path: Path) -> Path:
-        from amat_hooks.atomic_files import atomic_write_json
+        from amat_hooks.state import write_state
 
-        return atomic_write_json(path, self.state())
+        return write_state(path, self.state())
 
     def load_state(self, path: str | Path, force: bool = False) -> None:
-        from amat_hooks.atomic_files import read_json
+        from amat_hooks.state import StateError, read_state
 
         path = Path(path)
         if not path.is_file():
             raise RunnerError(f"--adv-resume: {path} does not exist; point it at a {STATE_NAME} or "
                               f"*{SIDECAR_SUFFIX} written by amat run")
         try:
-            state = read_json(path)
-        except (OSError, ValueError) as e:
-            raise RunnerError(f"--adv-resume: {path} is unreadable ({e})") from None
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise RunnerError(f"--adv-resume: {path} is not an amat run state file")
-        try:
-            self.engine.load_state_dict(state["engine"], force=force)
-        except ValueError as e:
+            state = read_state(path)
+            if state.get("host") != "runner":
+                raise StateError(f"{path} was written by the {state.get('host')} integration, not by amat run")
+            self.policy.load_state_dict(state["policy"], force=force)
+        except (StateError, ValueError) as e:
             raise RunnerError(f"--adv-resume: {e}") from None
+        hs = state.get("host_state") or {}
         self.epoch = int(state.get("epochs", 0))
         self.resumed_from = str(path)
-        stats = state.get("stats") or {}
+        stats = hs.get("stats") or {}
         self.total.steps = int(stats.get("steps") or 0)
         self.total.batches = int(stats.get("batches") or 0)
         self.total.rows = int(stats.get("rows_fed") or 0)
-        self.amat_history = [dict(h) for h in state.get("history") or []]
+        self.amat_history = [dict(h) for h in state["history"]]
         if path.name.endswith(SIDECAR_SUFFIX):
             self._resume_checkpoint = str(path.with_name(path.name[:-len(SIDECAR_SUFFIX)]))
         else:
             self._resume_checkpoint = state.get("checkpoint")
-        pol = self.engine.policy
-        n = len(pol.margins) if pol.name == "amat" else 0
+        n = len(self.policy.margins) if self.policy.name == "amat" else 0
         self.amat_log(f"resumed from {path}: epoch {self.epoch}, {n} margins (weights: the script's to load; "
                       f"checked at the first step)")
 
@@ -490,6 +488,7 @@ class Runner:
             return
         self.checkpoint_dir = p.parent
         self.last_checkpoint = str(p)
+        self.checkpoint_epochs = self.epoch
         self.write_state(p.with_name(p.name + SIDECAR_SUFFIX))
         self.write_state(p.parent / STATE_NAME)
 

@@ -80,17 +80,6 @@ class IndexCollate:
         return self.collate_fn(data)
 
 
-class RunnerBatch:
-    """What the runner hands the engine: the script's batch plus its sample ids (None for
-    an IterableDataset)."""
-
-    __slots__ = ("data", "ids")
-
-    def __init__(self, data: Any, ids: list | None) -> None:
-        self.data = data
-        self.ids = ids
-
-
 def batch_rows(data: Any) -> int | None:
     """Rows of a collated batch: the first dimension of its first tensor (nested in
     tuples, lists and dicts), or None."""

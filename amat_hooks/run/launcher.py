@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from amat_hooks.run.host import STATE_NAME, Runner
-from amat_hooks.run.loss import RunnerError
+from amat_hooks.run.adapter import RunnerError
 from amat_hooks.run.patches import Patches
 
 EXIT_USAGE = 2
@@ -92,7 +92,7 @@ def run_script(runner: Runner, command: Sequence[str]) -> int:
         if code != EXIT_REFUSED:  # the script caught the refusal itself
             print(f"amat run: refused: {runner.refused}", file=sys.stderr)
         return EXIT_REFUSED
-    if code == 0 and runner.engine.policy.name != "none" and runner.batches_seen == 0 and runner.steps == 0:
+    if code == 0 and runner.policy.name != "none" and runner.batches_seen == 0 and runner.steps == 0:
         print("amat run: warning: the script finished without a single training step from a DataLoader; "
               "nothing was trained", file=sys.stderr)
     try:

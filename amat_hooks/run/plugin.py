@@ -1,10 +1,7 @@
-"""The runner's plugin: ``amat run`` and the hook implementations for its batches.
+"""The runner's plugin: ``amat run`` and the generic adapter answer for its batches.
 
-* :class:`~.ids.RunnerBatch` (the script's batch + loader ids) is unwrapped for the batch
-  anatomy hooks, so every adapter sees the script's own batch;
-* ``amat_runner_loss`` (``trylast``): the generic answer, asked after every adapter - a
-  third-party adapter's ``amat_bind_loss``, else ``(x, y, ...)`` / dict batches with the
-  script's ``torch.nn`` loss module;
+* ``amat_adapter`` (``trylast``): asked after every other plugin, it answers for ``(x, y,
+  ...)`` / dict batches with the script's ``torch.nn`` loss module (:class:`CriterionAdapter`);
 * ``amat_add_commands`` (``tryfirst``): the ``run`` parser exists before other plugins'
   ``amat_add_commands`` run, so adapters can add their own ``amat run`` flags to it
   (``subparsers.choices["run"]``) and read them from ``host.options``.
@@ -13,68 +10,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Hashable, Sequence
+from typing import Any
 
-from torch import Tensor, nn
-
+from amat_hooks.adapter import BatchAdapter, is_generic_batch
 from amat_hooks.hookspecs import hookimpl
+from amat_hooks.run.adapter import CriterionAdapter, RunnerError
 from amat_hooks.run.host import SIDECAR_SUFFIX, STATE_NAME, Runner
-from amat_hooks.run.ids import RunnerBatch
 from amat_hooks.run.launcher import EXIT_USAGE, run_script
-from amat_hooks.run.loss import BoundLossScriptLoss, CriterionScriptLoss, RunnerError, ScriptLoss
 from amat_hooks.run.split import BATCH_MODES
 
 
-@hookimpl
-def amat_batch_inputs(batch: Any, host: Any) -> Tensor | None:
-    if isinstance(batch, RunnerBatch) and isinstance(host, Runner):
-        return host.pm.hook.amat_batch_inputs(batch=batch.data, host=host)
-    return None
-
-
-@hookimpl
-def amat_batch_sample_ids(batch: Any, host: Any) -> Sequence[Hashable] | None:
-    if isinstance(batch, RunnerBatch):
-        return batch.ids
-    return None
-
-
-@hookimpl
-def amat_batch_with_inputs(batch: Any, inputs: Tensor, host: Any) -> Any:
-    if not (isinstance(batch, RunnerBatch) and isinstance(host, Runner)):
-        return None
-    inner = host.pm.hook.amat_batch_with_inputs(batch=batch.data, inputs=inputs, host=host)
-    if inner is None:
-        return None
-    if batch.ids is None:
-        return RunnerBatch(inner, None)
-    k = max(1, inputs.shape[0] // max(1, len(batch.ids)))
-    return RunnerBatch(inner, list(batch.ids) * k)
-
-
-@hookimpl
-def amat_bind_loss(batch: Any, model: nn.Module, host: Any):
-    """Engine calls with a RunnerBatch: the script loss of the unwrapped batch."""
-    if not (isinstance(batch, RunnerBatch) and isinstance(host, Runner)):
-        return None
-    if host.script_loss is None:
-        host.script_loss = host.pm.hook.amat_runner_loss(batch=batch.data, host=host)
-    return None if host.script_loss is None else host.script_loss.bound_loss(batch.data, model)
-
-
 @hookimpl(trylast=True)
-def amat_runner_loss(batch: Any, host: Any) -> ScriptLoss | None:
-    from amat_hooks.integrations.torch_loop import batch_target
-
-    if not isinstance(host, Runner):
-        return None
-    if host.find_model() is not None:
-        bl = host.pm.hook.amat_bind_loss(batch=batch, model=host.model, host=host)
-        if bl is not None:  # a third-party adapter that binds the loss itself
-            return BoundLossScriptLoss(host, bl)
-    if batch_target(batch) is None:
-        return None
-    return CriterionScriptLoss(host.criterion)
+def amat_adapter(batch: Any, host: Any) -> BatchAdapter | None:
+    if isinstance(host, Runner) and is_generic_batch(batch):
+        return CriterionAdapter(host.criterion)
+    return None
 
 
 @hookimpl(tryfirst=True)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
-from amat_hooks.run.loss import RunnerError
+from amat_hooks.run.adapter import RunnerError
 
 BATCH_MODES = ("split", "joint")
 

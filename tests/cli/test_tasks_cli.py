@@ -1,4 +1,4 @@
-"""What calibrate/eval/grid share: the xi file schema (and its three older formats), the
+"""What calibrate/eval/grid share: the xi file schema, the state envelope, the
 model-spec and --deltas parsers, the one error path, and a third-party task that reaches
 all three commands through an entry point with no change to the core."""
 import json
@@ -30,43 +30,30 @@ def test_xi_record_holds_both_rules_computed_by_hand(tmp_path):
     assert xf.task == "toy" and xf.term_names == ["a", "b"] and xf.rule == "mean"
     assert xf.thresholds() == pytest.approx([2.0, 11.0])
     assert xf.thresholds("mean+2std", n_terms=2)[1] == pytest.approx(11 + 2 * 2 ** 0.5)
-    with pytest.raises(XiFileError, match="has 2 thresholds but the loss has 3 terms; run amat calibrate"):
+    with pytest.raises(XiFileError, match=r"has 2 thresholds \(a, b\) but the loss has 3 terms; run amat calibrate"):
         xf.thresholds(n_terms=3, fix="run amat calibrate")
     with pytest.raises(XiFileError, match="calibrated for another run \\(dataset 'D' != 'E'\\)"):
         xf.check_identity({"dataset": "E"})
     xf.check_identity({"dataset": "D", "plans": "anything"})  # keys the file does not hold are not checked
 
 
-def test_xi_files_of_earlier_versions_are_read_with_a_note(tmp_path):
-    nnunet = {"kind": "amat-hooks nnunet xi", "dataset": "Dataset004_Hippocampus", "configuration": "2d",
-              "plans": "nnUNetPlans", "fold": "0", "term_names": ["loss"],
-              "xi": {"mean": [-0.5], "mean+2std": [-0.1]}}
-    yolo = {"xi": [1.0, 2.0, 3.0], "rule": "mean+2std", "terms": ["box", "cls", "dfl"], "n": 5,
-            "model": "best.pt", "data": "bccd.yaml", "split": "train"}
-    landmark = {"xi": [0.9, 0.3, 0.3], "rule": "mean+2std", "term_names": ["heatmap", "offset_y", "offset_x"],
-                "heatmap_loss": "dice", "checkpoint": "m.pth", "images": 10, "annotation": "mean"}
-    expected = {"nnunet": (["loss"], "mean", [-0.5]), "yolo": (["box", "cls", "dfl"], "mean+2std", [1.0, 2.0, 3.0]),
-                "landmark": (["heatmap", "offset_y", "offset_x"], "mean+2std", [0.9, 0.3, 0.3])}
-    for task, data in (("nnunet", nnunet), ("yolo", yolo), ("landmark", landmark)):
-        p = tmp_path / f"{task}.json"
-        p.write_text(json.dumps(data))
-        with pytest.warns(UserWarning, match="older"):
-            xf = read_xi_file(p)
-        names, rule, values = expected[task]
-        assert (xf.task, xf.term_names, xf.rule, xf.thresholds()) == (task, names, rule, values)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        old = read_xi_file(tmp_path / "nnunet.json")
-    with pytest.raises(XiFileError, match="plans 'nnUNetPlans' != 'other'"):
-        old.check_identity({"dataset": "Dataset004_Hippocampus", "plans": "other"})
-    (tmp_path / "bad.json").write_text(json.dumps({"something": 1}))
-    with pytest.raises(XiFileError, match="not an xi file written by amat calibrate"):
-        read_xi_file(tmp_path / "bad.json")
+def test_xi_files_of_another_task_or_format_are_refused(tmp_path):
+    rec = xi_record("landmark", torch.tensor([[1.0, 2.0, 3.0]]), ["heatmap", "offset_x", "offset_y"], "mean")
+    xf = read_xi_file(write_xi_file(tmp_path / "xi.json", rec))
+    xf.check_task("landmark", ["heatmap", "offset_x", "offset_y"])
+    with pytest.raises(XiFileError, match="holds xi of a landmark model \\(heatmap, offset_x, offset_y\\), not of yolo"):
+        xf.check_task("yolo", ["box", "cls", "dfl"])
+    with pytest.raises(XiFileError, match="has the terms heatmap, offset_x, offset_y, this loss has loss"):
+        xf.check_task("landmark", ["loss"])
+    old = {"xi": [1.0, 2.0, 3.0], "rule": "mean+2std", "terms": ["box", "cls", "dfl"]}  # the 0.1 YOLO format
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(XiFileError, match="not an xi file written by amat calibrate; rerun it"):
+        read_xi_file(tmp_path / "old.json", fix="rerun it")
     with pytest.raises(XiFileError, match="no xi file at"):
         read_xi_file(tmp_path / "missing.json")
 
 
-def test_adv_xi_file_flag_reads_any_format(tmp_path):
+def test_adv_xi_file_flag_reads_the_file_and_its_rule(tmp_path):
     import argparse
 
     rec = xi_record("landmark", torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]), ["h", "y", "x"], "mean+2std")
@@ -107,19 +94,32 @@ def test_deltas_parser():
 
 
 
-def test_sidecar_line_names_the_model_once(tmp_path):
-    """The report header line: the report's model name, the training label only where it differs."""
-    from amat_hooks.state import read_adversarial_state
+def test_state_envelope_round_trip_and_report_line(tmp_path):
+    """One envelope for every host: written once, read once (sidecar or checkpoint entry);
+    the report header names the model once, the training label only where it differs."""
+    from amat_hooks.state import CHECKPOINT_KEY, StateError, read_adversarial_state, read_state, state_envelope, write_state
 
-    sat = tmp_path / "sat.json"
-    sat.write_text(json.dumps({"label": "SAT eps=0.5", "engine": {"policy": {"config": {"mode": "sat"}}}}))
-    amat = tmp_path / "amat.json"
-    amat.write_text(json.dumps({"label": "AMAT", "engine": {"policy": {
-        "config": {"mode": "amat", "xi": [1.5, 2.0], "xi_source": "calibration file xi.json", "boundary": "none"},
-        "margins": {"values": [1.0, 2.0, 3.0]}}}}))
-    assert read_adversarial_state(sat).describe("SAT0.5") == "SAT0.5 (trained as SAT eps=0.5): no margins"
-    assert read_adversarial_state(amat).describe("AMAT") == (
-        "AMAT: 3 margins (mean 2), xi=[1.5, 2] from calibration file xi.json, boundary=none")
+    sat_cfg = AdvConfig(mode="sat", eps=0.5)
+    write_state(tmp_path / "sat.json", state_envelope("runner", sat_cfg, sat_cfg.build_policy()))
+    amat_cfg = AdvConfig(mode="amat", delta=1.0, xi=[1.5, 2.0], xi_source="calibration file xi.json")
+    pol = amat_cfg.build_policy()
+    pol.margins.update(["a", "b", "c"], [False, True, True], [1.0, 1.0, 1.0])  # margins 1, 2, 2
+    env = state_envelope("nnunet", amat_cfg, pol, epochs=3, history=[{"epoch": 0, "margin_mean": 5 / 3}])
+    assert env["digest"] == pol.margins.digest() and env["epochs"] == 3 and env["xi"] == [1.5, 2.0]
+    torch.save({"network_weights": {}, CHECKPOINT_KEY: env}, tmp_path / "ckpt.pth")
+    assert read_state(tmp_path / "ckpt.pth")["policy"] == env["policy"]
+    assert read_adversarial_state(tmp_path / "sat.json").describe("SAT0.5") == "SAT0.5: no margins"
+    assert read_adversarial_state(tmp_path / "ckpt.pth").describe("AMAT") == (
+        "AMAT: 3 margins (mean 1.667), xi=[1.5, 2] from calibration file xi.json, boundary=none")
+    (tmp_path / "foreign.json").write_text(json.dumps({"engine": {"policy": {}}}))
+    with pytest.raises(StateError, match="holds no amat-hooks state"):
+        read_state(tmp_path / "foreign.json")
+    broken = dict(env, policy=None)
+    write_state(tmp_path / "broken.json", broken)
+    with pytest.raises(StateError, match="'policy' entry is missing or malformed"):
+        read_state(tmp_path / "broken.json")
+    assert read_adversarial_state(tmp_path / "foreign.json") is None
+
 
 # -- a third-party task through an entry point ---------------------------------------------------------
 TOY_TASK = '''
@@ -171,9 +171,7 @@ class ToyTask(Task):
 
     def calibration_set(self, args, log=print):
         x, y = data(args.n, 0)
-        with torch.no_grad():
-            t = terms(load(args.checkpoint)(x), y)
-        return CalibrationSet(terms=t.unsqueeze(1), term_names=["ce"], identity={"n": args.n})
+        return CalibrationSet(task=SegmentationEvalTask(load(args.checkpoint), x, y, terms), identity={"n": args.n})
 
     def train_run(self, delta, folder, args):
         out = folder / "model.pt"
@@ -221,7 +219,7 @@ def test_third_party_task_reaches_eval_calibrate_and_grid(toy_task_installed, tm
     assert cal.returncode == 0, cal.stderr
     xf = json.loads((tmp_path / "xi.json").read_text())
     assert xf["kind"] == "amat-hooks xi" and xf["task"] == "toy" and xf["identity"] == {"n": 8}
-    assert "xi (mean) over 8 training samples: ce=" in cal.stdout
+    assert "xi (mean) over 8 training samples: loss=" in cal.stdout
     ev = _amat("eval", "toy", "--models", f"STD={model}", "--pgd-steps", "2", "--out", tmp_path / "ev",
                "--no-progress", cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr

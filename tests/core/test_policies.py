@@ -131,12 +131,11 @@ def test_boundary_mode_is_checked_on_resume():
     forced = AMAT(delta=0.5, xi=[10.0], attack=EXACT)
     forced.load_state_dict(stop.state_dict(), force=True)
     assert torch.equal(forced.margins.values(), stop.margins.values())
-    # a checkpoint from before the option existed was trained with the boundary stop
-    legacy = stop.state_dict()
-    del legacy["config"]["boundary"]
-    with pytest.raises(ValueError, match="--adv-boundary stop"):
-        AMAT(delta=0.5, xi=[10.0], attack=EXACT).load_state_dict(legacy)
-    AMAT(delta=0.5, xi=[10.0], attack=EXACT, boundary="stop").load_state_dict(legacy)
+    # a state that records no boundary was not written by this amat-hooks: refused, even forced
+    unrecorded = stop.state_dict()
+    del unrecorded["config"]["boundary"]
+    with pytest.raises(ValueError, match="record no valid --adv-boundary"):
+        AMAT(delta=0.5, xi=[10.0], attack=EXACT, boundary="stop").load_state_dict(unrecorded, force=True)
 
 
 def test_amat_multi_term_condition():
@@ -209,15 +208,15 @@ def test_policy_state_round_trip_and_mode_mismatch():
 
 @pytest.mark.parametrize("cfg, match", [
     (dict(mode="pgdx"), "unknown mode 'pgdx' for --adv; choose one of: none, sat, amat"),
-    (dict(mode="amat", step=1.0, boundary="bogus"), "unknown --adv-boundary 'bogus'; choose one of: none, stop"),
-    (dict(mode="amat", step=1.0, alpha=0.0), "--adv-alpha must be > 0"),
+    (dict(mode="amat", delta=1.0, boundary="bogus"), "unknown --adv-boundary 'bogus'; choose one of: none, stop"),
+    (dict(mode="amat", delta=1.0, alpha=0.0), "--adv-alpha must be > 0"),
     (dict(mode="sat"), "--adv sat needs a noise level"),
     (dict(mode="sat", eps=0.0), "--adv-eps must be > 0"),
     (dict(mode="sat", eps=-2.0), "--adv-eps must be > 0"),
     (dict(mode="amat"), "--adv amat needs a step size"),
-    (dict(mode="amat", step=-1.0), "--adv-step must be > 0"),
-    (dict(mode="amat", step=1.0, steps=0), "--adv-steps must be an integer >= 1"),
-    (dict(mode="amat", step=1.0, xi_rule="max"), "unknown --adv-xi-rule"),
+    (dict(mode="amat", delta=-1.0), "--adv-step must be > 0"),
+    (dict(mode="amat", delta=1.0, pgd_steps=0), "--adv-steps must be an integer >= 1"),
+    (dict(mode="amat", delta=1.0, xi_rule="max"), "unknown --adv-xi-rule"),
 ])
 def test_config_errors_name_the_flag(cfg, match):
     with pytest.raises(AdvConfigError, match=match.replace("(", r"\(")):
@@ -243,23 +242,20 @@ def test_config_from_env_args_and_dict_round_trip():
     assert isinstance(c.build_policy(), AMAT)
 
 
-def test_settings_and_states_written_with_the_names_before_0_2_still_load():
-    """Delta is ``delta`` in the code now; ``step``/``steps``/``step_size`` (keywords, JSON of
-    sidecars and checkpoints, margin tables) keep working."""
-    old = AdvConfig(mode="amat", step=0.5, steps=7, step_size=0.1)
-    assert (old.delta, old.pgd_steps, old.pgd_step_size) == (0.5, 7, 0.1)
-    assert AdvConfig.from_dict({"mode": "amat", "step": 0.5, "steps": 7, "refine_steps": 2}) == \
-        AdvConfig(mode="amat", delta=0.5, pgd_steps=7)
+def test_names_before_0_2_are_refused_with_the_current_ones():
+    """No compatibility shims: the old keywords and JSON names are errors that name the fix."""
+    with pytest.raises(TypeError, match="unexpected keyword argument 'step'"):
+        AdvConfig(mode="amat", step=0.5)
+    with pytest.raises(AdvConfigError, match=r"unknown adversarial setting\(s\) \['step', 'steps'\]"):
+        AdvConfig.from_dict({"mode": "amat", "step": 0.5, "steps": 7})
     assert AdvConfig.from_env({"AMAT_MODE": "amat", "AMAT_STEP": "0.25", "AMAT_STEPS": "3"}).delta == 0.25
-    with pytest.raises(TypeError, match="unexpected keyword argument 'stepz'"):
-        AdvConfig(stepz=1)
-    from amat_hooks import MarginStore
+    from amat_hooks import MarginMismatchError, MarginStore
 
     s = MarginStore(init=0.5, delta=0.5)
     s.update(["a"], [True], [0.5])
     state = s.state_dict()
     state["step"] = state.pop("delta")  # a table written by 0.1
-    t = MarginStore(init=0.5, step=0.5)
-    t.load_state_dict(state)
-    assert t.get(["a"]).tolist() == [1.0]
-    assert AMAT(step=0.5, xi=[1.0]).delta == 0.5
+    with pytest.raises(MarginMismatchError, match="key 'delta' missing"):
+        MarginStore(init=0.5, delta=0.5).load_state_dict(state)
+    with pytest.raises(TypeError):
+        AMAT(step=0.5, xi=[1.0])

@@ -129,7 +129,8 @@ def test_grid_trains_each_delta_once_and_picks_the_best_auc(tmp_path):
 
     from amat_hooks.cli.grid import run_grid
     from amat_hooks.config import AdvConfig
-    from amat_hooks.demo.loop import TinySegNet, seg_loss_terms, train_one
+    from amat_hooks.demo.loop import train_one
+    from amat_hooks.zoo.segnets import TinySegNet, seg_loss_terms
     from amat_hooks.zoo.shapes import shapes_segmentation
 
     xtr, ytr = shapes_segmentation(16, 16, seed=0)

@@ -119,7 +119,7 @@ def test_segpgd_through_pgd_is_the_same_attack_as_a_plain_loss_with_that_schedul
     def plain(z):
         return objective_terms("segpgd", model(z), y, iteration=next(calls), steps=5)
 
-    a = pgd(ObjectiveLoss(task, "segpgd", y, 1), x, 1.0, steps=5, generator=torch.Generator().manual_seed(1))
+    a = pgd(ObjectiveLoss(task, "segpgd", {"x": x, "y": y}, 1), x, 1.0, steps=5, generator=torch.Generator().manual_seed(1))
     b = pgd(plain, x, 1.0, steps=5, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(a.x_adv, b.x_adv, atol=1e-6)
 

@@ -86,18 +86,14 @@ def _stderr(message: str) -> None:
 
 
 def checkpoint_sidecar(checkpoint: str | Path) -> dict[str, Any]:
-    """The ``CKPT.amat.json`` that ``amat run`` wrote next to a checkpoint (``{}`` if none)."""
-    from amat_hooks.atomic_files import read_json
+    """The state ``amat run`` wrote next to a checkpoint (``CKPT.amat.json``; ``{}`` if none)."""
     from amat_hooks.run import SIDECAR_SUFFIX
+    from amat_hooks.state import StateError, read_state
 
-    side = Path(str(checkpoint) + SIDECAR_SUFFIX)
-    if not side.is_file():
-        return {}
     try:
-        state = read_json(side)
-    except (OSError, ValueError):
+        return read_state(Path(str(checkpoint) + SIDECAR_SUFFIX))
+    except StateError:
         return {}
-    return state if isinstance(state, dict) else {}
 
 
 def training_setup(checkpoint: str | Path, args: argparse.Namespace) -> tuple[tuple[int, int], str, str]:
@@ -107,7 +103,8 @@ def training_setup(checkpoint: str | Path, args: argparse.Namespace) -> tuple[tu
     from amat_hooks.zoo.isbi import PAPER_SIZE
 
     side = checkpoint_sidecar(checkpoint)
-    shape = side.get("input_shape")
+    shape = (side.get("host_state") or {}).get("input_shape")
+    recorded = (side.get("adapter") or {}).get("heatmap_loss")
     notes = []
     if args.size:
         size, notes = (int(args.size[0]), int(args.size[1])), notes + ["--size"]
@@ -119,8 +116,8 @@ def training_setup(checkpoint: str | Path, args: argparse.Namespace) -> tuple[tu
         notes.append("input size: the paper's (no --size, no sidecar)")
     if args.heatmap_loss:
         kind = args.heatmap_loss
-    elif side.get("heatmap_loss") in ("dice", "bce"):
-        kind = side["heatmap_loss"]
+    elif recorded in ("dice", "bce"):
+        kind = recorded
         notes.append("heatmap term from the sidecar")
     else:
         kind = "dice"
@@ -136,10 +133,12 @@ class LandmarkEvalTask(EvalTask):
     bounds = (-1.0, 1.0)  # images are normalised to [-1, 1]
 
     def __init__(self, model: nn.Module, dataset: Any, batch_size: int = 4, heatmap_loss: str = "dice") -> None:
+        from amat_hooks.integrations.multitask_unet.adapter import LandmarkAdapter
+
         self.model = model
         self.dataset = dataset
         self.batch_size = batch_size
-        self.heatmap_loss = heatmap_loss
+        self.adapter = LandmarkAdapter(heatmap_loss)
 
     def size(self) -> int:
         return (len(self.dataset) + self.batch_size - 1) // self.batch_size
@@ -153,13 +152,7 @@ class LandmarkEvalTask(EvalTask):
             items = [self.dataset[i] for i in idx]
             cols = [torch.stack([it[k] for it in items]) for k in range(6)]
             key = ",".join(self.dataset.names[i] for i in idx)
-            yield EvalBatch(key=key, x=cols[0], target=tuple(cols[1:]))
-
-    def loss_terms(self, x: Tensor, target: Any, repeats: int) -> Tensor:
-        from amat_hooks.integrations.multitask_unet.losses import landmark_terms
-
-        mask, heat, oy, ox, _ = (t.repeat(repeats, *([1] * (t.dim() - 1))) for t in target)
-        return landmark_terms(self.model(x), mask, heat, oy, ox, heatmap_loss=self.heatmap_loss)
+            yield EvalBatch(key=key, x=cols[0], target=tuple(cols))
 
     def measure(self, x: Tensor, target: Any) -> list[list[float]]:
         from amat_hooks.evaluation.metrics import radial_errors_mm
@@ -167,7 +160,7 @@ class LandmarkEvalTask(EvalTask):
 
         heat, oy, ox = self.model(x)
         pred = voting(heat, oy, ox, self.dataset.radius)
-        return radial_errors_mm(pred, target[4], **self.dataset.to_original_mm()).tolist()
+        return radial_errors_mm(pred, target[5], **self.dataset.to_original_mm()).tolist()
 
     def reduce(self, stats: list[Any]) -> dict[str, float]:
         from amat_hooks.evaluation.metrics import mre, sdr
@@ -264,24 +257,15 @@ class LandmarkTask(Task):
 
     # -- calibrate ----------------------------------------------------------------------------
     def calibration_set(self, args: argparse.Namespace, log=print) -> CalibrationSet:
-        from amat_hooks.integrations.multitask_unet.losses import TERM_NAMES
-
         model = load_model(args.checkpoint)
         size, kind, notes = training_setup(args.checkpoint, args)
         log(f"input {size[0]}x{size[1]}, heatmap term {kind}" + (f" ({notes})" if notes else ""))
         args.heatmap_loss = kind  # for xi_usage
         ds = self._dataset(args, model, size)
-        task = LandmarkEvalTask(model, ds, args.batch_size, kind)
-        with torch.no_grad():
-            terms = torch.cat([task.loss_terms(b.x, b.target, 1) for b in task.batches()])
-        return CalibrationSet(terms=terms, term_names=list(TERM_NAMES),
-                              identity={"heatmap_loss": kind},
-                              source={"checkpoint": str(args.checkpoint), "data": str(args.data),
-                                      "layout": ds.layout, "split": args.split, "size": list(size),
-                                      "annotation": ds.annotation_used})
-
-    def default_xi_path(self, args: argparse.Namespace, calibration: CalibrationSet) -> Path:
-        return Path(args.checkpoint).with_name("amat_xi_landmark.json")
+        return CalibrationSet(task=LandmarkEvalTask(model, ds, args.batch_size, kind), identity={"heatmap_loss": kind},
+                              source={"checkpoint": str(args.checkpoint), "data": str(args.data), "layout": ds.layout,
+                                      "split": args.split, "size": list(size), "annotation": ds.annotation_used},
+                              default_path=Path(args.checkpoint).with_name("amat_xi_landmark.json"))
 
     def xi_usage(self, path: Path, xi: Sequence[float], args: argparse.Namespace) -> str:
         return (f"use: amat run --adv amat --adv-step 1 --adv-xi-file {path} --heatmap-loss {args.heatmap_loss} "

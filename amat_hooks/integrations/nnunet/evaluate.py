@@ -23,27 +23,29 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from amat_hooks.config import ENV_NAMES, LEGACY_FIELDS
+from amat_hooks.config import ENV_NAMES
+from amat_hooks.state import CHECKPOINT_KEY
+from amat_hooks.tasks import TaskError
 from amat_hooks.evaluation import EvalBatch, EvalTask
 from amat_hooks.evaluation.metrics import adi, dice_counts, dice_from_counts, tvdi
-from amat_hooks.integrations.nnunet.losses import per_sample_terms
+from amat_hooks.integrations.nnunet.adapter import NnUNetAdapter, NnUNetBatch
 from amat_hooks.integrations.nnunet.slices import load_cases, prepared_slices
 
 
-class NnUNetEvalError(RuntimeError):
+class NnUNetEvalError(TaskError):
     """A results folder, checkpoint or test split needed for evaluation is missing."""
 
 
 def load_trainer(dataset: str, configuration: str, fold: str, trainer_name: str, plans: str = "nnUNetPlans",
-                 checkpoint: str = "checkpoint_final.pth", device: str = "cpu"):
+                 checkpoint: str = "checkpoint_final.pth", device: str = "cpu", missing: str = "checkpoint"):
     """The trained model exactly as nnU-Net builds it (network, loss, plans), from its results folder."""
     from nnunetv2.run.run_training import get_trainer_from_args
 
     fold_arg: Any = fold if fold == "all" else int(fold)
     ckpt = checkpoint_path(dataset, configuration, fold, trainer_name, plans, checkpoint)
     if ckpt is not None and not ckpt.is_file():
-        raise NnUNetEvalError(f"no checkpoint {ckpt}; train the model first: nnUNetv2_train {dataset} "
-                              f"{configuration} {fold} -tr {trainer_name}")
+        raise NnUNetEvalError(f"no {missing} at {ckpt}; train it first: nnUNetv2_train {dataset} "
+                              f"{configuration} {fold} -tr {trainer_name}" + ("" if plans == "nnUNetPlans" else f" -p {plans}"))
     chatter = io.StringIO()  # nnU-Net's banner and trainer log lines: shown only on failure
     try:
         before = existing_logs(ckpt.parent if ckpt is not None else None)
@@ -84,10 +86,9 @@ def drop_load_log(trainer, before: set[Path]) -> None:
     trainer.log_file = os.devnull
 
 
-#: checkpoint config key -> environment variable (both the 0.2 names and the older ones)
-#: (xi is not passed: the trainer restores it from the checkpoint itself)
-_ENV_OF = {k: v for k, v in {**ENV_NAMES, **{old: ENV_NAMES[new] for old, new in LEGACY_FIELDS.items()}}.items()
-           if k != "xi"}
+#: checkpoint config key -> environment variable (xi is not passed: the trainer restores it
+#: from the checkpoint itself)
+_ENV_OF = {k: v for k, v in ENV_NAMES.items() if k != "xi"}
 
 
 def checkpoint_path(dataset, configuration, fold, trainer_name, plans, checkpoint) -> Path | None:
@@ -111,7 +112,7 @@ def _saved_settings(dataset, configuration, fold, trainer_name, plans, checkpoin
     env: dict[str, str] = {"AMAT_XI_SOURCE": "online"}
     ckpt = checkpoint_path(dataset, configuration, fold, trainer_name, plans, checkpoint)
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False).get("amat_hooks") \
+        state = torch.load(ckpt, map_location="cpu", weights_only=False).get(CHECKPOINT_KEY) \
             if ckpt is not None and ckpt.is_file() else None
     except Exception:  # not a torch checkpoint: nnU-Net's own error follows
         state = None
@@ -133,12 +134,12 @@ def split_cases(trainer, split: str) -> Iterator[tuple[str, np.ndarray, np.ndarr
     """(case, data [C, Z, Y, X], seg [1, Z, Y, X]) of the fold's ``val`` split (preprocessed)
     or of the raw ``test`` split (``imagesTs``/``labelsTs``, preprocessed here by nnU-Net's
     own preprocessor)."""
-    if split == "val":
-        _, val = trainer.do_split()
-        yield from load_cases(trainer, sorted(val))
+    if split in ("train", "val"):
+        tr, val = trainer.do_split()
+        yield from load_cases(trainer, sorted(str(k) for k in (tr if split == "train" else val)))
         return
     if split != "test":
-        raise NnUNetEvalError(f"unknown split {split!r}; use val or test")
+        raise NnUNetEvalError(f"unknown split {split!r}; use train, val or test")
     from nnunetv2.paths import nnUNet_raw
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 
@@ -182,7 +183,7 @@ class NnUNetSliceEvalTask(EvalTask):
         if lm.has_regions:
             raise NnUNetEvalError("region-based nnU-Net models are not supported by amat eval nnunet yet")
         self.labels = [int(v) for v in lm.foreground_labels]
-        self.ds = trainer.enable_deep_supervision
+        self.adapter = NnUNetAdapter(trainer.loss, trainer.enable_deep_supervision)
         self._slices = self._prepare()
 
     def _prepare(self) -> list[tuple[str, Tensor, list[Tensor], Tensor]]:
@@ -216,15 +217,12 @@ class NnUNetSliceEvalTask(EvalTask):
             x = torch.stack([c[1] for c in chunk]).to(dev)
             segs = [torch.stack([c[2][i] for c in chunk]).to(dev) for i in range(len(chunk[0][2]))]
             valid = torch.stack([c[3] for c in chunk]).to(dev)
-            yield EvalBatch(key=chunk[0][0], x=x, target=(segs, valid))
+            target = segs if self.adapter.deep_supervision else segs[0]
+            yield EvalBatch(key=chunk[0][0], x=x, target=NnUNetBatch(data=x, target=target, valid=valid,
+                                                                    ids=[c[0] for c in chunk]))
 
-    def loss_terms(self, x: Tensor, target, repeats: int) -> Tensor:
-        segs, _ = target
-        rep = [t.repeat(repeats, *([1] * (t.dim() - 1))) for t in segs]
-        return per_sample_terms(self.trainer.loss, self.model(x), rep if self.ds else rep[0], self.ds)
-
-    def measure(self, x: Tensor, target) -> list[list[float]]:
-        segs, valid = target
+    def measure(self, x: Tensor, target: NnUNetBatch) -> list[list[float]]:
+        segs, valid = _segs(target), target.valid
         out = self.model(x)
         logits = out[0] if isinstance(out, (list, tuple)) else out
         pred = logits.argmax(1) * valid
@@ -236,14 +234,13 @@ class NnUNetSliceEvalTask(EvalTask):
         out = self.model(x)
         return out[0] if isinstance(out, (list, tuple)) else out
 
-    def segmentation_labels(self, target, repeats: int) -> Tensor:
-        segs, _ = target
-        lab = segs[0][:, 0].long()
+    def segmentation_labels(self, target: NnUNetBatch, repeats: int) -> Tensor:
+        lab = _segs(target)[0][:, 0].long()
         return lab.repeat(repeats, *([1] * (lab.dim() - 1)))
 
-    def segmentation_valid(self, target, repeats: int) -> Tensor:
+    def segmentation_valid(self, target: NnUNetBatch, repeats: int) -> Tensor:
         """Pixels added by padding to the patch size are not scored, and not attacked."""
-        _, valid = target
+        valid = target.valid
         return valid.bool().repeat(repeats, *([1] * (valid.dim() - 1)))
 
     def segmentation_foreground(self) -> list[int]:
@@ -255,3 +252,7 @@ class NnUNetSliceEvalTask(EvalTask):
     def reduce(self, stats) -> dict[str, float]:
         counts = torch.tensor([row for s in stats for row in s], dtype=torch.float64)
         return {"ADI": adi(counts), "TVDI": tvdi(counts)}
+
+
+def _segs(batch: NnUNetBatch) -> list[Tensor]:
+    return list(batch.target) if isinstance(batch.target, (list, tuple)) else [batch.target]

@@ -1,83 +1,15 @@
-"""The nnU-Net adapter (pluggy plugin) and its ``amat`` commands.
-
-The adapter only says how an nnU-Net batch looks: input = ``data``, ids = ``(case key,
-slice)``, per-sample loss terms = nnU-Net's own loss applied per sample. The trainers
-(:mod:`.trainer`) hand their batches to the core engine as :class:`NnUNetBatch`.
-nnU-Net itself is imported lazily, so ``amat`` works (and says what is missing) without it.
+"""The nnU-Net plugin: the task (``amat calibrate|eval|grid nnunet``), the demo back end and
+the ``amat nnunet-*`` commands. The trainers (:mod:`.trainer`) build their own adapter
+(:class:`~.adapter.NnUNetAdapter`); nnU-Net itself is imported lazily, so ``amat`` works
+(and says what is missing) without it.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
-from typing import Any, Hashable, Sequence
-
-import torch
-from torch import Tensor, nn
 
 from amat_hooks.hookspecs import hookimpl
-from amat_hooks.policies import BoundLoss
-from amat_hooks.integrations.nnunet.batch import NnUNetBatch
-from amat_hooks.integrations.nnunet.losses import TERM_NAMES, per_sample_terms
-
-
-# -- batch anatomy ---------------------------------------------------------------------------
-@hookimpl
-def amat_batch_inputs(batch: Any, host: Any) -> Tensor | None:
-    return batch.data if isinstance(batch, NnUNetBatch) else None
-
-
-@hookimpl
-def amat_batch_sample_ids(batch: Any, host: Any) -> Sequence[Hashable] | None:
-    return list(batch.ids) if isinstance(batch, NnUNetBatch) else None
-
-
-@hookimpl
-def amat_batch_with_inputs(batch: Any, inputs: Tensor, host: Any) -> Any:
-    if not isinstance(batch, NnUNetBatch):
-        return None
-    if inputs.shape[0] != batch.data.shape[0]:
-        return None  # nnU-Net batches are not stretched (the trainer owns its loss)
-    return dataclasses.replace(batch, data=inputs, clean_output=None)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The attack scores samples through the bare network: under DDP its forward must not
-    arm the gradient reducer (the attack only takes gradients w.r.t. the input)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-@hookimpl
-def amat_bind_loss(batch: Any, model: nn.Module, host: Any) -> BoundLoss | None:
-    if not isinstance(batch, NnUNetBatch):
-        return None
-    own_loss = batch.extra.get("own_loss") or batch.trainer.loss
-    deep_supervision = bool(batch.trainer.enable_deep_supervision)
-    target, bad = batch.target, batch.bad
-    attack_net = _unwrap(model)
-
-    def mark(terms: Tensor) -> Tensor:
-        # rows whose input was not finite were replaced: report NaN so the core skips them
-        if bad is None or not bool(bad.any()):
-            return terms
-        return torch.where(bad.to(terms.device).unsqueeze(1), torch.full_like(terms, float("nan")), terms)
-
-    def training(x: Tensor, clean: bool) -> tuple[Tensor, Tensor]:
-        # the step's clean forward already ran inside nnU-Net's own train_step
-        output = batch.clean_output if clean and batch.clean_output is not None else model(x)
-        loss = own_loss(output, target)  # nnU-Net's scalar loss (DDP batch Dice as nnU-Net does it)
-        with torch.no_grad():
-            det = [o.detach() for o in output] if isinstance(output, (list, tuple)) else output.detach()
-            terms = per_sample_terms(own_loss, det, target, deep_supervision)
-        return loss, mark(terms)
-
-    def terms(x: Tensor) -> Tensor:
-        return mark(per_sample_terms(own_loss, attack_net(x), target, deep_supervision))
-
-    return BoundLoss(terms=terms, training=training, term_names=TERM_NAMES)
 
 
 # -- the task and the demo back end -------------------------------------------------------------

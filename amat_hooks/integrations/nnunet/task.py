@@ -134,14 +134,33 @@ class NnUNetTask(Task):
 
     # -- calibrate ----------------------------------------------------------------------------
     def calibration_set(self, args: argparse.Namespace, log=print) -> CalibrationSet:
-        from amat_hooks.integrations.nnunet.calibrate import clean_losses_of_model
+        """Every training slice of the fold (empty ones too), prepared as nnU-Net's validation
+        prepares a sample, scored by the trainer's own loss: the terms AMAT compares with xi."""
+        from amat_hooks.integrations.nnunet.evaluate import NnUNetSliceEvalTask, load_trainer
+        from amat_hooks.integrations.nnunet.settings import default_xi_path
+        from amat_hooks.state import StateError, read_state
 
-        return clean_losses_of_model(args.dataset, args.configuration, args.fold, trainer_name=args.trainer,
-                                     plans=args.plans, checkpoint=args.checkpoint, device=args.device,
-                                     batch_size=args.batch_size, max_cases=args.max_cases, log=log)
-
-    def default_xi_path(self, args: argparse.Namespace, calibration: CalibrationSet) -> Path:
-        return Path(calibration.source["default_path"])
+        trainer = load_trainer(args.dataset, args.configuration, args.fold, args.trainer, args.plans,
+                               args.checkpoint, args.device, missing="clean model")
+        ckpt = Path(trainer.output_folder) / args.checkpoint
+        try:
+            mode = (read_state(ckpt).get("host_state") or {}).get("mode")
+        except StateError:
+            mode = None
+        if mode not in (None, "none"):
+            log(f"WARNING: {ckpt} was trained adversarially (mode {mode!r}); the paper calibrates xi on a "
+                f"clean (STD) model")
+        task = NnUNetSliceEvalTask(trainer, split="train", batch_size=args.batch_size or
+                                   int(trainer.configuration_manager.batch_size), include_empty=True,
+                                   max_cases=args.max_cases)
+        pm = trainer.plans_manager
+        log(f"calibrating xi on {task.describe_scored(len(task._slices))} of {pm.dataset_name} "
+            f"({args.configuration}, fold {args.fold}) with {ckpt}")
+        return CalibrationSet(
+            task=task, identity={"dataset": pm.dataset_name, "configuration": args.configuration, "plans": pm.plans_name},
+            source={"fold": str(args.fold), "trainer": args.trainer, "checkpoint": str(ckpt)},
+            default_path=default_xi_path(trainer.preprocessed_dataset_folder_base, args.configuration, pm.plans_name,
+                                         args.fold))
 
     def xi_usage(self, path: Path, xi: Sequence[float], args: argparse.Namespace) -> str:
         from amat_hooks.integrations.nnunet.settings import default_xi_path

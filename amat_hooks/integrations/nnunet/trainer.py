@@ -11,8 +11,6 @@ So autocast, clipping, deep supervision and ``self.loss`` stay nnU-Net's.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import sys
 import warnings
@@ -23,18 +21,16 @@ from torch import Tensor
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from amat_hooks.atomic_files import atomic_torch_save
 from amat_hooks.config import AdvConfig, AdvConfigError, env_wording, force_resume_requested
 from amat_hooks.engine import AdversarialEngine
-from amat_hooks.atomic_files import atomic_torch_save
+from amat_hooks.integrations.nnunet.adapter import NnUNetAdapter, NnUNetBatch
 from amat_hooks.margins import MarginMismatchError
-from amat_hooks.plugins import get_plugin_manager
 from amat_hooks.policies import AMAT
-from amat_hooks.integrations.nnunet.batch import NnUNetBatch
+from amat_hooks.state import CHECKPOINT_KEY, StateError, read_state, state_envelope
 from amat_hooks.integrations.nnunet.loader import SLICE_KEY, slice_reporting_loader
 from amat_hooks.integrations.nnunet.settings import calibrate_command, default_xi_path, load_xi_file, read_settings, save_interval
 
-#: Key of our state inside nnU-Net's checkpoint dict.
-CHECKPOINT_KEY = "amat_hooks"
 #: Extra per-epoch series in nnU-Net's logger (one value per epoch, like nnU-Net's own).
 LOG_KEYS = ("amat_margin_mean", "amat_margin_min", "amat_margin_max", "amat_xi", "amat_nan_samples")
 
@@ -47,16 +43,6 @@ class AdversarialCheckpointError(RuntimeError):
 ERROR_PREFIX = "amat-hooks: error: "
 #: Settings a user sets for ``nnUNetv2_train``: the problems we can name before nnU-Net's traceback.
 _USER_ERRORS = (AdvConfigError, AdversarialCheckpointError)
-
-
-def margin_table_digest(margins: dict) -> str:
-    """First 16 hex digits of the SHA-256 of a margin table (``MarginStore.state_dict()``):
-    its ids and the exact bits of its float64 values, so two tables with the same digest are
-    the same table bit for bit. Logged when ``--c`` restores one."""
-    ids = [list(i) if isinstance(i, (list, tuple)) else i for i in margins["ids"]]
-    values = [float(v).hex() for v in margins["values"]]
-    payload = json.dumps([ids, values], separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
 class nnUNetTrainerAdversarial(nnUNetTrainer):
@@ -133,7 +119,9 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
             policy = cfg.build_policy(dataset_id=self.amat_dataset_id, calibrate_hint=hint, log=self.amat_log)
         except (AdvConfigError, ValueError) as e:
             raise AdvConfigError(env_wording(str(e))) from None
-        self.amat_engine = AdversarialEngine(policy, host=self, pm=get_plugin_manager())
+        self.amat_adapter = NnUNetAdapter(self.loss, self.enable_deep_supervision, calibrate_hint=hint)
+        self.amat_engine = AdversarialEngine(policy, self.amat_adapter, host=self)
+        self.amat_log(f"adapter: {self.amat_adapter.describe()}")
         self.amat_config = cfg
 
     def on_train_start(self):
@@ -227,8 +215,7 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
                    f"the batch; their margins are left unchanged ({[batch['keys'][i] for i in bad.nonzero()[:, 0].tolist()]})")
             self.print_to_log_file(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
-        ids = self.sample_ids(batch)
-        nn_batch = NnUNetBatch(data=data, target=target, ids=ids, bad=bad, trainer=self)
+        nn_batch = NnUNetBatch(data=data, target=target, ids=self.sample_ids(batch), bad=bad)
         own_loss = self.loss
         self.loss = _AdversarialLossCall(self, own_loss, nn_batch)
         try:
@@ -267,20 +254,23 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
         super().on_epoch_end()
         if self.local_rank == 0 and self.amat_engine is not None and isinstance(self.amat_engine.policy, AMAT):
             try:
-                _plot_margins(self.logger.local_logger.my_fantastic_logging, self.output_folder)
+                from amat_hooks.evaluation.report import plot_training_margins
+
+                log = self.logger.local_logger.my_fantastic_logging
+                n = min(len(log.get(k, [])) for k in LOG_KEYS)
+                plot_training_margins({k[len("amat_"):]: log[k][:n] for k in LOG_KEYS},
+                                      os.path.join(self.output_folder, "progress_amat.png"),
+                                      xi_label="xi (nnU-Net loss scale)")
             except Exception as e:  # a plot must never stop training
                 self.print_to_log_file(f"amat-hooks: could not draw progress_amat.png: {e}")
 
     # -- checkpoints ---------------------------------------------------------------------
     def amat_state_dict(self) -> dict[str, Any]:
-        policy = self.amat_engine.policy
-        xi = policy.xi() if isinstance(policy, AMAT) else None
-        return {"version": 1, "trainer": type(self).__name__, "mode": self.amat_mode,
-                "dataset_id": self.amat_dataset_id, "settings": self.amat_settings.to_dict(),
-                "config": self.amat_config.to_dict(),
-                "xi_origin": getattr(policy, "xi_source", None), "boundary": self.amat_config.boundary,
-                "xi": None if xi is None else xi.tolist(), "engine": self.amat_engine.state_dict(),
-                "history": list(self.amat_history)}
+        """The state envelope stored as ``checkpoint['amat_hooks']``."""
+        return state_envelope("nnunet", self.amat_config, self.amat_engine.policy, self.amat_adapter,
+                              epochs=self.current_epoch + 1, history=self.amat_history,
+                              host_state={"trainer": type(self).__name__, "mode": self.amat_mode,
+                                          "dataset_id": self.amat_dataset_id, "settings": self.amat_settings.to_dict()})
 
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's checkpoint plus ``checkpoint['amat_hooks']``, written atomically."""
@@ -332,17 +322,20 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
         if self.amat_engine is None:
             return
         checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
-            torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
-        state = checkpoint.get(CHECKPOINT_KEY)
-        if state is None:
+            torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)  # as nnU-Net loads it
+        if CHECKPOINT_KEY not in checkpoint:
             self.print_to_log_file(f"amat-hooks: {where} has no AMAT state (not written by an amat-hooks "
                                    f"trainer); margins start fresh")
             return
         with self._amat_errors():
+            try:
+                state = read_state(checkpoint, where=where)
+            except StateError as e:
+                raise AdversarialCheckpointError(str(e)) from None
             self._restore(state, where)
         policy = self.amat_engine.policy
         table = (f": {policy.margins.format_summary()}, table sha256 "
-                 f"{margin_table_digest(policy.margins.state_dict())}") if isinstance(policy, AMAT) else ""
+                 f"{policy.margins.digest()}") if isinstance(policy, AMAT) else ""
         self.print_to_log_file(f"amat-hooks: restored AMAT state from {where} (continues at epoch "
                                f"{self.current_epoch}){table}")
 
@@ -359,19 +352,20 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
 
     def _restore(self, state: dict, where: str) -> None:
         force = force_resume_requested()
-        if state.get("mode") != self.amat_mode:
+        hs = state.get("host_state") or {}
+        if hs.get("mode") != self.amat_mode:
             raise AdversarialCheckpointError(
-                f"{where} was trained with -tr {state.get('trainer')} (mode {state.get('mode')!r}); "
-                f"continue it with -tr {state.get('trainer')}, or train -tr {type(self).__name__} from scratch "
+                f"{where} was trained with -tr {hs.get('trainer')} (mode {hs.get('mode')!r}); "
+                f"continue it with -tr {hs.get('trainer')}, or train -tr {type(self).__name__} from scratch "
                 f"without --c (in a fresh output folder: set nnUNet_results to another folder to keep this one)")
-        if state.get("dataset_id") != self.amat_dataset_id and not force:
+        if hs.get("dataset_id") != self.amat_dataset_id and not force:
             raise AdversarialCheckpointError(
-                f"{where} holds the AMAT margin table of {state.get('dataset_id')!r}, but this run trains "
+                f"{where} holds the AMAT margin table of {hs.get('dataset_id')!r}, but this run trains "
                 f"{self.amat_dataset_id!r}; margins are per sample of one dataset - start this run without "
                 f"--c in a fresh output folder (or point nnUNet_results at the right results folder), or "
                 f"set AMAT_FORCE_RESUME=1 to continue anyway")
         try:
-            self.amat_engine.load_state_dict(state["engine"], force=force)
+            self.amat_engine.policy.load_state_dict(state["policy"], force=force)
         except (MarginMismatchError, ValueError) as e:
             raise AdversarialCheckpointError(self._refusal(where, state, e)) from None
         if force:
@@ -385,8 +379,8 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
     def _refusal(self, where: str, state: dict, error: Exception) -> str:
         """Why ``--c`` cannot continue, in variable names, and what the user can do."""
         saved = dict((state.get("config") or {}))
-        saved_delta = saved.get("delta", saved.get("step"))
-        saved_boundary = saved.get("boundary") or (state.get("boundary") or "stop")
+        saved_delta = saved.get("delta")
+        saved_boundary = saved.get("boundary")
         match = []
         if self.amat_mode == "amat" and saved_delta is not None and float(saved_delta) != self.amat_config.delta:
             match.append(f"AMAT_STEP={float(saved_delta):g}")
@@ -445,57 +439,6 @@ def _replace_non_finite_rows(data: Tensor, target) -> tuple[Tensor, Any, Tensor]
         target = target.clone()
         target[bad] = target[src].clone()
     return data, target, bad
-
-
-def _plot_margins(log: dict, output_folder: str) -> None:
-    """``progress_amat.png``: written to a temporary file and renamed (a plain ``savefig``:
-    the file gets the umask's mode, like nnU-Net's ``progress.png``)."""
-    import matplotlib
-
-    matplotlib.use("agg")
-    import matplotlib.pyplot as plt
-
-    with plt.style.context("default"):  # nnU-Net's progress plot leaves seaborn's font_scale=2.5 set
-        fig = margins_figure(log)
-        if fig is None:
-            return
-        tmp = os.path.join(output_folder, ".progress_amat.tmp.png")
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-    os.replace(tmp, os.path.join(output_folder, "progress_amat.png"))
-
-
-def margins_figure(log: dict):
-    """The figure of ``progress_amat.png`` (None before the first epoch): margin mean and
-    min..max, xi on a second axis, integer epochs, one legend below the axes. Call it inside
-    ``plt.style.context("default")`` (as :func:`_plot_margins` does), so seaborn's global
-    font scale does not push the title out of the figure."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    n = min(len(log.get(k, [])) for k in LOG_KEYS)
-    if n == 0:
-        return None
-    x = list(range(n))
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    ax.plot(x, log["amat_margin_mean"][:n], label="margin mean", color="b", marker="o" if n < 20 else None)
-    ax.fill_between(x, log["amat_margin_min"][:n], log["amat_margin_max"][:n], color="b", alpha=0.15,
-                    label="margin min..max")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("AMAT margin E (L2)")
-    ax.set_title("amat-hooks: per-sample margins and threshold xi per epoch", fontsize=11)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if n == 1:
-        ax.set_xlim(-0.5, 0.5)
-    ax2 = ax.twinx()
-    ax2.plot(x, log["amat_xi"][:n], color="r", ls="--", label="xi", marker="x" if n < 20 else None)
-    ax2.set_ylabel("xi (nnU-Net loss scale)")
-    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.14),
-              ncol=3, frameon=False)
-    fig.tight_layout()
-    fig.canvas.draw()  # tick labels exist (and use this style) from here on
-    return fig
 
 
 def _seed_everything(seed: int) -> None:

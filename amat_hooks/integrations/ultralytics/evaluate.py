@@ -5,7 +5,7 @@ dataloader in val mode (no augmentation) and letterboxed to ``imgsz x imgsz`` (`
 as the paper resizes BCCD to 320x320 and as training sees it), then scaled to ``[0, 1]``
 by Ultralytics' validator. The L2 noise lives on that ``[0, 1]`` image (clamped to it).
 The attack objective is the sum of the per-image terms of Ultralytics' own detection
-criterion with the ground-truth boxes (:mod:`.terms`), white box.
+criterion with the ground-truth boxes (:mod:`.adapter`), white box.
 
 Metrics (computed by Ultralytics' own code, never re-implemented here):
 
@@ -27,28 +27,17 @@ import numpy as np
 from torch import Tensor
 
 from amat_hooks.evaluation import EvalBatch, EvalTask
+from amat_hooks.integrations.ultralytics.adapter import TARGET_KEYS, YoloAdapter
 from amat_hooks.integrations.ultralytics.offline import prepare_offline
 
 #: Ultralytics arguments ``amat eval yolo`` passes to the validator config, and defaults.
 EVAL_DEFAULTS = {"split": "val", "batch": 16, "workers": 0, "device": "cpu", "rect": False, "plots": False,
                  "save_json": False, "save_txt": False, "verbose": False}
 METRICS = ("mAP50-95", "mAP50", "IoU", "precision", "recall")
-_TARGET_KEYS = ("batch_idx", "cls", "bboxes")
 
 
 class YoloEvalError(ValueError):
     """A model file, data YAML or split needed for evaluation is missing or unusable."""
-
-
-def repeat_targets(target: dict[str, Any], x: Tensor) -> dict[str, Tensor]:
-    """Targets of a batch for inputs ``x`` that hold its images several times (level-major):
-    the adapter's own batch stretching (``batch_idx`` shifted per copy)."""
-    from amat_hooks.integrations.ultralytics.plugin import amat_batch_with_inputs
-
-    b = len(target["im_file"])
-    batch = {"img": x[:b], "im_file": target["im_file"], **{k: target[k] for k in _TARGET_KEYS}}
-    stretched = amat_batch_with_inputs(batch=batch, inputs=x, host=None)
-    return {k: stretched[k] for k in _TARGET_KEYS}
 
 
 def object_ious(target_boxes: Tensor, target_cls: Tensor, pred_boxes: Tensor, pred_cls: Tensor, conf: Tensor,
@@ -133,7 +122,7 @@ class YoloEvalTask(EvalTask):
         validator.dataloader = self.loader
         validator.init_metrics(net)  # Ultralytics' own setup (max_det from the data, nc, end2end)
         self.validator = validator
-        self.criterion = build_criterion(net)
+        self.adapter = YoloAdapter(build_criterion(net))
         self.split = split
         self.weights = weights
         # part of the resume fingerprint: a partial state of another split/size/threshold is refused
@@ -150,15 +139,8 @@ class YoloEvalTask(EvalTask):
         for i, raw in enumerate(self.loader):
             batch = self.validator.preprocess(raw)  # Ultralytics': to device, float, / 255
             key = f"{i}:{Path(batch['im_file'][0]).name}"
-            target = {k: batch[k] for k in (*_TARGET_KEYS, "im_file", "ori_shape", "ratio_pad")}
+            target = {k: batch[k] for k in (*TARGET_KEYS, "img", "im_file", "ori_shape", "ratio_pad")}
             yield EvalBatch(key=key, x=batch["img"], target=target)
-
-    # -- attack objective ------------------------------------------------------------------------
-    def loss_terms(self, x: Tensor, target: dict[str, Any], repeats: int) -> Tensor:
-        from amat_hooks.integrations.ultralytics.terms import criterion_with_terms
-
-        targets = repeat_targets(target, x)
-        return criterion_with_terms(self.criterion, self.model(x), targets).terms
 
     # -- metrics ---------------------------------------------------------------------------------
     def measure(self, x: Tensor, target: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,98 +1,15 @@
-"""The Ultralytics YOLO adapter (pluggy plugin module) and the ``amat yolo`` commands.
-
-Batch anatomy (what this adapter knows): an Ultralytics detection batch is a dict with
-``img`` (``[B, 3, H, W]``, already ``/255`` after ``preprocess_batch``), ``im_file`` (one
-path per image: the sample id; under mosaic the first of the four images), and the
-targets ``batch_idx``/``cls``/``bboxes``. Loss terms come from the trainer's own
-criterion (see :mod:`.terms`). Importing this module does not import Ultralytics.
-"""
+"""The Ultralytics plugin: the ``amat yolo`` and ``amat bccd`` commands and the YOLO task.
+The trainer (:mod:`.trainer`) builds its own adapter (:class:`~.adapter.YoloAdapter`).
+Importing this module does not import Ultralytics."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import Any, Hashable, Sequence
+from typing import Sequence
 
 from amat_hooks.config import AdvConfig, AdvConfigError, _float_list
 from amat_hooks.hookspecs import hookimpl
-
-TERM_NAMES = ("box", "cls", "dfl")
-_TARGET_KEYS = ("batch_idx", "cls", "bboxes")
-
-
-def _is_yolo_batch(batch: Any) -> bool:
-    return isinstance(batch, dict) and "img" in batch and "im_file" in batch
-
-
-def _is_yolo_host(host: Any) -> bool:
-    return hasattr(host, "amat_base_criterion") and hasattr(host, "amat_forward")
-
-
-# -- hook implementations -------------------------------------------------------------------
-@hookimpl
-def amat_batch_inputs(batch: Any, host: Any):
-    return batch["img"] if _is_yolo_batch(batch) else None
-
-
-@hookimpl
-def amat_batch_sample_ids(batch: Any, host: Any) -> Sequence[Hashable] | None:
-    if not _is_yolo_batch(batch):
-        return None
-    files = list(batch["im_file"])
-    return host.sample_ids(files) if hasattr(host, "sample_ids") else files
-
-
-@hookimpl
-def amat_batch_with_inputs(batch: Any, inputs: Any, host: Any):
-    """Same batch with ``img`` replaced; with k times the rows the targets are repeated and
-    ``batch_idx`` shifted so each copy keeps its own boxes."""
-    if not _is_yolo_batch(batch):
-        return None
-    import torch
-
-    b = batch["img"].shape[0]
-    n = inputs.shape[0]
-    if n == b:
-        return {**batch, "img": inputs}
-    k, r = divmod(n, b)
-    if r:
-        raise ValueError(f"cannot stretch a YOLO batch of {b} images to {n}")
-    out = {**batch, "img": inputs, "im_file": list(batch["im_file"]) * k}
-    bi = batch["batch_idx"]
-    out["batch_idx"] = torch.cat([bi + j * b for j in range(k)])
-    for key in ("cls", "bboxes"):
-        out[key] = torch.cat([batch[key]] * k)
-    return out
-
-
-@hookimpl
-def amat_bind_loss(batch: Any, model: Any, host: Any):
-    if not (_is_yolo_batch(batch) and _is_yolo_host(host)):
-        return None
-    from amat_hooks.policies import BoundLoss
-    from amat_hooks.integrations.ultralytics.terms import criterion_with_terms
-
-    criterion = host.amat_base_criterion
-    targets = {k: batch[k] for k in _TARGET_KEYS}
-
-    def terms(x):
-        return criterion_with_terms(criterion, model(x), targets).terms
-
-    def training(x, clean):
-        r = criterion_with_terms(criterion, host.amat_forward(model, x, clean), targets)
-        host.amat_record_items(r.items)
-        return r.loss.sum(), r.terms  # Ultralytics' convention: loss x batch size, summed
-
-    return BoundLoss(terms=terms, training=training, term_names=loss_term_names(host))
-
-
-def loss_term_names(host: Any) -> list[str]:
-    """The criterion's per-image terms: box, cls, dfl (l1 instead of dfl for reg_max=1)."""
-    if host.amat_base_criterion is None:
-        return list(TERM_NAMES)
-    from amat_hooks.integrations.ultralytics.terms import term_names
-
-    return term_names(host.amat_base_criterion)  # "l1" instead of "dfl" for reg_max=1 heads
 
 
 # -- command line ---------------------------------------------------------------------------

@@ -167,20 +167,22 @@ class YoloTask(Task):
 
     # -- calibrate ----------------------------------------------------------------------------
     def calibration_set(self, args: argparse.Namespace, log=print) -> CalibrationSet:
-        from amat_hooks.integrations.ultralytics.calibrate import per_image_terms
+        from amat_hooks.integrations.ultralytics.calibrate import AugmentedTrainingImages
+        from amat_hooks.integrations.ultralytics.evaluate import YoloEvalTask
 
         kv = dict(args.yolo_kv)
-        passes = args.augmented_passes
-        terms, files, names = per_image_terms(**kv, augmented_passes=passes, log=log)
-        source = {"model": str(kv["model"]), "data": str(kv["data"]), "split": kv.get("split", "train"),
-                  "images": len(files) // max(passes, 1)}
+        model, data, split, passes = str(kv.pop("model")), str(kv.pop("data")), str(kv.pop("split", "train")), \
+            args.augmented_passes
         if passes:
-            source.update(augmented_passes=passes, mode="train (augmented)")
-        return CalibrationSet(terms=terms, term_names=names, identity={"data": str(Path(str(kv["data"])).resolve())},
-                              source=source)
-
-    def default_xi_path(self, args: argparse.Namespace, calibration: CalibrationSet) -> Path:
-        return Path(str(args.yolo_kv["model"])).parent / "amat_xi_yolo.json"
+            task = AugmentedTrainingImages(model, data, split, passes=passes, log=log, **kv)
+            images, extra = task.images, {"augmented_passes": passes, "mode": "train (augmented)"}
+        else:
+            task = YoloEvalTask(model, data, split=split, workdir=Path(model).parent,
+                                **{k: v for k, v in kv.items() if k in EVAL_KEYS})
+            images, extra = len(task.loader.dataset), {}
+        return CalibrationSet(task=task, identity={"data": str(Path(data).resolve())},
+                              source={"model": model, "data": data, "split": split, "images": images, **extra},
+                              default_path=Path(model).parent / "amat_xi_yolo.json")
 
     def xi_usage(self, path: Path, xi: Sequence[float], args: argparse.Namespace) -> str:
         return (f"train with: amat yolo detect train ... --adv amat --adv-step D --adv-xi-file {path}"

@@ -34,13 +34,13 @@ from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
 from amat_hooks.config import AdvConfig, AdvConfigError, force_resume_requested  # noqa: E402
 from amat_hooks.engine import AdversarialEngine  # noqa: E402
-from amat_hooks.atomic_files import atomic_write_json, read_json  # noqa: E402
+from amat_hooks.integrations.ultralytics.adapter import YoloAdapter  # noqa: E402
 from amat_hooks.margins import MarginMismatchError  # noqa: E402
 from amat_hooks.policies import AMAT, StepOutput  # noqa: E402
+from amat_hooks.state import StateError, read_state, state_envelope, write_state  # noqa: E402
 
 SIDECAR_NAME = "amat_state.json"
 CONFIG_ENV = "AMAT_YOLO_CONFIG"
-SIDECAR_FORMAT = 1
 #: Pixel range of the normalised image the attack runs on (``img / 255``).
 PIXEL_BOUNDS = (0.0, 1.0)
 
@@ -72,12 +72,6 @@ class ValAttack:
         if self.steps < 1:
             raise AdvConfigError(f"--adv-val-steps must be >= 1, got {self.steps}")
         return self
-
-
-def margin_digest(margins_state: dict[str, Any]) -> str:
-    """Short fingerprint of a margin table (ids and exact values), logged on resume."""
-    blob = json.dumps({"ids": margins_state["ids"], "values": margins_state["values"]}, sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
 class AdversarialCriterion:
@@ -179,7 +173,7 @@ class AMATDetectionTrainer(DetectionTrainer):
         """A trainer class carrying its settings, for ``YOLO(...).train(trainer=...)``::
 
             YOLO("yolov5s.yaml").train(data="bccd.yaml", pretrained=False,
-                trainer=AMATDetectionTrainer.with_config(mode="amat", step=3.5, xi_rule="mean+2std"))
+                trainer=AMATDetectionTrainer.with_config(mode="amat", delta=3.5, xi_rule="mean+2std"))
         """
         cfg = adv if adv is not None else AdvConfig(**adv_fields)
         cfg = replace(cfg, bounds=cfg.bounds or PIXEL_BOUNDS).validate()
@@ -270,9 +264,10 @@ class AMATDetectionTrainer(DetectionTrainer):
     def _setup_adversarial(self) -> None:
         saved = None
         if self.resume and self.sidecar_path.is_file():
-            saved = read_json(self.sidecar_path)
-            if saved.get("format") != SIDECAR_FORMAT:
-                raise AdvConfigError(f"{self.sidecar_path} has unknown format {saved.get('format')!r}")
+            try:
+                saved = read_state(self.sidecar_path)
+            except StateError as e:
+                raise AdvConfigError(f"cannot resume: {e}") from None
         cfg = self.adv_requested
         if cfg is None:
             cfg = AdvConfig.from_dict(saved["config"]) if saved else AdvConfig(mode="none")
@@ -282,44 +277,41 @@ class AMATDetectionTrainer(DetectionTrainer):
         if self.args.task != "detect":
             raise unsupported_task(self.args.task)
         self._check_labels()
+        model = unwrap_model(self.model)
+        base = getattr(model, "criterion", None) or model.init_criterion()
+        self.amat_base_criterion = base
+        self.amat_adapter = YoloAdapter(base, sample_ids=self.sample_ids, forward=self.amat_forward,
+                                        record_items=self._amat_items.append)
         policy = cfg.build_policy(dataset_id=self.dataset_id(), log=self.amat_log,
                                   calibrate_hint=f"amat calibrate yolo model=<STD best.pt> data={self.args.data}")
-        engine = AdversarialEngine(policy, host=self)
         if saved is not None:
             try:
-                engine.load_state_dict(saved["engine"], force=force_resume_requested())
+                policy.load_state_dict(saved["policy"], force=force_resume_requested())
             except (MarginMismatchError, ValueError) as e:
                 raise AdvConfigError(f"cannot resume the adversarial state in {self.sidecar_path}: {e}") from None
-            if isinstance(engine.policy, AMAT) and RANK in {-1, 0}:
-                margins = engine.policy.margins.state_dict()
-                LOGGER.info(f"amat-hooks: restored {len(margins['ids'])} margins from {self.sidecar_path} "
-                            f"(epoch {saved.get('epoch', -1) + 1}, digest {margin_digest(margins)})")
-            self.amat_history = list(saved.get("history") or [])
-            if saved.get("epoch") is not None and saved["epoch"] != self.start_epoch - 1 and RANK in {-1, 0}:
-                LOGGER.warning(f"AMAT: margins in {self.sidecar_path} are from epoch {saved['epoch'] + 1}, "
+            if isinstance(policy, AMAT) and RANK in {-1, 0}:
+                LOGGER.info(f"amat-hooks: restored {len(policy.margins)} margins from {self.sidecar_path} "
+                            f"(epoch {saved['epochs']}, digest {policy.margins.digest()})")
+            self.amat_history = list(saved["history"])
+            if saved["epochs"] != self.start_epoch and RANK in {-1, 0}:
+                LOGGER.warning(f"AMAT: margins in {self.sidecar_path} are from epoch {saved['epochs']}, "
                                f"the weights from epoch {self.start_epoch}; training continues with them")
         elif self.resume and RANK in {-1, 0}:
             LOGGER.warning(f"AMAT: resuming without {self.sidecar_path}: margins start again at Delta")
-        model = unwrap_model(self.model)
-        base = getattr(model, "criterion", None) or model.init_criterion()
-        from amat_hooks.integrations.ultralytics.terms import detection_parts
-
-        detection_parts(base)  # clear error now if this criterion has no per-sample terms
-        self.amat_base_criterion = base
         model.criterion = AdversarialCriterion(base, self)
-        self.amat_engine = engine
+        self.amat_engine = AdversarialEngine(policy, self.amat_adapter, host=self)
         if RANK in {-1, 0}:
+            LOGGER.info(f"amat-hooks: adapter: {self.amat_adapter.describe()}")
             LOGGER.info(f"amat-hooks: {cfg.label} ({cfg.to_json()}), {policy.describe()}")
 
     def amat_state(self) -> dict[str, Any]:
         assert self.amat_engine is not None
-        return {"format": SIDECAR_FORMAT, "config": self.amat_config.to_dict(), "epoch": self.epoch,
-                "weights": str(self.last.name), "engine": self.amat_engine.state_dict(),
-                "summary": self.amat_engine.policy.summary(), "history": list(self.amat_history)}
+        return state_envelope("ultralytics", self.amat_config, self.amat_engine.policy, self.amat_adapter,
+                              epochs=self.epoch + 1, checkpoint=str(self.last.name), history=self.amat_history)
 
     def write_sidecar(self) -> Path:
         """Margins, xi and settings next to ``last.pt`` (atomic: never a truncated file)."""
-        return atomic_write_json(self.sidecar_path, self.amat_state())
+        return write_state(self.sidecar_path, self.amat_state())
 
     def amat_metrics(self) -> dict[str, float]:
         if self.amat_engine is None or not isinstance(self.amat_engine.policy, AMAT):
@@ -331,7 +323,7 @@ class AMATDetectionTrainer(DetectionTrainer):
     def adversarial_loss(self, preds: Any, batch: dict[str, Any]):
         """Clean predictions come from DetectionModel.loss; the engine does the rest."""
         self._amat_clean_preds = preds
-        self._amat_items = []
+        self._amat_items.clear()
         try:
             out = self.amat_engine.step(unwrap_model(self.model), batch)
         finally:
@@ -347,6 +339,3 @@ class AMATDetectionTrainer(DetectionTrainer):
         if clean and self._amat_clean_preds is not None:
             return self._amat_clean_preds
         return model(x)
-
-    def amat_record_items(self, items: dict[str, torch.Tensor]) -> None:
-        self._amat_items.append(items)

@@ -29,10 +29,9 @@ from ultralytics.nn.autobackend import AutoBackend  # noqa: E402
 from ultralytics.utils import DEFAULT_CFG_KEYS  # noqa: E402
 
 from amat_hooks.attacks import ifgsm, pgd  # noqa: E402
-from amat_hooks.integrations.ultralytics.terms import criterion_with_terms  # noqa: E402
+from amat_hooks.integrations.ultralytics.adapter import TARGET_KEYS, criterion_with_terms  # noqa: E402
 
 ATTACKS = ("pgd", "ifgsm")
-_TARGET_KEYS = ("batch_idx", "cls", "bboxes")
 
 
 def build_criterion(model: torch.nn.Module) -> Any:
@@ -123,7 +122,7 @@ class AdversarialDetectionValidator(DetectionValidator):
                     m.shape = None
             # Validation runs under inference mode: work on ordinary copies.
             x = batch["img"].clone().float()
-            targets = {k: batch[k].clone() for k in _TARGET_KEYS}
+            targets = {k: batch[k].clone() for k in TARGET_KEYS}
             dtype = next(net.parameters()).dtype
             crit = self._criterion
 

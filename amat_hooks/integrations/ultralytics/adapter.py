@@ -1,4 +1,9 @@
-"""Per-image (box, cls, dfl) loss terms from Ultralytics' own detection criterion.
+"""The Ultralytics YOLO adapter: a detection batch and per-image (box, cls, dfl) loss terms
+from Ultralytics' own detection criterion.
+
+Batch anatomy: a dict with ``img`` (``[B, 3, H, W]``, already ``/255`` after
+``preprocess_batch``), ``im_file`` (one path per image: the sample id; under mosaic the first
+of the four images) and the targets ``batch_idx`` / ``cls`` / ``bboxes``.
 
 Why not re-implement the YOLO loss: the criterion (task-aligned assignment, CIoU, DFL,
 BCE, gains, class weights) changes between Ultralytics releases. Instead the trainer's own
@@ -10,16 +15,20 @@ of the assigned targets). One assignment pass serves the whole batch.
 Definition: term ``k`` of image ``i`` is the loss Ultralytics would report for image ``i``
 as a batch of one, i.e. ``gain_k * numerator_k(i) / max(sum(target_scores(i)), 1)``.
 The batch loss is the same numerators over the batch-wide normaliser, so
-``sum_i terms[i, k] * max(tss_i, 1) / max(tss, 1) == loss[k]`` (see :func:`batch_weights`).
+``sum_i terms[i, k] * max(tss_i, 1) / max(tss, 1) == loss[k]`` (``DetectionLossWithTerms.weights``).
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import torch
 from torch import Tensor
+
+from amat_hooks.adapter import AdapterError, BatchAdapter, BoundLoss, stretch
+
+TARGET_KEYS = ("batch_idx", "cls", "bboxes")
 
 
 class UnsupportedCriterionError(TypeError):
@@ -123,12 +132,72 @@ def criterion_with_terms(criterion: Any, preds: Any, batch: dict[str, Any]) -> D
     return DetectionLossWithTerms(loss=loss, items=items, terms=terms.float(), weights=weights.float())
 
 
-def batch_weights(result: DetectionLossWithTerms) -> Tensor:
-    """``[B]`` weights that turn per-image terms back into Ultralytics' batch loss."""
-    return result.weights
-
-
 def term_names(criterion: Any) -> list[str]:
     """Names of the three terms, from the criterion (``dfl`` becomes ``l1`` when reg_max=1)."""
     part = detection_parts(criterion)[0][0]
     return [n.removesuffix("_loss") for n in part.loss_names]
+
+
+def is_yolo_batch(batch: Any) -> bool:
+    return isinstance(batch, dict) and "img" in batch and "im_file" in batch
+
+
+class YoloAdapter(BatchAdapter):
+    """Ultralytics detection batches scored by the model's own ``criterion``.
+
+    A trainer passes ``sample_ids`` (image paths relative to the dataset root), ``forward``
+    (reuses the predictions ``DetectionModel.loss`` already computed for the clean input) and
+    ``record_items`` (Ultralytics' loss items of each forward, for its progress columns).
+    """
+
+    name = "Ultralytics detection batches, the model's own v8 criterion per image"
+    calibrate_hint = "amat calibrate yolo model=<STD best.pt> data=<data.yaml>"
+
+    def __init__(self, criterion: Any, sample_ids: Callable[[Sequence[str]], list[Hashable]] | None = None,
+                 forward: Callable[[Any, Tensor, bool], Any] | None = None,
+                 record_items: Callable[[dict], None] | None = None) -> None:
+        detection_parts(criterion)  # clear error now if this criterion has no per-sample terms
+        self.criterion = criterion
+        self.term_names = tuple(term_names(criterion))  # l1 instead of dfl for reg_max=1 heads
+        self.term_floors = (0.0,) * len(self.term_names)
+        self._ids, self._forward, self._record = sample_ids, forward, record_items
+
+    def inputs(self, batch: dict) -> Tensor:
+        if not is_yolo_batch(batch):
+            raise AdapterError("not an Ultralytics detection batch (a dict with img and im_file)")
+        return batch["img"]
+
+    def ids(self, batch: dict) -> list[Hashable]:
+        files = [str(f) for f in batch["im_file"]]
+        return self._ids(files) if self._ids is not None else files
+
+    def with_inputs(self, batch: dict, x: Tensor) -> dict:
+        """Same batch with ``img`` replaced; with k times the rows the targets are repeated and
+        ``batch_idx`` shifted so each copy keeps its own boxes."""
+        b = batch["img"].shape[0]
+        k = stretch(b, x.shape[0], "YOLO batch")
+        if k == 1:
+            return {**batch, "img": x}
+        out = {**batch, "img": x, "im_file": list(batch["im_file"]) * k}
+        out["batch_idx"] = torch.cat([batch["batch_idx"] + j * b for j in range(k)])
+        for key in ("cls", "bboxes"):
+            out[key] = torch.cat([batch[key]] * k)
+        return out
+
+    def output_terms(self, batch: dict, output: Any) -> Tensor:
+        return criterion_with_terms(self.criterion, output, {k: batch[k] for k in TARGET_KEYS}).terms
+
+    def bind_loss(self, batch: dict, model: Any) -> BoundLoss:
+        targets = {k: batch[k] for k in TARGET_KEYS}
+
+        def terms(x: Tensor) -> Tensor:
+            return criterion_with_terms(self.criterion, model(x), targets).terms
+
+        def training(x: Tensor, clean: bool) -> tuple[Tensor, Tensor]:
+            preds = self._forward(model, x, clean) if self._forward is not None else model(x)
+            r = criterion_with_terms(self.criterion, preds, targets)
+            if self._record is not None:
+                self._record(r.items)
+            return r.loss.sum(), r.terms  # Ultralytics' convention: loss x batch size, summed
+
+        return BoundLoss(terms=terms, training=training, term_names=list(self.term_names))
