@@ -80,7 +80,7 @@ class AdvConfig:
             raise AdvConfigError(f"--adv-max-margin {self.max_margin:g} is below the initial margin --adv-step "
                                  f"{self.delta:g}; raise it or leave it out")
         if self.xi_momentum is not None and not (_is_number(self.xi_momentum) and 0 < self.xi_momentum <= 1):
-            raise AdvConfigError(f"xi momentum must be in (0, 1], got {self.xi_momentum!r}")
+            raise AdvConfigError(f"--adv-xi-momentum must be in (0, 1], got {self.xi_momentum!r}")
         if self.xi is not None:
             xi = self.xi if isinstance(self.xi, (list, tuple)) else [self.xi]
             if not xi or not all(_is_number(v) and math.isfinite(v) for v in xi):
@@ -166,6 +166,8 @@ class AdvConfig:
         g.add_argument("--adv-refine-steps", type=int, default=TRAIN_REFINE_STEPS,
                        help=f"--adv-boundary stop: bisection steps at the boundary (default {TRAIN_REFINE_STEPS})")
         g.add_argument("--adv-max-margin", type=float, help="cap on AMAT margins")
+        g.add_argument("--adv-xi-momentum", type=float, default=0.01,
+                       help="online xi only (no --adv-xi/--adv-xi-file): EMA momentum of the clean-loss statistics")
         g.add_argument("--adv-force-resume", action="store_true",
                        help="resume a margin table trained with other settings (another Delta, "
                             "dataset or --adv-boundary)")
@@ -185,6 +187,7 @@ class AdvConfig:
                   pgd_step_size=ns.adv_step_size, norm=ns.adv_norm, xi=xi,
                   xi_rule=rule or "mean", refine_steps=ns.adv_refine_steps,
                   max_margin=ns.adv_max_margin, boundary=ns.adv_boundary, alpha=ns.adv_alpha,
+                  xi_momentum=getattr(ns, "adv_xi_momentum", 0.01),
                   xi_source=source)
         return cfg.validate()
 

@@ -108,7 +108,7 @@ def main() -> int:
     best = {k: min(v) for k, v in times.items()}  # least disturbed by other processes on a shared CPU
 
     # per-sample loss scoring vs one batch call of the same loss (forward + backward to the output)
-    from amat_hooks.integrations.nnunet.losses import per_sample_terms
+    from amat_hooks.integrations.nnunet.adapter import per_sample_terms
 
     tr = trainers["AMAT"]
     b = clone(batches[-1])

@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     import torch
 
     from amat_hooks.zoo.detection_data import make_dataset
-    from amat_hooks.integrations.ultralytics.terms import criterion_with_terms
+    from amat_hooks.integrations.ultralytics.adapter import criterion_with_terms
     from amat_hooks.integrations.ultralytics.trainer import AMATDetectionTrainer
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

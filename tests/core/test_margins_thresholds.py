@@ -164,3 +164,23 @@ def test_sync_merges_two_gloo_ranks_identically(tmp_path):
         assert t == pytest.approx(expected)
     for t in tables2:
         assert t == pytest.approx({**expected, "b": 1.75})
+
+
+def test_margin_table_digest_changes_with_one_bit():
+    """The one digest of a margin table (logged on resume by every host): the ids and the exact
+    float64 bits of the values."""
+    import numpy as np
+
+    store = MarginStore(init=1.0, delta=1.0)
+    store.update([("a", 0), ("b", 3)], torch.tensor([True, False]), torch.tensor([1.0, 0.7]))
+    d = store.digest()
+    same = MarginStore(init=1.0, delta=1.0)
+    same.load_state_dict(store.state_dict())
+    assert len(d) == 16 and d == same.digest()
+    state = store.state_dict()
+    bumped = MarginStore(init=1.0, delta=1.0)
+    bumped.load_state_dict(dict(state, values=[np.nextafter(state["values"][0], 10.0), state["values"][1]]))
+    assert bumped.digest() != d
+    other = MarginStore(init=1.0, delta=1.0)
+    other.load_state_dict(dict(state, ids=[["a", 0], ["b", 4]]))
+    assert other.digest() != d

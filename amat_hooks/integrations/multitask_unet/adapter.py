@@ -120,14 +120,15 @@ class LandmarkAdapter(BatchAdapter):
     term_floors = (0.0, 0.0, 0.0)  # Dice loss, BCE and L1 are >= 0
     calibrate_hint = "amat calibrate landmark --checkpoint CLEAN.pth --data DATA"
 
-    def __init__(self, heatmap_loss: str = "auto", loss_modules: Sequence[nn.Module] = ()) -> None:
+    def __init__(self, heatmap_loss: str = "auto", loss_modules: Sequence[nn.Module] = (),
+                 given_by: str = "given") -> None:
         if heatmap_loss not in HEATMAP_CHOICES:
             raise AdapterError(f"unknown heatmap loss {heatmap_loss!r}; choose one of {', '.join(HEATMAP_CHOICES)}")
         self.requested = heatmap_loss
         self.bces = [m for m in loss_modules if isinstance(m, nn.BCELoss)]
         self.bce: nn.Module | None = self.bces[0] if self.bces else None
         if heatmap_loss != "auto":
-            self.kind, self.source = heatmap_loss, "given"
+            self.kind, self.source = heatmap_loss, given_by
         elif self.bces:
             self.kind, self.source = "bce", "inferred: the script created an nn.BCELoss"
         else:

@@ -15,9 +15,10 @@ def amat_adapter(batch: Any, host: Any) -> LandmarkAdapter | None:
     inferred from the script's loss modules), or a host's ``landmark_heatmap_loss``."""
     if landmark_maps(batch) is None:
         return None
-    options = getattr(host, "options", None)
-    kind = getattr(options, "heatmap_loss", None) or getattr(host, "landmark_heatmap_loss", None) or "auto"
-    return LandmarkAdapter(kind, list(getattr(host, "loss_modules", None) or []))
+    flag = getattr(getattr(host, "options", None), "heatmap_loss", None)
+    kind = flag or getattr(host, "landmark_heatmap_loss", None) or "auto"
+    return LandmarkAdapter(kind, list(getattr(host, "loss_modules", None) or []),
+                           given_by="--heatmap-loss" if flag else "the host's landmark_heatmap_loss")
 
 
 @hookimpl

@@ -176,11 +176,6 @@ def _check_amat_extras(cfg: AdvConfig, env: Mapping[str, str]) -> None:
     """What the core only notices when training starts: say it before, in variable names."""
     if cfg.xi is not None and len(cfg.xi) != 1:
         raise env_error(f"AMAT_XI={env.get('AMAT_XI')!r} holds {len(cfg.xi)} numbers")
-    if cfg.max_margin is not None and not cfg.max_margin >= cfg.delta:
-        raise env_error(f"AMAT_MAX_MARGIN={env.get('AMAT_MAX_MARGIN')!r} is below the initial margin "
-                        f"AMAT_STEP={cfg.delta:g}")
-    if cfg.xi_momentum is not None and not 0 < cfg.xi_momentum <= 1:
-        raise env_error(f"AMAT_XI_MOMENTUM={env.get('AMAT_XI_MOMENTUM')!r} is outside (0, 1]")
 
 
 def save_interval(settings: NnUNetAdvSettings, num_epochs: int, current: int = NNUNET_SAVE_EVERY) -> int:

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from amat_hooks.integrations.multitask_unet import plugin as lm_plugin
+from amat_hooks.integrations.multitask_unet.adapter import LandmarkAdapter
 from amat_hooks.zoo.isbi import (
     LandmarkDataError, LandmarkDataset, generate_landmark_images, image_size, read_points_csv,
     read_senior_csv, write_generated_isbi)
-from amat_hooks.integrations.multitask_unet.losses import dice_loss, landmark_terms, masked_l1
+from amat_hooks.integrations.multitask_unet.adapter import dice_loss, landmark_terms, masked_l1
 from amat_hooks.zoo.landmark_maps import landmark_targets, radius_for
 from amat_hooks.zoo.landmark_maps import voting
 from amat_hooks.evaluation.metrics import mre, radial_errors_mm, sdr
@@ -283,23 +284,20 @@ def test_adapter_stretches_the_original_batch_including_landmark_lists():
     maps = [torch.rand(b, 3, 32, 32) for _ in range(4)]
     landmark_list = [[torch.tensor([1, 2]), torch.tensor([3, 4])] for _ in range(3)]  # collated [[x, y]] * L
     batch = (x, *maps, landmark_list)
-    assert lm_plugin.is_landmark_batch(batch)
-    assert lm_plugin.amat_batch_inputs(batch=batch, host=None) is x
+    adapter = lm_plugin.amat_adapter(batch=batch, host=object())
+    assert isinstance(adapter, LandmarkAdapter) and adapter.kind == "dice"  # no BCELoss anywhere: Dice
+    assert adapter.inputs(batch) is x and adapter.ids(batch) is None  # tuples carry no ids
     both = torch.cat([x, x + 1])
-    out = lm_plugin.amat_batch_with_inputs(batch=batch, inputs=both, host=None)
+    out = adapter.with_inputs(batch, both)
     assert out[0] is both and all(torch.equal(o, torch.cat([m, m])) for o, m in zip(out[1:5], maps))
     assert out[5][0][0].tolist() == [1, 2, 1, 2] and out[5][2][1].tolist() == [3, 4, 3, 4]
-    assert not lm_plugin.is_landmark_batch((x, torch.zeros(b)))
-    assert lm_plugin.amat_bind_loss(batch=batch, model=None, host=object()) is None  # host did not opt in
+    assert lm_plugin.amat_adapter(batch=(x, torch.zeros(b)), host=None) is None  # not a landmark batch
 
 
 def test_adapter_terms_drive_a_real_amat_step():
     """The adapter's bound loss through the core AMAT policy (no re-implemented attack)."""
-    from amat_hooks import AMAT, AdversarialEngine, AttackSettings, new_plugin_manager
+    from amat_hooks import AMAT, AdversarialEngine, AttackSettings
     from amat_hooks.zoo.multitask_unet import MultiTaskUNet
-
-    class Host:
-        landmark_heatmap_loss = "dice"
 
     torch.manual_seed(0)
     model = MultiTaskUNet(num_landmarks=2)
@@ -308,7 +306,7 @@ def test_adapter_terms_drive_a_real_amat_step():
     batch = {"image": torch.randn(2, 3, 40, 32), "mask": mask, "heatmap": heat, "offset_y": oy,
              "offset_x": ox, "ids": ["a", "b"]}
     policy = AMAT(delta=0.5, xi=[10.0, 10.0, 10.0], attack=AttackSettings(steps=2, refine_steps=2))
-    engine = AdversarialEngine(policy, host=Host(), pm=new_plugin_manager(load_entry_points=False))
+    engine = AdversarialEngine(policy, LandmarkAdapter("dice"))
     out = engine.step(model, batch)
     assert out.clean_terms.shape == (2, 3) and out.noisy_terms.shape == (2, 3)
     assert torch.isfinite(out.loss)
@@ -429,34 +427,34 @@ def test_checkpoints_missing_or_misshaped_keys_are_refused_in_one_line(tmp_path)
 
 
 # -- the adapter's loss for amat run --------------------------------------------------------------------
-def test_runner_loss_infers_bce_from_the_scripts_module_and_confirms_it():
+def test_adapter_infers_bce_from_the_scripts_module_and_confirms_it():
     from types import SimpleNamespace
 
-    from amat_hooks.integrations.multitask_unet.runner_loss import LandmarkScriptLoss
-    from amat_hooks.run import RunnerError
+    from amat_hooks.adapter import AdapterError
 
     bce = torch.nn.BCELoss()
     out, mask, heat, oy, ox = _batch()
     batch = (torch.zeros(3, 3, 40, 36), mask, heat, oy, ox)
     logs = []
     host = SimpleNamespace(loss_calls=[bce], amat_log=logs.append)
-    sl = LandmarkScriptLoss("auto", [torch.nn.L1Loss(), bce])
+    sl = LandmarkAdapter("auto", [torch.nn.L1Loss(), bce])
     assert sl.kind == "bce" and "inferred: the script created an nn.BCELoss" in sl.describe()
-    assert torch.allclose(sl.terms(batch, out), landmark_terms(out, mask, heat, oy, ox, "bce"))
-    sl.confirm(host)
+    assert torch.allclose(sl.output_terms(batch, out), landmark_terms(out, mask, heat, oy, ox, "bce"))
+    sl.check_first_step(host)
     assert sl.kind == "bce" and logs == [] and sl.identity() == {"heatmap_loss": "bce"}
     # auto, a BCELoss the script never calls in training: Dice, said once
-    sl = LandmarkScriptLoss("auto", [bce])
-    sl.confirm(SimpleNamespace(loss_calls=[], amat_log=logs.append))
+    sl = LandmarkAdapter("auto", [bce])
+    sl.check_first_step(SimpleNamespace(loss_calls=[], amat_log=logs.append))
     assert sl.kind == "dice" and len(logs) == 1 and "heatmap term: dice, not bce" in logs[0]
-    assert sl.state() == {"term_names": ["heatmap", "offset_x", "offset_y"], "heatmap_loss": "dice"}
+    assert sl.state() == {"name": "Multi-Task U-Net", "term_names": ["heatmap", "offset_x", "offset_y"],
+                          "heatmap_loss": "dice"}
     # the user's flag contradicted by the script: refused
-    sl = LandmarkScriptLoss("dice", [bce])
-    with pytest.raises(RunnerError, match="pass --heatmap-loss bce"):
-        sl.confirm(SimpleNamespace(loss_calls=[bce], amat_log=logs.append))
+    sl = LandmarkAdapter("dice", [bce])
+    with pytest.raises(AdapterError, match="pass --heatmap-loss bce"):
+        sl.check_first_step(SimpleNamespace(loss_calls=[bce], amat_log=logs.append))
     # no BCELoss module at all: dice, nothing to check
-    sl = LandmarkScriptLoss("auto", [])
-    sl.confirm(SimpleNamespace(loss_calls=[], amat_log=logs.append))
+    sl = LandmarkAdapter("auto", [])
+    sl.check_first_step(SimpleNamespace(loss_calls=[], amat_log=logs.append))
     assert sl.kind == "dice" and "functional BCE needs --heatmap-loss bce" in sl.describe()
 
 
@@ -510,7 +508,6 @@ def test_runner_refuses_an_xi_file_calibrated_for_the_other_heatmap_term(tmp_pat
     trains with the other one is refused before its first step."""
     from amat_hooks.state import write_xi_file, xi_record
     from amat_hooks.config import AdvConfig
-    from amat_hooks.integrations.multitask_unet.runner_loss import LandmarkScriptLoss
     from amat_hooks.run import Runner, RunnerError
 
     rec = xi_record("landmark", torch.tensor([[0.9, 0.3, 0.3], [0.8, 0.2, 0.4]]), ["heatmap", "offset_x", "offset_y"],
@@ -520,12 +517,12 @@ def test_runner_refuses_an_xi_file_calibrated_for_the_other_heatmap_term(tmp_pat
     for used, ok in ((bce, False), (None, True)):
         runner = Runner(AdvConfig(mode="amat", delta=1.0, xi=[1.0, 1.0, 1.0]), verbose=False,
                         adv_xi_file=str(tmp_path / "xi.json"))
-        runner.script_loss = LandmarkScriptLoss("auto", [bce])
+        runner.adapter = LandmarkAdapter("auto", [bce])
         if used is not None:
             runner.loss_calls.append(used)
         if ok:  # the script never calls its BCELoss: dice, as calibrated
             runner.flush(final=True)
-            assert runner.script_loss.kind == "dice"
+            assert runner.adapter.kind == "dice"
         else:
             with pytest.raises(RunnerError, match=r"--adv-xi-file: .*heatmap_loss 'dice' != 'bce'"):
                 runner.flush(final=True)

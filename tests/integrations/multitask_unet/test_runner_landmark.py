@@ -63,8 +63,8 @@ def test_example_direct_none_and_amat(data, tmp_path):
     amat = torch.load(out["amat"] / "model_epoch_0.pth")
     assert not all(torch.allclose(direct[k], amat[k]) for k in direct)  # trained on noisy rows too
     side = json.loads((out["amat"] / "model_epoch_0.pth.amat.json").read_text())
-    assert side["term_names"] == ["heatmap", "offset_x", "offset_y"] and len(side["xi"]) == 3
-    margins = side["engine"]["policy"]["margins"]
+    assert side["adapter"]["term_names"] == ["heatmap", "offset_x", "offset_y"] and len(side["xi"]) == 3
+    margins = side["policy"]["margins"]
     assert sorted(margins["ids"]) == [0, 1, 2, 3]
     assert margins["updates"] == 4 and any(abs(v - 1.0) > 1e-9 for v in margins["values"])
     assert side["config"]["xi_rule"] == "mean+2std"
@@ -78,7 +78,7 @@ def test_example_sat_with_bce_and_the_heatmap_loss_check(data, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "Epoch 0 train rows 8 " in r.stdout
     st = json.loads((tmp_path / "sat" / "amat_state.json").read_text())
-    assert st["label"] == "SAT1" and st["heatmap_loss"] == "bce" and st["input_shape"] == [3, 64, 48]
+    assert st["label"] == "SAT1" and st["adapter"]["heatmap_loss"] == "bce" and st["host_state"]["input_shape"] == [3, 64, 48]
     # the script trains with BCE but the runner was told dice: refused before the first optimizer
     # step; nothing trained, nothing written (no checkpoint, no state)
     bad = tmp_path / "bad"
@@ -95,7 +95,7 @@ def test_example_sat_with_bce_and_the_heatmap_loss_check(data, tmp_path):
     assert "heatmap term: bce; inferred: the script created an nn.BCELoss" in r.stdout
     assert "heatmap term: dice, not bce" in r.stdout
     side = json.loads((tmp_path / "auto" / "model_epoch_0.pth.amat.json").read_text())
-    assert side["heatmap_loss"] == "dice" and side["engine"]["policy"]["margins"]["updates"] == 4
+    assert side["adapter"]["heatmap_loss"] == "dice" and side["policy"]["margins"]["updates"] == 4
 
 
 @pytest.mark.realdata
@@ -110,14 +110,14 @@ def test_real_isbi_smoke_through_amat_run(tmp_path):
     assert "train set: 2 images (mean of points.csv and senior_csv for 2/2 images)" in r.stdout
     assert "Epoch 0 train rows 4 " in r.stdout
     st = json.loads((tmp_path / "isbi" / "amat_state.json").read_text())
-    assert sorted(st["engine"]["policy"]["margins"]["ids"]) == [0, 1]
+    assert sorted(st["policy"]["margins"]["ids"]) == [0, 1]
 
 
 def test_calibrate_and_eval_landmark_commands(data, tmp_path):
     """xi = mean + 2 std of the per-sample terms of a clean model; eval's clean MRE equals
     voting + radial error computed here."""
     from amat_hooks.zoo.isbi import LandmarkDataset
-    from amat_hooks.integrations.multitask_unet.losses import landmark_terms
+    from amat_hooks.integrations.multitask_unet.adapter import landmark_terms
     from amat_hooks.zoo.multitask_unet import MultiTaskUNet
     from amat_hooks.zoo.landmark_maps import voting
 

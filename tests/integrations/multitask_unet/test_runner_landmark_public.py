@@ -183,9 +183,9 @@ def test_public_code_through_amat_run_resume_eval_and_calibrate(public, tmp_path
     assert r.returncode == 0, r.stderr
     ckpt = tmp_path / "amat" / "model_epoch_0.pth"
     side = json.loads(Path(str(ckpt) + ".amat.json").read_text())
-    assert side["heatmap_loss"] == "bce" and side["input_shape"] == [3, 32, 32] and side["batch"] == "split"
-    assert side["engine"]["policy"]["config"]["boundary"] == "none"
-    assert sorted(side["engine"]["policy"]["margins"]["ids"]) == [0, 1, 2, 3]
+    assert side["adapter"]["heatmap_loss"] == "bce" and side["host_state"]["input_shape"] == [3, 32, 32] and side["host_state"]["batch"] == "split"
+    assert side["policy"]["config"]["boundary"] == "none"
+    assert sorted(side["policy"]["margins"]["ids"]) == [0, 1, 2, 3]
     assert any(k.startswith("module.vgg.classifier.") for k in torch.load(ckpt))
 
     # resume: margins from the sidecar, weights loaded by the script's own --resume
@@ -196,7 +196,7 @@ def test_public_code_through_amat_run_resume_eval_and_calibrate(public, tmp_path
     assert f"weights at the first step equal {ckpt}" in r.stdout and "warning" not in r.stderr
     assert "[amat] epoch 1: AMAT, batches 2, rows fed 8" in r.stdout
     side2 = json.loads((tmp_path / "amat2" / "model_epoch_0.pth.amat.json").read_text())
-    assert side2["epochs"] == 2 and side2["engine"]["policy"]["margins"]["updates"] == 8
+    assert side2["epochs"] == 2 and side2["policy"]["margins"]["updates"] == 8
 
     # eval: classifier keys ignored and named, module. stripped, input size and heatmap term
     # from the sidecars; clean MRE as computed here from the checkpoint's weights

@@ -82,7 +82,7 @@ def table_digest(margins: dict) -> str:
 
 
 def _margins(state: dict) -> dict:
-    m = state["engine"]["policy"]["margins"]
+    m = state["policy"]["margins"]
     return dict(zip(map(tuple, m["ids"]), m["values"]))
 
 
@@ -221,7 +221,7 @@ def test_continue_restores_margins_exactly(nnunet, amat_run):
     assert set(old) <= set(new)
     changed = [k for k in new if k not in old or new[k] != old[k]]
     assert len(changed) <= 4  # at most one batch; every other margin is bit-identical
-    m_old, m_new = saved["engine"]["policy"]["margins"], after["engine"]["policy"]["margins"]
+    m_old, m_new = saved["policy"]["margins"], after["policy"]["margins"]
     assert m_new["updates"] == m_old["updates"] + 4
     assert after["xi"] == saved["xi"]
     log = _log(amat_run, "Epoch 2")
@@ -262,7 +262,7 @@ def test_progress_amat_png_fits_its_figure(amat_run):
 
 def test_sat_training(sat_run):
     state = _amat_state(sat_run / "checkpoint_final.pth")
-    assert state["mode"] == "sat" and state["config"]["eps"] == 2.0 and "margins" not in state["engine"]["policy"]
+    assert state["mode"] == "sat" and state["config"]["eps"] == 2.0 and "margins" not in state["policy"]
     log = _log(sat_run, "Epoch 0")
     assert "SAT eps=2" in log
     start = next(ln for ln in log.splitlines() if "amat-hooks: SAT2 training" in ln)
@@ -277,7 +277,7 @@ def test_continue_with_margins_of_another_dataset_fails_clearly(nnunet, amat_run
     ckpt = other / DATASET / "nnUNetTrainerAMAT__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
     c = torch.load(ckpt, map_location="cpu", weights_only=False)
     c["amat_hooks"]["dataset_id"] = "Dataset004_Hippocampus/2d"
-    c["amat_hooks"]["engine"]["policy"]["margins"]["dataset_id"] = "Dataset004_Hippocampus/2d"
+    c["amat_hooks"]["policy"]["margins"]["dataset_id"] = "Dataset004_Hippocampus/2d"
     torch.save(c, ckpt)
     p = _run([str(BIN / "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", "nnUNetTrainerAMAT", "-device", "cpu",
               "--c"], _env(nnunet, nnUNet_results=str(other), AMAT_EPOCHS="2", AMAT_XI_SOURCE="online"), ok=False)

@@ -65,7 +65,7 @@ def test_interrupted_run_continues_from_its_last_epoch(root, tmp_path):
     assert (latest.stat().st_mode & 0o777) == 0o666 & ~UMASK  # the mode a plain open gives
     saved = _checkpoint(latest)
     assert saved["current_epoch"] == 1  # written at the end of epoch 0: continue at epoch 1
-    table = saved["amat_hooks"]["engine"]["policy"]["margins"]
+    table = saved["amat_hooks"]["policy"]["margins"]
     batch = _batch_size(root)
     assert table["updates"] == 2 * batch  # epoch 0: two batches
     reason = next(ln for ln in err.splitlines() if ln.startswith("amat-hooks: error: "))
@@ -84,7 +84,7 @@ def test_interrupted_run_continues_from_its_last_epoch(root, tmp_path):
     assert final["current_epoch"] == 3 and not latest.exists()  # nnU-Net removes latest when done
     assert final["logging"]["amat_margin_mean"][0] == saved["logging"]["amat_margin_mean"][0]
     assert len(final["logging"]["amat_margin_mean"]) == 3
-    after = final["amat_hooks"]["engine"]["policy"]["margins"]
+    after = final["amat_hooks"]["policy"]["margins"]
     assert after["updates"] == table["updates"] + 2 * 2 * batch  # two more epochs of two batches
     old, new = _margins(saved["amat_hooks"]), _margins(final["amat_hooks"])
     assert set(old) <= set(new)
@@ -145,5 +145,5 @@ def test_stop_checkpoint_under_the_default_semantics_is_refused_then_forced(root
     old, new = _margins(saved), _margins(after)
     assert set(old) <= set(new)
     # xi 100: every visit is accepted and grows its margin by Delta, under both semantics
-    visits = after["engine"]["policy"]["margins"]["updates"]
+    visits = after["policy"]["margins"]["updates"]
     assert sum(v - 1.0 for v in new.values()) == pytest.approx(visits) and visits == 2 * _batch_size(root)

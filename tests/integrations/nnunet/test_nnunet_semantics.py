@@ -38,7 +38,7 @@ def test_fixed_xi_margins_grow_by_delta_or_hold(root, tmp_path, xi, accepted):
     assert state["xi"] == [float(xi)] and state["xi_origin"] == "environment AMAT_XI"
     plans = json.loads((root / "pre" / "Dataset990_AMATShapes" / "nnUNetPlans.json").read_text())
     visits = 2 * int(plans["configurations"]["2d"]["batch_size"])  # 1 epoch x 2 iterations x batch
-    table = state["engine"]["policy"]["margins"]
+    table = state["policy"]["margins"]
     assert table["updates"] == visits
     margins = _margins(state)
     if accepted:  # E = 0.5 * (1 + visits of the sample), and the visits add up

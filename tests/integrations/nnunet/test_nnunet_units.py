@@ -17,7 +17,7 @@ pytest.importorskip("nnunetv2")
 
 from amat_hooks.config import AdvConfigError  # noqa: E402
 from amat_hooks.integrations.nnunet import settings as st  # noqa: E402
-from amat_hooks.integrations.nnunet.losses import per_sample_terms  # noqa: E402
+from amat_hooks.integrations.nnunet.adapter import per_sample_terms  # noqa: E402
 
 
 # -- settings -------------------------------------------------------------------------------
@@ -54,14 +54,14 @@ def test_read_settings_defaults_and_overrides():
     ("amat", {"AMAT_STEPS": "x"}, ["AMAT_STEPS='x' is not valid", "set AMAT_STEPS"]),
     ("amat", {"AMAT_ALPHA": "0"}, ["AMAT_ALPHA must be > 0", "default 2.5"]),
     ("amat", {"AMAT_STEP_SIZE": "0"}, ["AMAT_STEP_SIZE must be > 0", "unset it"]),
-    ("amat", {"AMAT_REFINE_STEPS": "-1"}, ["AMAT_REFINE_STEPS must be >= 0", "default 2"]),
+    ("amat", {"AMAT_REFINE_STEPS": "-1"}, ["AMAT_REFINE_STEPS must be an integer >= 0", "default 2"]),
     ("amat", {"AMAT_BOUNDARY": "x"}, ["AMAT_BOUNDARY 'x'", "choose one of: none, stop"]),
     ("amat", {"AMAT_XI_RULE": "median"}, ["AMAT_XI_RULE 'median'", "mean, mean+2std"]),
     ("amat", {"AMAT_NORM": "l1"}, ["AMAT_NORM 'l1'", "choose l2 or linf"]),
     ("amat", {"AMAT_XI": "1,2"}, ["AMAT_XI='1,2' holds 2 numbers", "set AMAT_XI to one number"]),
-    ("amat", {"AMAT_MAX_MARGIN": "0.5"}, ["AMAT_MAX_MARGIN='0.5' is below the initial margin AMAT_STEP=1",
+    ("amat", {"AMAT_MAX_MARGIN": "0.5"}, ["AMAT_MAX_MARGIN=0.5 is below the initial margin AMAT_STEP=1",
                                           "AMAT_MAX_MARGIN to a number >= AMAT_STEP"]),
-    ("amat", {"AMAT_XI_MOMENTUM": "2"}, ["AMAT_XI_MOMENTUM='2' is outside (0, 1]", "default 0.01"]),
+    ("amat", {"AMAT_XI_MOMENTUM": "2"}, ["AMAT_XI_MOMENTUM must be in (0, 1], got 2.0", "default 0.01"]),
     ("amat", {"AMAT_XI_SOURCE": "online", "AMAT_XI_FILE": "a.json"}, ["unset one"]),
 ])
 def test_read_settings_bad_input_names_the_variable_and_a_fix(mode, env, needles):
@@ -85,20 +85,6 @@ def test_save_interval_every_epoch_for_short_runs():
     assert s.to_dict()["save_every"] == 3
 
 
-def test_margin_table_digest_changes_with_one_bit():
-    from amat_hooks.integrations.nnunet.trainer import margin_table_digest
-    from amat_hooks.margins import MarginStore
-
-    store = MarginStore(init=1.0, delta=1.0)
-    store.update([("a", 0), ("b", 3)], torch.tensor([True, False]), torch.tensor([1.0, 0.7]))
-    state = store.state_dict()
-    d = margin_table_digest(state)
-    assert len(d) == 16 and d == margin_table_digest(MarginStore(init=1.0, delta=1.0).state_dict() | state)
-    bumped = dict(state, values=[np.nextafter(state["values"][0], 10.0), state["values"][1]])
-    assert margin_table_digest(bumped) != d
-    assert margin_table_digest(dict(state, ids=[["a", 0], ["b", 4]])) != d
-
-
 def test_progress_amat_figure_after_nnunets_own_plot(tmp_path):
     """nnU-Net's progress plot sets seaborn's font_scale=2.5 globally; the margin plot must
     still fit its title, show whole epochs and keep its legend off the axes."""
@@ -108,7 +94,7 @@ def test_progress_amat_figure_after_nnunets_own_plot(tmp_path):
     import matplotlib.pyplot as plt
     from nnunetv2.training.logging.nnunet_logger import LocalLogger
 
-    from amat_hooks.integrations.nnunet.trainer import _plot_margins, margins_figure
+    from amat_hooks.evaluation.report import plot_training_margins, training_margins_figure
 
     logger = LocalLogger()
     n = 3
@@ -119,10 +105,10 @@ def test_progress_amat_figure_after_nnunets_own_plot(tmp_path):
         logger.log("epoch_start_timestamps", float(e), e)
         logger.log("epoch_end_timestamps", e + 0.5, e)
     logger.plot_progress_png(str(tmp_path))  # leaves sns.set(font_scale=2.5) behind
-    log = {"amat_margin_mean": [1.0, 1.5, 2.0], "amat_margin_min": [1.0, 1.0, 1.0],
-           "amat_margin_max": [1.0, 2.0, 3.0], "amat_xi": [0.3, 0.3, 0.3], "amat_nan_samples": [0, 0, 0]}
+    log = {"margin_mean": [1.0, 1.5, 2.0], "margin_min": [1.0, 1.0, 1.0], "margin_max": [1.0, 2.0, 3.0],
+           "xi": [0.3, 0.3, 0.3]}
     with plt.style.context("default"):
-        fig = margins_figure(log)
+        fig = training_margins_figure(log)
         ax = fig.axes[0]
         frame = fig.bbox
         title = ax.title.get_window_extent()
@@ -133,10 +119,10 @@ def test_progress_amat_figure_after_nnunets_own_plot(tmp_path):
         assert legend.y1 <= ax.get_window_extent().y0 and legend.y0 >= frame.y0  # below the axes, inside
         assert [t.get_text() for t in ax.get_legend().get_texts()] == ["margin mean", "margin min..max", "xi"]
         plt.close(fig)
-    _plot_margins(log, str(tmp_path))
+    plot_training_margins(log, tmp_path / "progress_amat.png")
     assert (tmp_path / "progress_amat.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob(".progress_amat*"))
-    assert margins_figure({k: [] for k in log}) is None
+    assert training_margins_figure({k: [] for k in log}) is None
 
 
 def test_atomic_writer_gives_the_mode_of_a_plain_open(tmp_path):
@@ -169,12 +155,12 @@ def test_xi_file_round_trip_and_errors(tmp_path):
     path.write_text(json.dumps(_xi_record()))
     assert st.load_xi_file(path, rule="mean", **kw) == [-0.25]
     assert st.load_xi_file(path, rule="mean+2std", **kw) == pytest.approx([0.25])  # -0.25 + 2 * 0.25
-    # the format written before the shared xi schema still reads
+    # the format written before the shared xi schema is refused with the command that rewrites it
     path.write_text(json.dumps({"kind": "amat-hooks nnunet xi", "dataset": "Dataset990_AMATShapes",
                                 "configuration": "2d", "plans": "nnUNetPlans", "fold": "0",
                                 "xi": {"mean": [-0.25], "mean+2std": [0.1]}}))
-    with pytest.warns(UserWarning, match="older nnU-Net format"):
-        assert st.load_xi_file(path, rule="mean+2std", **kw) == [0.1]
+    with pytest.raises(AdvConfigError, match="not an xi file written by amat calibrate; run `amat calibrate nnunet"):
+        st.load_xi_file(path, rule="mean+2std", **kw)
     fix = "amat calibrate nnunet 990 2d 0"
     with pytest.raises(AdvConfigError, match="no xi calibration file") as e:
         st.load_xi_file(tmp_path / "missing.json", rule="mean", **kw)
@@ -184,7 +170,7 @@ def test_xi_file_round_trip_and_errors(tmp_path):
         st.load_xi_file(path, rule="mean", **kw)
     assert fix in str(e.value)
     path.write_text(json.dumps(_xi_record(terms=((0.1, 0.2),))))
-    with pytest.raises(AdvConfigError, match="has 2 thresholds but the loss has 1 terms") as e:
+    with pytest.raises(AdvConfigError, match=r"has 2 thresholds \(loss, loss\) but the loss has 1 terms") as e:
         st.load_xi_file(path, rule="mean", **kw)
     assert fix in str(e.value)
     path.write_text("{not json")

@@ -121,10 +121,10 @@ def test_amat_training_is_offline_with_plots_and_margins_move(work, tmp_path):
     for plot in ("labels.jpg", "train_batch0.jpg", "val_batch0_pred.jpg", "results.png", "confusion_matrix.png"):
         assert (run / plot).is_file(), plot
     side = _sidecar(run)
-    m = side["engine"]["policy"]["margins"]
+    m = side["policy"]["margins"]
     assert side["epoch"] == 1 and len(m["ids"]) == 12 and m["updates"] == 24
     # the paper's semantics by default, xi's source said in the log and kept in the sidecar
-    pol = side["engine"]["policy"]["config"]
+    pol = side["policy"]["config"]
     assert pol["boundary"] == "none" and pol["xi_source"].startswith("online estimate")
     assert "amat calibrate yolo" in out and "xi = online estimate" in out
     assert [h["epoch"] for h in side["history"]] == [0, 1] and side["history"][1]["margin_mean"] > 0
@@ -142,8 +142,8 @@ def test_sat_training_runs(work):
           f"project={run.parent}", f"name={run.name}", "val=False", "plots=False",
           "--adv", "sat", "--adv-eps", "2", "--adv-steps", "3"], work["root"])
     side = _sidecar(run)
-    assert side["config"]["mode"] == "sat" and side["engine"]["policy"]["config"]["eps"] == 2.0
-    assert "margins" not in side["engine"]["policy"]
+    assert side["config"]["mode"] == "sat" and side["policy"]["config"]["eps"] == 2.0
+    assert "margins" not in side["policy"]
 
 
 @pytest.mark.slow
@@ -167,7 +167,7 @@ def test_resume_restores_margins_exactly_and_refuses_foreign_sidecar(work):
     assert side_file.exists(), "no sidecar was written before the run ended"
     saved = json.loads(side_file.read_text())
     assert saved["epoch"] < 3, "run finished before it could be interrupted"
-    margins = saved["engine"]["policy"]["margins"]
+    margins = saved["policy"]["margins"]
     digest = hashlib.sha1(json.dumps({"ids": margins["ids"], "values": margins["values"]},
                                      sort_keys=True).encode()).hexdigest()[:16]
     last = run / "weights" / "last.pt"
@@ -196,7 +196,7 @@ def test_resume_restores_margins_exactly_and_refuses_foreign_sidecar(work):
     assert f"restored {len(margins['ids'])} margins" in out and f"digest {digest}" in out
     final = _sidecar(run)
     assert final["epoch"] == 3 and final["config"]["delta"] == 0.5
-    assert final["engine"]["policy"]["margins"]["updates"] > margins["updates"]
+    assert final["policy"]["margins"]["updates"] > margins["updates"]
 
 
 @pytest.fixture(scope="module")
@@ -393,5 +393,5 @@ def test_bccd_smoke(work):
     amat(["yolo", "detect", "train", "model=yolov5n.yaml", f"data={out / 'bccd.yaml'}", "epochs=1", *COMMON,
           "fraction=0.1", f"project={run.parent}", f"name={run.name}", "plots=False",
           "--adv", "amat", "--adv-step", "3.5", "--adv-xi-rule", "mean+2std", *FAST_ADV], work["root"])
-    m = _sidecar(run)["engine"]["policy"]["margins"]
+    m = _sidecar(run)["policy"]["margins"]
     assert len(m["ids"]) == 20 and all(i.startswith("images/train/BloodImage_") for i in m["ids"])

@@ -70,7 +70,7 @@ def test_per_image_terms_are_ultralytics_single_image_losses(yolo_env, cfg):
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
 
-    from amat_hooks.integrations.ultralytics.terms import criterion_with_terms
+    from amat_hooks.integrations.ultralytics.adapter import criterion_with_terms
 
     torch.manual_seed(0)
     m = DetectionModel(cfg, nc=3, verbose=False)
@@ -128,9 +128,7 @@ def test_training_loss_is_exact_mean_and_attack_leaves_bn_and_ema(amat_trainer):
     assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
     assert torch.all(out.attack.noise_norm <= out.eps + 1e-4)
     assert model.training
-    from amat_hooks.integrations.ultralytics.plugin import loss_term_names
-
-    assert loss_term_names(tr) == ["box", "cls", "dfl"]
+    assert list(tr.amat_adapter.term_names) == ["box", "cls", "dfl"]
 
 
 def test_margin_update_follows_algorithm_1(amat_trainer):
@@ -139,7 +137,7 @@ def test_margin_update_follows_algorithm_1(amat_trainer):
     the noise norm measured from the images themselves."""
     from ultralytics.utils.torch_utils import unwrap_model
 
-    from amat_hooks.integrations.ultralytics.terms import criterion_with_terms
+    from amat_hooks.integrations.ultralytics.adapter import criterion_with_terms
 
     tr = amat_trainer
     store = tr.amat_engine.policy.margins
@@ -176,7 +174,7 @@ def test_wrapper_never_serialised_and_checkpoint_is_plain(amat_trainer, tmp_path
     amat_trainer.epoch = 0
     amat_trainer.save_model()
     side = json.loads((Path(amat_trainer.wdir) / "amat_state.json").read_text())
-    assert side["config"]["mode"] == "amat" and side["engine"]["policy"]["margins"]["ids"]
+    assert side["config"]["mode"] == "amat" and side["policy"]["margins"]["ids"]
     code = ("import sys; sys.modules['amat_hooks'] = None\n"  # our package cannot be imported
             "import torch\n"
             f"ck = torch.load({str(amat_trainer.last)!r}, weights_only=False)\n"
@@ -187,16 +185,18 @@ def test_wrapper_never_serialised_and_checkpoint_is_plain(amat_trainer, tmp_path
     assert r.stdout.split()[-2:] == ["ultralytics.nn.tasks", "None"]
 
 
-def test_batch_with_inputs_repeats_targets_per_copy():
-    from amat_hooks.integrations.ultralytics import plugin
+def test_batch_with_inputs_repeats_targets_per_copy(amat_trainer):
+    from amat_hooks.adapter import AdapterError
 
+    adapter = amat_trainer.amat_adapter
     batch = {"img": torch.zeros(2, 3, 8, 8), "im_file": ["a.jpg", "b.jpg"], "batch_idx": torch.tensor([0., 1., 1.]),
              "cls": torch.tensor([[0.], [1.], [2.]]), "bboxes": torch.rand(3, 4)}
-    out = plugin.amat_batch_with_inputs(batch=batch, inputs=torch.ones(4, 3, 8, 8), host=None)
+    out = adapter.with_inputs(batch, torch.ones(4, 3, 8, 8))
     assert out["batch_idx"].tolist() == [0., 1., 1., 2., 3., 3.]
     assert out["cls"].flatten().tolist() == [0., 1., 2., 0., 1., 2.]
     assert out["im_file"] == ["a.jpg", "b.jpg", "a.jpg", "b.jpg"]
-    assert plugin.amat_batch_inputs(batch={"x": 1}, host=None) is None
+    with pytest.raises(AdapterError, match="not an Ultralytics detection batch"):
+        adapter.inputs({"x": 1})
 
 
 def test_settings_survive_ddp_recreation(yolo_env, tmp_path):
