@@ -85,6 +85,11 @@ class BatchAdapter:
     term_floors: Sequence[float | None] | None = None
     #: the command that computes xi for this trainer (named when xi falls back to the online estimate)
     calibrate_hint: str = "amat calibrate <task>"
+    #: (low, high) of the input the attack perturbs (noise is clamped to it), or None
+    input_bounds: tuple[float, float] | None = None
+    #: whether the trainer's loss on k*B handed rows is a SUM over rows (classic YOLOv5's x batch
+    #: size): ``amat run`` then halves the gradient of the outputs, so the step is (L0 + L1) / 2
+    sums_over_batch: bool = False
 
     def inputs(self, batch: Any) -> Tensor:
         raise NotImplementedError

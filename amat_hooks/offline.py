@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from typing import Iterator
 
 #: Environment switches honoured by the libraries we drive.
@@ -16,13 +19,53 @@ OFFLINE_ENV = {
     "COMET_MODE": "disabled",
     "CLEARML_OFF": "1",
     "DISABLE_TELEMETRY": "1",
+    "YOLO_AUTOINSTALL": "false",    # Ultralytics / classic YOLOv5: no pip installs of "missing" requirements
 }
+#: Font names Ultralytics and classic YOLOv5 ask their ``check_font`` for (else downloaded).
+FONT_NAMES = ("Arial.ttf", "Arial.Unicode.ttf")
 
 
 def apply_offline_env() -> None:
-    """Set the offline switches unless the user set them explicitly."""
+    """Set the offline switches unless the user set them explicitly. Classic YOLOv5 reads its
+    font folder ``YOLOV5_CONFIG_DIR`` at import and downloads Arial.ttf when it is empty: it
+    gets a folder with local fonts."""
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
+    if "YOLOV5_CONFIG_DIR" not in os.environ:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "amat-hooks" / "fonts"
+        try:
+            provide_fonts(cache)
+            os.environ["YOLOV5_CONFIG_DIR"] = str(cache)
+        except OSError:  # a read-only home: YOLOv5 then says itself that it cannot fetch its font
+            pass
+
+
+def matplotlib_font() -> Path:
+    """DejaVu Sans as shipped inside matplotlib (always present with matplotlib)."""
+    import matplotlib
+
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    if not path.is_file():
+        raise FileNotFoundError(f"matplotlib's DejaVuSans.ttf is missing at {path}; reinstall matplotlib")
+    return path
+
+
+def provide_fonts(folder: str | os.PathLike) -> list[Path]:
+    """DejaVu Sans (matplotlib's) in ``folder`` under the names the trainers' ``check_font``
+    looks for, so they find a font locally and never download one. Returns the files created."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    created = []
+    for name in FONT_NAMES:
+        dst = folder / name
+        if not dst.exists():
+            # unique temp name + rename: DDP ranks / parallel runs may do this at the same time
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+            os.close(fd)
+            shutil.copyfile(matplotlib_font(), tmp)
+            os.replace(tmp, dst)
+            created.append(dst)
+    return created
 
 
 class NetworkAccessError(RuntimeError):

@@ -21,6 +21,7 @@ OPTIONAL_PLUGINS = (
     "amat_hooks.integrations.multitask_unet.plugin",
     "amat_hooks.integrations.nnunet.plugin",
     "amat_hooks.integrations.ultralytics.plugin",
+    "amat_hooks.integrations.yolov5.plugin",
 )
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,10 @@ def amat_cmd() -> list[str]:
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "amat_hooks.cli"]
 
 
-def run(args, cwd, guard: Path | None = None, timeout=300) -> subprocess.CompletedProcess:
-    """A subprocess with captured text output; ``guard``: refuse and record network access."""
-    env = dict(os.environ)
+def run(args, cwd, guard: Path | None = None, timeout=300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A subprocess with captured text output; ``guard``: refuse and record network access;
+    ``env``: variables added to this process's environment."""
+    env = {**os.environ, **(env or {})}
     if guard is not None:
         env["AMAT_NETWORK_GUARD"] = str(guard)
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

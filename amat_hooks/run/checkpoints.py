@@ -29,13 +29,16 @@ def is_state_dict(obj: Any) -> bool:
 
 
 def extract_state_dict(obj: Any, where: str = "the checkpoint") -> dict[str, Tensor]:
-    """The weights in a loaded checkpoint object (see the module docstring)."""
+    """The weights in a loaded checkpoint object (see the module docstring); a whole pickled
+    model under one of the keys (classic YOLOv5's ``{"model": DetectionModel}``) gives its state_dict."""
     if is_state_dict(obj):
         return dict(obj)
     if isinstance(obj, Mapping):
         for key in NESTED_KEYS:
             if is_state_dict(obj.get(key)):
                 return dict(obj[key])
+            if isinstance(obj.get(key), torch.nn.Module):
+                return {k: v.float() if v.is_floating_point() else v for k, v in obj[key].state_dict().items()}
         keys = ", ".join(map(str, list(obj)[:6]))
         raise CheckpointError(f"{where} holds no state_dict (a dict with keys {keys}; looked for a dict of "
                               f"tensors at the top level and under {', '.join(NESTED_KEYS)})")
@@ -57,13 +60,20 @@ def strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """The weights in a checkpoint file, prefixes stripped (tensors on the CPU)."""
+def read_state_dict(path: str | os.PathLike, trusted: bool = False) -> dict[str, Tensor]:
+    """The weights in a checkpoint file, prefixes stripped (tensors on the CPU). Loaded with
+    ``weights_only=True``; ``trusted``: a checkpoint the user's own script wrote and loads
+    (named by amat run's state) may hold pickled objects, as classic YOLOv5's do."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - pickled objects: only where the script itself loads them
+            if not trusted:
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - pickled objects, corrupt files: say which and why
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot read {path} as weights ({first[:200]}); save model.state_dict()") from None

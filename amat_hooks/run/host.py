@@ -116,6 +116,8 @@ class Runner:
         self._resume_checkpoint: str | None = None
         self._warned: set[str] = set()
         self.refused: str | None = None              # why a RunnerError ended the run (then: no state)
+        self.interrupted = False                     # Ctrl-C: the partial pass is not an epoch
+        self._pass_done = False                      # a pass ended; the epoch closes before the next batch
 
     # -- Host protocol -------------------------------------------------------------------------
     def amat_log(self, message: str) -> None:
@@ -196,6 +198,8 @@ class Runner:
             raise
 
     def _process(self, data: Any, ids: list | None) -> Any:
+        if self._pass_done:
+            self.end_of_pass()
         self.hooks.reset()
         self.flush(final=False)
         rows = len(ids) if ids is not None else batch_rows(data) or 0
@@ -218,7 +222,8 @@ class Runner:
                 if moved:
                     data = _move(data, dev)
                     x = adapter.inputs(data)
-                pert = self.engine.attack(self.model, data, ids=ids)
+                own = adapter.ids(data)  # the adapter's ids (e.g. YOLOv5's primary image) win over the loader's
+                pert = self.engine.attack(self.model, data, ids=own if own is not None else ids)
                 both = torch.cat([x, pert.x_adv.to(dtype=x.dtype, device=x.device)], dim=0)
                 out = adapter.with_inputs(data, both)
                 if moved:  # hand the script its batch where it was
@@ -261,6 +266,8 @@ class Runner:
                 if self.policy.name != "none":
                     raise RunnerError(_unknown_structure(f"{self.adapter.describe()}: {e}")) from None
             self.engine = AdversarialEngine(self.policy, self.adapter, host=self, pm=self.pm)
+            if self.config.bounds is None and self.adapter.input_bounds is not None:
+                self.policy.attack.bounds = tuple(self.adapter.input_bounds)  # the adapter's input space
             self.recording_losses = True
             self.amat_log(f"adapter: {self.adapter.describe()}")
             if hasattr(self.policy, "calibrate_hint"):
@@ -371,8 +378,14 @@ class Runner:
         self.total.steps += 1
         self.this_epoch.steps += 1
 
+    def pass_complete(self) -> None:
+        """A loader yielded its last training batch of a pass: the epoch closes before the next
+        training batch or at the script's end (its step and checkpoint come first)."""
+        self._pass_done = True
+
     def end_of_pass(self) -> None:
         """A training pass over a DataLoader ended: one epoch."""
+        self._pass_done = False
         self.flush(final=True)
         if self.engine is not None:
             self.engine.epoch_end(self.epoch)  # margin sync across ranks + amat_epoch_end (history)
@@ -414,7 +427,7 @@ class Runner:
                       f"these margins were trained with", key="resume")
             return
         try:
-            saved = read_state_dict(ckpt)
+            saved = read_state_dict(ckpt, trusted=True)
         except CheckpointError as e:
             self.warn(f"--adv-resume: cannot check the model's weights against the checkpoint next to "
                       f"{self.resumed_from}: {e}", key="resume")
@@ -437,12 +450,17 @@ class Runner:
 
         t = self.total
         return state_envelope(
-            "runner", self.config, self.policy, self.adapter, epochs=self.epoch, checkpoint=self.last_checkpoint,
+            "runner", self.config, self.policy, self.adapter, epochs=self.epochs_done, checkpoint=self.last_checkpoint,
             history=self.amat_history,
             host_state={"script": self.script, "resumed_from": self.resumed_from, "batch": self.batch_mode,
                         "input_shape": self.input_shape, "checkpoint_epochs": self.checkpoint_epochs,
                         "stats": {"steps": t.steps, "batches": t.batches, "rows_fed": t.rows,
                                   "mean_noise_norm": t.noise_sum / t.noise_rows if t.noise_rows else None}})
+
+    @property
+    def epochs_done(self) -> int:
+        """Epochs finished, counting a pass whose last batch trained but whose epoch line is due."""
+        return self.epoch + (1 if self._pass_done else 0)
 
     def write_state(self, path: Path) -> Path:
         from amat_hooks.state import write_state
@@ -464,6 +482,13 @@ class Runner:
         except (StateError, ValueError) as e:
             raise RunnerError(f"--adv-resume: {e}") from None
         hs = state.get("host_state") or {}
+        saved_with = hs.get("checkpoint_epochs")
+        if (not path.name.endswith(SIDECAR_SUFFIX) and state.get("checkpoint") and saved_with is not None
+                and saved_with != state.get("epochs") and not force):
+            raise RunnerError(f"--adv-resume: {path} holds the margins after epoch {state.get('epochs')}, but its "
+                              f"checkpoint {state['checkpoint']} was saved after epoch {saved_with} (the run stopped "
+                              f"before its next save): resume with {state['checkpoint']}{SIDECAR_SUFFIX}, the state "
+                              f"saved with those weights")
         self.epoch = int(state.get("epochs", 0))
         self.resumed_from = str(path)
         stats = hs.get("stats") or {}
@@ -475,9 +500,10 @@ class Runner:
             self._resume_checkpoint = str(path.with_name(path.name[:-len(SIDECAR_SUFFIX)]))
         else:
             self._resume_checkpoint = state.get("checkpoint")
-        n = len(self.policy.margins) if self.policy.name == "amat" else 0
-        self.amat_log(f"resumed from {path}: epoch {self.epoch}, {n} margins (weights: the script's to load; "
-                      f"checked at the first step)")
+        table = (f"{len(self.policy.margins)} margins (digest {self.policy.margins.digest()})"
+                 if self.policy.name == "amat" else "no margins")
+        self.amat_log(f"resumed from {path}: epoch {self.epoch}, {table}; weights: the script's to load, "
+                      f"checked at the first step")
 
     def after_save(self, f: Any) -> None:
         """Called after the script's torch.save: write the sidecar next to the checkpoint."""
@@ -486,9 +512,13 @@ class Runner:
         p = Path(f)
         if p.name.endswith(SIDECAR_SUFFIX) or p.name == STATE_NAME:
             return
+        if self._pass_done and not _distributed():
+            self.end_of_pass()  # the pass's epoch line and history before its checkpoint (one process only:
+            # under DDP only rank 0 saves, and the epoch's margin merge is a collective of every rank)
+        self.flush(final=False)  # margins of every batch trained so far belong with these weights
         self.checkpoint_dir = p.parent
         self.last_checkpoint = str(p)
-        self.checkpoint_epochs = self.epoch
+        self.checkpoint_epochs = self.epochs_done
         self.write_state(p.with_name(p.name + SIDECAR_SUFFIX))
         self.write_state(p.parent / STATE_NAME)
 
@@ -516,6 +546,12 @@ def _emit(text: str, stream: Any) -> None:
         stream.flush()
     else:
         print(text, file=stream, flush=True)
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _model_device(model: nn.Module | None) -> torch.device | None:

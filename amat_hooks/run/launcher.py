@@ -75,6 +75,7 @@ def run_script(runner: Runner, command: Sequence[str]) -> int:
         print(f"amat run: refused: {e}", file=sys.stderr)
         code = EXIT_REFUSED
     except KeyboardInterrupt:
+        runner.interrupted = True
         code = 130
     except BaseException:  # the script crashed: its traceback, its failure
         traceback.print_exc()
@@ -96,6 +97,8 @@ def run_script(runner: Runner, command: Sequence[str]) -> int:
         print("amat run: warning: the script finished without a single training step from a DataLoader; "
               "nothing was trained", file=sys.stderr)
     try:
+        if runner._pass_done and not runner.interrupted:
+            runner.end_of_pass()  # the last pass of a loader that keeps one iterator (classic YOLOv5)
         runner.flush(final=True)  # batches trained after the last step (gradient accumulation)
     except RunnerError as e:
         print(f"amat run: refused: {e}", file=sys.stderr)

@@ -48,7 +48,8 @@ class Patches:
                 loader.collate_fn = IndexCollate(loader.collate_fn)
 
         def dl_iter(loader):
-            return iterate(runner, orig_iter(loader), isinstance(loader.dataset, IterableDataset))
+            iterable = isinstance(loader.dataset, IterableDataset)
+            return iterate(runner, orig_iter(loader), iterable, None if iterable else _batches(loader))
 
         DataLoader.__init__, DataLoader.__iter__ = dl_init, dl_iter
         self._undo.append(lambda: (setattr(DataLoader, "__init__", orig_init),
@@ -102,9 +103,14 @@ class Patches:
         self.remove()
 
 
-def iterate(runner: Runner, it: Iterator, iterable: bool = False) -> Iterator:
+def iterate(runner: Runner, it: Iterator, iterable: bool = False, per_pass: int | None = None) -> Iterator:
     """The patched DataLoader iteration: ids stripped, training batches attacked.
-    Batches of an IterableDataset carry no ids (``None``): SAT works, AMAT refuses."""
+    Batches of an IterableDataset carry no ids (``None``): SAT works, AMAT refuses.
+
+    A pass over the loader is an epoch. It ends when the iterator ends, or, for loaders that
+    keep ONE iterator for the whole run (classic YOLOv5's ``InfiniteDataLoader`` yields
+    ``len(loader)`` batches per epoch from it), after ``per_pass`` training batches: the
+    runner then closes the epoch before the next training batch (or at the script's end)."""
     attacked = 0
     completed = False
     try:
@@ -119,10 +125,12 @@ def iterate(runner: Runner, it: Iterator, iterable: bool = False) -> Iterator:
             if runner.training_batch():
                 data = runner.process(data, ids)
                 attacked += 1
+                if per_pass and attacked % per_pass == 0:
+                    runner.pass_complete()
             yield data
         completed = True
     finally:
-        if attacked and not runner.refused:
+        if attacked and not runner.refused and not runner.interrupted and runner.this_epoch.batches:
             if completed:
                 runner.end_of_pass()
             else:  # the script left the loop early (break, or an exception on its side)
@@ -130,3 +138,10 @@ def iterate(runner: Runner, it: Iterator, iterable: bool = False) -> Iterator:
                     runner.end_of_pass()
                 except Exception:  # noqa: BLE001 - never mask the script's own exception
                     pass
+
+
+def _batches(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None

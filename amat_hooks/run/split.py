@@ -98,10 +98,11 @@ class ForwardHooks:
             return None
         frame = self._frames.pop()
         pending, b = frame.pending, frame.pending.rows
+        halve = bool(getattr(r.adapter, "sums_over_batch", False))
         if frame.noisy is None:  # joint: one 2B forward; split its output rows for the margin test
             clean, noisy = slice_rows(output, 0, b), slice_rows(output, b, 2 * b)
             pending.set_outputs(clean, noisy)
-            return None
+            return half_gradient(output) if halve else None
         self._in_noisy = True
         try:
             noisy_out = module(frame.noisy, *args[1:], **kwargs)
@@ -109,7 +110,8 @@ class ForwardHooks:
             self._in_noisy = False
         pending.set_outputs(output, noisy_out)
         try:
-            return cat_rows(output, noisy_out, b)
+            both = cat_rows(output, noisy_out, b)
+            return half_gradient(both) if halve else both
         except ValueError as e:
             err = RunnerError(f"cannot run the clean and the noisy rows as two forward passes: the model's "
                               f"output {e}; pass --adv-batch joint to run them as one forward of 2B rows "
@@ -144,6 +146,20 @@ def slice_rows(v: Any, start: int, stop: int) -> Any:
         return type(v)(*(slice_rows(x, start, stop) for x in v))
     if isinstance(v, (list, tuple)):
         return type(v)(slice_rows(x, start, stop) for x in v)
+    return v
+
+
+def half_gradient(v: Any) -> Any:
+    """The same values with half their gradient (``0.5 t + 0.5 t.detach()`` is exactly t): the
+    script's summed loss over 2B rows then steps as (L0 + L1) / 2."""
+    if isinstance(v, Tensor):
+        return v * 0.5 + v.detach() * 0.5 if v.requires_grad else v
+    if isinstance(v, dict):
+        return type(v)((k, half_gradient(x)) for k, x in v.items())
+    if isinstance(v, tuple) and hasattr(v, "_fields"):
+        return type(v)(*(half_gradient(x) for x in v))
+    if isinstance(v, (list, tuple)):
+        return type(v)(half_gradient(x) for x in v)
     return v
 
 

@@ -158,7 +158,8 @@ class NnUNetTask(Task):
             f"({args.configuration}, fold {args.fold}) with {ckpt}")
         return CalibrationSet(
             task=task, identity={"dataset": pm.dataset_name, "configuration": args.configuration, "plans": pm.plans_name},
-            source={"fold": str(args.fold), "trainer": args.trainer, "checkpoint": str(ckpt)},
+            source={"fold": str(args.fold), "trainer": args.trainer, "checkpoint": str(ckpt),
+                    "n_cases": len({key.rsplit(":", 1)[0] for key, *_ in task._slices})},
             default_path=default_xi_path(trainer.preprocessed_dataset_folder_base, args.configuration, pm.plans_name,
                                          args.fold))
 

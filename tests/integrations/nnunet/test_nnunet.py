@@ -182,9 +182,9 @@ def test_calibration_without_clean_model_says_how_to_train_one(nnunet):
 
 def test_amat_training_moves_margins_keyed_by_case_and_slice(nnunet, calibrated, amat_run):
     state = _amat_state(amat_run / "checkpoint_final.pth")
-    assert state["dataset_id"] == f"{DATASET}/2d" and state["mode"] == "amat"
+    assert state["host_state"]["dataset_id"] == f"{DATASET}/2d" and state["host_state"]["mode"] == "amat"
     xi = json.loads(calibrated.read_text())["xi"]["mean"]
-    assert state["xi"] == pytest.approx(xi) and state["xi_origin"] == f"calibration file {calibrated}"
+    assert state["xi"] == pytest.approx(xi) and state["policy"]["config"]["xi_source"] == f"calibration file {calibrated}"
     margins = _margins(state)
     assert 3 <= len(margins) <= 24  # 2 epochs x 3 iterations x batch 4, duplicates merged
     split = json.loads((nnunet / "pre" / DATASET / "splits_final.json").read_text())[0]
@@ -262,7 +262,7 @@ def test_progress_amat_png_fits_its_figure(amat_run):
 
 def test_sat_training(sat_run):
     state = _amat_state(sat_run / "checkpoint_final.pth")
-    assert state["mode"] == "sat" and state["config"]["eps"] == 2.0 and "margins" not in state["policy"]
+    assert state["host_state"]["mode"] == "sat" and state["config"]["eps"] == 2.0 and "margins" not in state["policy"]
     log = _log(sat_run, "Epoch 0")
     assert "SAT eps=2" in log
     start = next(ln for ln in log.splitlines() if "amat-hooks: SAT2 training" in ln)
@@ -276,7 +276,7 @@ def test_continue_with_margins_of_another_dataset_fails_clearly(nnunet, amat_run
     shutil.copytree(nnunet / "res", other)
     ckpt = other / DATASET / "nnUNetTrainerAMAT__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
     c = torch.load(ckpt, map_location="cpu", weights_only=False)
-    c["amat_hooks"]["dataset_id"] = "Dataset004_Hippocampus/2d"
+    c["amat_hooks"]["host_state"]["dataset_id"] = "Dataset004_Hippocampus/2d"
     c["amat_hooks"]["policy"]["margins"]["dataset_id"] = "Dataset004_Hippocampus/2d"
     torch.save(c, ckpt)
     p = _run([str(BIN / "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", "nnUNetTrainerAMAT", "-device", "cpu",

@@ -122,7 +122,7 @@ def test_amat_training_is_offline_with_plots_and_margins_move(work, tmp_path):
         assert (run / plot).is_file(), plot
     side = _sidecar(run)
     m = side["policy"]["margins"]
-    assert side["epoch"] == 1 and len(m["ids"]) == 12 and m["updates"] == 24
+    assert side["epochs"] == 2 and len(m["ids"]) == 12 and m["updates"] == 24
     # the paper's semantics by default, xi's source said in the log and kept in the sidecar
     pol = side["policy"]["config"]
     assert pol["boundary"] == "none" and pol["xi_source"].startswith("online estimate")
@@ -166,10 +166,12 @@ def test_resume_restores_margins_exactly_and_refuses_foreign_sidecar(work):
         proc.wait()
     assert side_file.exists(), "no sidecar was written before the run ended"
     saved = json.loads(side_file.read_text())
-    assert saved["epoch"] < 3, "run finished before it could be interrupted"
+    assert saved["epochs"] < 4, "run finished before it could be interrupted"
     margins = saved["policy"]["margins"]
-    digest = hashlib.sha1(json.dumps({"ids": margins["ids"], "values": margins["values"]},
-                                     sort_keys=True).encode()).hexdigest()[:16]
+    # the documented digest: SHA-256 of [ids, exact float64 bits of the values], 16 hex digits
+    digest = hashlib.sha256(json.dumps([margins["ids"], [float(v).hex() for v in margins["values"]]],
+                                       separators=(",", ":")).encode()).hexdigest()[:16]
+    assert saved["digest"] == digest
     last = run / "weights" / "last.pt"
 
     # other step size: refused, state left alone
@@ -195,7 +197,7 @@ def test_resume_restores_margins_exactly_and_refuses_foreign_sidecar(work):
     rc, out = amat(["yolo", "detect", "train", "resume", f"model={last}"], work["root"])
     assert f"restored {len(margins['ids'])} margins" in out and f"digest {digest}" in out
     final = _sidecar(run)
-    assert final["epoch"] == 3 and final["config"]["delta"] == 0.5
+    assert final["epochs"] == 4 and final["config"]["delta"] == 0.5
     assert final["policy"]["margins"]["updates"] > margins["updates"]
 
 
