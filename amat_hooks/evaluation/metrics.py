@@ -112,3 +112,40 @@ def sdr(errors_mm: Tensor, radii_mm: Sequence[float] = SDR_RADII_MM) -> dict[flo
     if e.numel() == 0:
         raise ValueError("sdr needs at least one radial error")
     return {float(r): float((e < r).double().mean() * 100) for r in radii_mm}
+
+
+# -- detection (YOLO, paper section 3.7, Table 12) ---------------------------------------------------
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU ``[N, M]`` of xyxy boxes ``a [N, 4]`` and ``b [M, 4]``."""
+    lt, rb = torch.max(a[:, None, :2], b[None, :, :2]), torch.min(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(2)
+    area = lambda x: (x[:, 2] - x[:, 0]).clamp(min=0) * (x[:, 3] - x[:, 1]).clamp(min=0)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None] - inter).clamp(min=1e-12)
+
+
+def object_ious(target_boxes: Tensor, target_cls: Tensor, pred_boxes: Tensor, pred_cls: Tensor, conf: Tensor,
+                det_conf: float) -> list[float]:
+    """The paper's "average IoU of all detected objects", per ground-truth object: the IoU (xyxy)
+    of the best prediction of its class with ``conf >= det_conf``; 0 for an object nothing detects."""
+    keep = conf >= det_conf
+    if not len(target_cls) or not bool(keep.any()):
+        return [0.0] * len(target_cls)
+    iou = box_iou(target_boxes.float(), pred_boxes[keep].float()) * (target_cls[:, None] == pred_cls[keep][None])
+    return [float(u) for u in iou.max(1).values.cpu()]
+
+
+def encode_tp(tp) -> list[int]:
+    """``[N, T]`` bool (correct at each IoU threshold) -> one int per prediction (bit j = threshold j)."""
+    import numpy as np
+
+    tp = np.asarray(tp)
+    weights = 1 << np.arange(tp.shape[1], dtype=np.int64)
+    return (tp.astype(np.int64) * weights).sum(1).tolist()
+
+
+def decode_tp(codes: list[int], niou: int):
+    """:func:`encode_tp` undone: ``[N, niou]`` bool (numpy)."""
+    import numpy as np
+
+    arr = np.asarray(codes, dtype=np.int64).reshape(-1, 1)
+    return ((arr >> np.arange(niou, dtype=np.int64)) & 1).astype(bool)

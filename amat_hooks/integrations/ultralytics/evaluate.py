@@ -27,6 +27,7 @@ import numpy as np
 from torch import Tensor
 
 from amat_hooks.evaluation import EvalBatch, EvalTask
+from amat_hooks.evaluation.metrics import decode_tp, encode_tp, object_ious
 from amat_hooks.integrations.ultralytics.adapter import TARGET_KEYS, YoloAdapter
 from amat_hooks.integrations.ultralytics.offline import prepare_offline
 
@@ -38,30 +39,6 @@ METRICS = ("mAP50-95", "mAP50", "IoU", "precision", "recall")
 
 class YoloEvalError(ValueError):
     """A model file, data YAML or split needed for evaluation is missing or unusable."""
-
-
-def object_ious(target_boxes: Tensor, target_cls: Tensor, pred_boxes: Tensor, pred_cls: Tensor, conf: Tensor,
-                det_conf: float) -> list[float]:
-    """Per ground-truth object: IoU (Ultralytics' ``box_iou``, xyxy) of the best prediction of
-    its class with ``conf >= det_conf``; 0 for an object nothing detects."""
-    from ultralytics.utils.metrics import box_iou
-
-    keep = conf >= det_conf
-    if not len(target_cls) or not bool(keep.any()):
-        return [0.0] * len(target_cls)
-    iou = box_iou(target_boxes, pred_boxes[keep]) * (target_cls[:, None] == pred_cls[keep][None])
-    return [float(u) for u in iou.max(1).values.cpu()]
-
-
-def _encode_tp(tp: np.ndarray) -> list[int]:
-    """``[N, 10]`` bool -> one int per prediction (bit j = correct at IoU threshold j)."""
-    weights = 1 << np.arange(tp.shape[1], dtype=np.int64)
-    return (tp.astype(np.int64) * weights).sum(1).tolist()
-
-
-def _decode_tp(codes: list[int], niou: int) -> np.ndarray:
-    arr = np.asarray(codes, dtype=np.int64).reshape(-1, 1)
-    return ((arr >> np.arange(niou, dtype=np.int64)) & 1).astype(bool)
 
 
 class YoloEvalTask(EvalTask):
@@ -159,7 +136,7 @@ class YoloEvalTask(EvalTask):
         for si, pred in enumerate(preds):
             pb = v._prepare_batch(si, batch)
             ious = object_ious(pb["bboxes"], pb["cls"], pred["bboxes"], pred["cls"], pred["conf"], self.det_conf)
-            out.append({"im": Path(pb["im_file"]).name, "tp": _encode_tp(stats["tp"][si]),
+            out.append({"im": Path(pb["im_file"]).name, "tp": encode_tp(stats["tp"][si]),
                         "conf": [float(c) for c in stats["conf"][si]],
                         "pred_cls": [int(c) for c in stats["pred_cls"][si]],
                         "target_cls": [int(c) for c in stats["target_cls"][si]],
@@ -183,7 +160,7 @@ def detection_metrics(images: list[dict[str, Any]], names: dict[int, str], niou:
     ious: list[float] = []
     for im in images:
         target_cls = np.asarray(im["target_cls"], dtype=np.float64)
-        dm.update_stats({"tp": _decode_tp(im["tp"], niou), "conf": np.asarray(im["conf"], dtype=np.float64),
+        dm.update_stats({"tp": decode_tp(im["tp"], niou), "conf": np.asarray(im["conf"], dtype=np.float64),
                          "pred_cls": np.asarray(im["pred_cls"], dtype=np.float64),
                          "target_cls": target_cls, "target_img": np.unique(target_cls), "im_name": im["im"]})
         ious.extend(im["iou"])

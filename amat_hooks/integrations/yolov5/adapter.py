@@ -56,6 +56,14 @@ def bare(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
 
 
+def raw_predictions(output: Any) -> list:
+    """The Detect layer's per-level outputs: the output itself in train mode, its second part
+    ``(inference, raw)`` in eval mode (as val.py passes ``train_out`` to the loss)."""
+    if isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], (list, tuple)):
+        return list(output[1])
+    return output
+
+
 @dataclass
 class _Seen:
     indices: list = field(default_factory=list)
@@ -165,13 +173,13 @@ class YoloV5Adapter(BatchAdapter):
         return (x * 255, torch.cat(copies), tuple(paths) * k, tuple(shapes) * k)
 
     def output_terms(self, batch: Any, output: Any) -> Tensor:
-        targets = batch[1].to(output[0].device)
-        return loss_with_terms(self.loss, self.module, output, targets)[2]
+        preds = raw_predictions(output)
+        return loss_with_terms(self.loss, self.module, preds, batch[1].to(preds[0].device))[2]
 
     def bind_loss(self, batch: Any, model: nn.Module) -> BoundLoss:
         net, targets = bare(model), batch[1]
 
         def terms(x: Tensor) -> Tensor:
-            return loss_with_terms(self.loss, self.module, net(x), targets.to(x.device))[2]
+            return loss_with_terms(self.loss, self.module, raw_predictions(net(x)), targets.to(x.device))[2]
 
         return BoundLoss(terms=terms, term_names=list(TERM_NAMES))

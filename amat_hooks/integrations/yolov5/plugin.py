@@ -15,3 +15,10 @@ def amat_adapter(batch: Any, host: Any) -> YoloV5Adapter | None:
     if not is_yolov5_batch(batch) or script_loss_module() is None or find_model is None or find_model() is None:
         return None
     return YoloV5Adapter.for_model(find_model())
+
+
+@hookimpl
+def amat_tasks():
+    from amat_hooks.integrations.yolov5.task import YoloV5Task
+
+    return [YoloV5Task()]

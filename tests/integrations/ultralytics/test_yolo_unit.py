@@ -358,7 +358,8 @@ def test_detection_metrics_on_handmade_matches():
     correct at 5 of the 10 thresholds halves mAP50-95. IoU: best confident same-class box."""
     import numpy as np
 
-    from amat_hooks.integrations.ultralytics.evaluate import _decode_tp, _encode_tp, detection_metrics, object_ious
+    from amat_hooks.evaluation.metrics import decode_tp as _decode_tp, encode_tp as _encode_tp, object_ious
+    from amat_hooks.integrations.ultralytics.evaluate import detection_metrics
 
     tp = np.array([[True] * 10, [False] * 10, [True] * 5 + [False] * 5])
     assert (_decode_tp(_encode_tp(tp), 10) == tp).all()

@@ -121,3 +121,34 @@ def test_amat_trains_offline_and_the_scripts_resume_continues_the_margins(checko
     after = json.loads((weights / "amat_state.json").read_text())
     assert after["epochs"] == 2 and [h["epoch"] for h in after["history"]] == [0, 1]
     assert after["policy"]["margins"]["updates"] == first["policy"]["margins"]["updates"] + 8
+
+
+@pytest.mark.slow
+def test_calibrate_and_eval_through_the_shared_task_commands(checkout, data, tmp_path):
+    """``amat calibrate|eval yolov5``: xi per term (box/obj/cls) from the clean model's training
+    images, then PGD / IFGSM / worst case with mAP50-95 and the paper's average IoU."""
+    env = {"AMAT_YOLOV5_DIR": str(checkout)}
+    r = run(amat_cmd() + ["run", "--adv", "none", "--"] + train_args(data, tmp_path, "std", 1), checkout, env=env,
+            timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    weights = tmp_path / "std" / "weights" / "last.pt"
+    xi_file = tmp_path / "xi.json"
+    cal = run(amat_cmd() + ["calibrate", "yolov5", "--weights", str(weights), "--data", str(data), "--img", "64",
+                            "--batch", "4", "-o", str(xi_file)], tmp_path, env=env, timeout=600)
+    assert cal.returncode == 0, cal.stderr[-3000:]
+    rec = json.loads(xi_file.read_text())
+    assert rec["task"] == "yolov5" and rec["term_names"] == ["box", "obj", "cls"] and rec["rule"] == "mean+2std"
+    assert rec["n_samples"] == 8 and rec["xi"]["mean"] == pytest.approx(rec["stats"]["mean"])
+    assert all(s > 0 for s in rec["stats"]["mean"])
+    assert "xi (mean+2std) over 8 training samples: box=" in cal.stdout
+    ev = run(amat_cmd() + ["eval", "yolov5", "--models", f"STD={weights}", "--data", str(data), "--img", "64",
+                           "--batch", "4", "--split", "val", "--levels", "0.5,1", "--pgd-steps", "2", "--ifgsm-steps",
+                           "1", "--attacks", "pgd,ifgsm,worst", "--out", str(tmp_path / "ev"), "--no-progress"],
+             tmp_path, env=env, timeout=600)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    report = json.loads((tmp_path / "ev" / "robustness.json").read_text())["STD"]
+    assert report["samples"] == 4 and report["levels"] == [0.5, 1.0] and "worst" in report["noisy"]
+    assert set(report["clean"]) == {"mAP50-95", "mAP50", "IoU"}
+    bad = run(amat_cmd() + ["eval", "yolov5", "--models", f"STD={weights}", "--data", str(data)], tmp_path,
+              env={"AMAT_YOLOV5_DIR": str(tmp_path / "nowhere")})
+    assert bad.returncode == 2 and "no classic YOLOv5 checkout" in bad.stderr and "Traceback" not in bad.stderr
