@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from amat_hooks.adapter import AdapterError, BatchAdapter
 from amat_hooks.run.adapter import RunnerError
 from amat_hooks.run.ids import batch_rows
-from amat_hooks.run.split import BATCH_MODES, ForwardHooks, detach
+from amat_hooks.run.split import BATCH_MODES, ForwardHooks, detach, map_tensors
 
 STATE_NAME = "amat_state.json"
 SIDECAR_SUFFIX = ".amat.json"
@@ -561,12 +561,4 @@ def _model_device(model: nn.Module | None) -> torch.device | None:
 
 def _move(v: Any, device: torch.device) -> Any:
     """Tensors (also nested in tuples/lists/dicts) to ``device``."""
-    if isinstance(v, Tensor):
-        return v.to(device)
-    if isinstance(v, dict):
-        return {k: _move(x, device) for k, x in v.items()}
-    if isinstance(v, tuple) and hasattr(v, "_fields"):  # namedtuple
-        return type(v)(*(_move(x, device) for x in v))
-    if isinstance(v, (list, tuple)):
-        return type(v)(_move(x, device) for x in v)
-    return v
+    return map_tensors(lambda t: t.to(device), v)

@@ -136,41 +136,31 @@ def cat_rows(a: Any, b: Any, rows: int) -> Any:
     return a
 
 
-def slice_rows(v: Any, start: int, stop: int) -> Any:
-    """Rows ``start:stop`` of every tensor in an output (nested like :func:`cat_rows`)."""
+def map_tensors(fn, v: Any) -> Any:
+    """``fn`` applied to every tensor of an output: tensors, and tuples, lists, namedtuples and
+    dicts of them (other values unchanged)."""
     if isinstance(v, Tensor):
-        return v[start:stop] if v.dim() > 0 else v
+        return fn(v)
     if isinstance(v, dict):
-        return type(v)((k, slice_rows(x, start, stop)) for k, x in v.items())
+        return type(v)((k, map_tensors(fn, x)) for k, x in v.items())
     if isinstance(v, tuple) and hasattr(v, "_fields"):
-        return type(v)(*(slice_rows(x, start, stop) for x in v))
+        return type(v)(*(map_tensors(fn, x) for x in v))
     if isinstance(v, (list, tuple)):
-        return type(v)(slice_rows(x, start, stop) for x in v)
+        return type(v)(map_tensors(fn, x) for x in v)
     return v
+
+
+def slice_rows(v: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of every tensor in an output."""
+    return map_tensors(lambda t: t[start:stop] if t.dim() > 0 else t, v)
 
 
 def half_gradient(v: Any) -> Any:
     """The same values with half their gradient (``0.5 t + 0.5 t.detach()`` is exactly t): the
     script's summed loss over 2B rows then steps as (L0 + L1) / 2."""
-    if isinstance(v, Tensor):
-        return v * 0.5 + v.detach() * 0.5 if v.requires_grad else v
-    if isinstance(v, dict):
-        return type(v)((k, half_gradient(x)) for k, x in v.items())
-    if isinstance(v, tuple) and hasattr(v, "_fields"):
-        return type(v)(*(half_gradient(x) for x in v))
-    if isinstance(v, (list, tuple)):
-        return type(v)(half_gradient(x) for x in v)
-    return v
+    return map_tensors(lambda t: t * 0.5 + t.detach() * 0.5 if t.requires_grad else t, v)
 
 
 def detach(v: Any) -> Any:
     """The output with every tensor detached (kept for the margin test only)."""
-    if isinstance(v, Tensor):
-        return v.detach()
-    if isinstance(v, dict):
-        return type(v)((k, detach(x)) for k, x in v.items())
-    if isinstance(v, tuple) and hasattr(v, "_fields"):
-        return type(v)(*(detach(x) for x in v))
-    if isinstance(v, (list, tuple)):
-        return type(v)(detach(x) for x in v)
-    return v
+    return map_tensors(Tensor.detach, v)

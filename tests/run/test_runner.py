@@ -518,3 +518,44 @@ def test_python_dash_m_form(tiny, tmp_path):
                           "tiny_train", "--epochs", "1", "--out", str(tmp_path)], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "epoch 0 rows 24" in r.stdout
+
+
+CLASSIC_STYLE = r'''
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+class Images(Dataset):  # classic-YOLOv5-like samples: uint8 image, [n, 6] boxes, path, shape
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return torch.randint(0, 255, (3, 8, 8), dtype=torch.uint8), torch.rand(2, 6), f"im{i}.jpg", (8, 8)
+
+
+def collate(items):
+    imgs, t, p, s = zip(*items)
+    return torch.stack(imgs), torch.cat(t), p, s
+
+
+model = nn.Conv2d(3, 2, 1)
+crit = nn.MSELoss()
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for imgs, targets, paths, shapes in DataLoader(Images(), batch_size=2, collate_fn=collate):
+    out = model(imgs.float() / 255)
+    loss = crit(out.mean(), targets.mean())
+    opt.zero_grad(); loss.backward(); opt.step()
+'''
+
+
+def test_a_classic_style_batch_without_its_adapter_is_refused_in_one_line(tmp_path):
+    """uint8 images and [N, 6] targets with no YOLOv5 checkout: the generic adapter refuses up
+    front, naming what to implement, and nothing trains or is written."""
+    script = tmp_path / "classic_style.py"
+    script.write_text(CLASSIC_STYLE)
+    r = run(amat_cmd() + ["run", "--adv", "sat", "--adv-eps", "1", "--", "python", str(script)], tmp_path)
+    assert r.returncode == 3, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert "attack needs float inputs" in r.stderr and "adapter" in r.stderr
+    assert not (tmp_path / "amat_state.json").exists()

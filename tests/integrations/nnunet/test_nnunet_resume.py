@@ -139,7 +139,7 @@ def test_stop_checkpoint_under_the_default_semantics_is_refused_then_forced(root
     assert reason in _log(fold)
     _continue(root, stop_run, ok=True, AMAT_FORCE_RESUME="1")
     log = _log(fold, "AMAT_FORCE_RESUME=1: the saved margins are continued")
-    assert f"table sha256 {table_digest(saved['engine']['policy']['margins'])}" in log
+    assert f"table sha256 {table_digest(saved['policy']['margins'])}" in log
     after = _amat_state(fold / "checkpoint_final.pth")
     assert after["config"]["boundary"] == "none"
     old, new = _margins(saved), _margins(after)

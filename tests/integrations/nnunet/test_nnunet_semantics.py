@@ -35,7 +35,7 @@ def test_fixed_xi_margins_grow_by_delta_or_hold(root, tmp_path, xi, accepted):
     fold = results / _fold(root, AMAT).relative_to(root / "res")
     state = _amat_state(fold / "checkpoint_final.pth")
     assert state["config"]["boundary"] == "none" and state["config"]["delta"] == 0.5
-    assert state["xi"] == [float(xi)] and state["xi_origin"] == "environment AMAT_XI"
+    assert state["xi"] == [float(xi)] and state["policy"]["config"]["xi_source"] == "environment AMAT_XI"
     plans = json.loads((root / "pre" / "Dataset990_AMATShapes" / "nnUNetPlans.json").read_text())
     visits = 2 * int(plans["configurations"]["2d"]["batch_size"])  # 1 epoch x 2 iterations x batch
     table = state["policy"]["margins"]
