@@ -90,6 +90,8 @@ class BatchAdapter:
     #: whether the trainer's loss on k*B handed rows is a SUM over rows (classic YOLOv5's x batch
     #: size): ``amat run`` then halves the gradient of the outputs, so the step is (L0 + L1) / 2
     sums_over_batch: bool = False
+    #: the protocol's column for this trainer (:data:`amat_hooks.protocols.KINDS`)
+    protocol_kind: str = "generic"
 
     def inputs(self, batch: Any) -> Tensor:
         raise NotImplementedError
@@ -127,6 +129,10 @@ class BatchAdapter:
     def state(self) -> dict[str, Any]:
         """Recorded in checkpoints and sidecars (the ``adapter`` entry of the state)."""
         return {"name": self.name, "term_names": list(self.term_names)}
+
+    def configure(self, config: Any) -> None:
+        """Take the resolved settings (``AdvConfig``): e.g. ``terms="authors"`` selects the
+        authors' acceptance terms where the adapter has them."""
 
     def check_first_step(self, host: Any) -> None:
         """Called once after the trainer computed its loss on the first batch and before its

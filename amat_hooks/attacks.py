@@ -1,16 +1,14 @@
-"""L2 / Linf PGD and IFGSM with one radius per sample and an optional loss boundary, and
-a minimal-norm attack (the robust radius).
+"""L2 / Linf PGD and IFGSM with one radius per sample and an optional loss boundary.
 
 One implementation serves training (SAT: fixed eps; AMAT: eps = margin E(i), full radius
 as in Algorithm 1, or - the opt-in ``boundary="stop"`` variant - stopping at the
-loss-defined boundary) and evaluation (100-step PGD, 10-step IFGSM and the segmentation
-objectives of :mod:`amat_hooks.evaluation.objectives`, several noise levels in one call by repeating
-the batch with a per-sample eps; :func:`min_norm` for each sample's smallest breaking noise).
+loss-defined boundary) and evaluation (100-step PGD, 10-step IFGSM and the objectives of
+:mod:`amat_hooks.evaluation.objectives`, several noise levels in one call by repeating the
+batch with a per-sample eps).
 """
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -21,14 +19,8 @@ LossFn = Callable[[Tensor], Tensor]
 
 class IterationLoss:
     """A loss whose terms depend on the attack iteration (SegPGD's weight moves from the
-    correct to the wrong pixels over the iterations).
-
-    :func:`pgd` calls ``terms_at(x_adv, iteration, steps)`` (iteration 0-based) in its
-    loop wherever ``loss_fn`` has that method; everything else (the terms at the returned
-    point, the boundary bisection) calls ``loss_fn(x_adv)``, which here means the final
-    weighting (``iteration=None``). A plain ``Callable[[Tensor], Tensor]`` is the same loss
-    at every iteration. (:func:`min_norm`'s ``step_fn`` receives the iteration directly.)
-    """
+    correct to the wrong pixels): :func:`pgd` calls ``terms_at(x_adv, iteration, steps)``
+    (0-based) in its loop; everything else calls ``loss_fn(x_adv)``, the final weighting."""
 
     def terms_at(self, x: Tensor, iteration: int | None, steps: int | None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -62,12 +54,10 @@ class AttackResult:
 
     def __init__(self, x_adv: Tensor, noise_norm: Tensor, crossed: Tensor, finite: Tensor,
                  steps_run: int, terms: Tensor | None = None,
-                 terms_fn: Callable[[], Tensor] | None = None) -> None:
-        self.x_adv = x_adv
-        self.noise_norm = noise_norm
-        self.crossed = crossed
-        self.finite = finite
+                 terms_fn: Callable[[], Tensor] | None = None, failed_any: Tensor | None = None) -> None:
+        self.x_adv, self.noise_norm, self.crossed, self.finite = x_adv, noise_norm, crossed, finite
         self.steps_run = steps_run
+        self.failed_any = torch.zeros_like(finite) if failed_any is None else failed_any
         self._terms = terms
         self._terms_fn = terms_fn
 
@@ -77,11 +67,6 @@ class AttackResult:
             self._terms = self._terms_fn()
             self._terms_fn = None
         return self._terms
-
-    def __repr__(self) -> str:
-        return (f"AttackResult(batch={self.x_adv.shape[0]}, noise_norm_mean="
-                f"{float(self.noise_norm.mean()):.4g}, crossed={int(self.crossed.sum())}, "
-                f"steps_run={self.steps_run})")
 
 
 def _per_sample(value: float | Tensor, batch: int, name: str, like: Tensor) -> Tensor:
@@ -125,17 +110,26 @@ def _project(delta: Tensor, eps: Tensor, norm: str) -> Tensor:
     return delta * _bcast(scale, delta)
 
 
-def _random_start(x: Tensor, eps: Tensor, norm: str, generator: torch.Generator | None) -> Tensor:
-    """Uniform in the ball (volume-uniform: radius eps * u^(1/d)), not on its surface."""
+#: Random starts: ``ball`` uniform in the ball of radius eps (the default); ``sphere`` the
+#: authors' code: on the sphere of radius ``start_radius`` (their ``max(E - Delta, Delta)``,
+#: capped at eps), direction a uniform cube draw normalised, not clamped to the input bounds.
+STARTS = ("ball", "sphere")
+
+
+def _random_start(x: Tensor, eps: Tensor, norm: str, generator: torch.Generator | None, mode: str = "ball",
+                  radius: Tensor | None = None) -> Tensor:
+    """``ball``: uniform in the ball (volume-uniform: radius eps * u^(1/d)); ``sphere``: see :data:`STARTS`."""
     if norm == "linf":
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return (2 * u - 1) * _bcast(eps, x).to(x.dtype)
-    d = x[0].numel()
-    g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    direction = g / _bcast(_norms(g, "l2").clamp_min(1e-12), g)
-    u = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=torch.float32)
-    radius = eps * u.pow(1.0 / d)
-    return direction * _bcast(radius, x).to(x.dtype)
+    if mode == "sphere":
+        g = 2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1
+        r = torch.minimum(radius, eps) if radius is not None else eps
+    else:
+        g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        u = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=torch.float32)
+        r = eps * u.pow(1.0 / x[0].numel())
+    return g / _bcast(_norms(g, "l2").clamp_min(1e-12), g) * _bcast(r, x).to(x.dtype)
 
 
 def _check_steps_and_bounds(steps: int, bounds: tuple[float, float] | None) -> None:
@@ -262,12 +256,14 @@ def pgd(
     step_size: float | Tensor | None = None,
     alpha: float = DEFAULT_ALPHA,
     norm: str = "l2",
-    random_start: bool = True,
+    random_start: bool | str = True,
     bounds: tuple[float, float] | None = None,
     boundary: Tensor | Sequence[float] | None = None,
     refine_steps: int = 10,
     model: nn.Module | None = None,
     generator: torch.Generator | None = None,
+    start_radius: Tensor | None = None,
+    watch: Tensor | Sequence[float] | None = None,
 ) -> AttackResult:
     """Projected gradient ascent on the sum of per-sample loss terms.
 
@@ -285,8 +281,11 @@ def pgd(
     ``refine_steps`` bisection steps between its last inside and first outside iterate put
     it on the boundary (the opt-in ``--adv-boundary stop`` training variant).
 
-    Pass ``model`` to have its modes and normalisation statistics restored afterwards.
-    Parameter ``.grad`` fields are never touched (gradients are taken w.r.t. the input only).
+    ``random_start``: True / ``"ball"``, ``"sphere"`` (:data:`STARTS`, ``start_radius``) or False.
+    ``watch`` (xi ``[K]``): ``failed_any[i]`` of the result says whether any iterate the loop
+    evaluated (the start and every step but the last) had a term not ``< xi`` (the authors'
+    acceptance at every iterate; no host sync). Pass ``model`` to have its modes and
+    normalisation statistics restored afterwards. Parameter ``.grad`` fields are never touched.
     """
     _check_steps_and_bounds(steps, bounds)
     if norm not in _NORMS:
@@ -298,11 +297,17 @@ def pgd(
     eps_t = _per_sample(eps, batch, "eps", x)
     step_t = _pgd_step_sizes(step_size, alpha, eps_t, steps, x)
     xi = _boundary_tensor(boundary, batch, x)
+    watch_t = _boundary_tensor(watch, batch, x)
+    mode = "sphere" if random_start == "sphere" else "ball"
+    if random_start not in (True, False, *STARTS):
+        raise ValueError(f"random_start must be True, False or one of {STARTS}, got {random_start!r}")
 
     with preserved_state(model):
-        delta = (_random_start(x, eps_t, norm, generator) if random_start
+        delta = (_random_start(x, eps_t, norm, generator, mode, start_radius) if random_start
                  else torch.zeros_like(x))
-        delta = _clamp(x + delta, bounds) - x
+        if mode == "ball":
+            delta = _clamp(x + delta, bounds) - x
+        failed_any = torch.zeros(batch, dtype=torch.bool, device=x.device)
         finite = torch.ones(batch, dtype=torch.bool, device=x.device)
         active = torch.ones(batch, dtype=torch.bool, device=x.device)
         crossed = torch.zeros(batch, dtype=torch.bool, device=x.device)
@@ -326,6 +331,8 @@ def pgd(
             terms = terms.detach().float()
             ok = torch.isfinite(terms).all(dim=1)
             finite &= ok
+            if watch_t is not None:
+                failed_any |= ~(terms < watch_t).all(dim=1)
             if xi is not None:
                 if inside is None:
                     inside, hi, hi_terms = prev.clone(), delta.clone(), terms.clone()
@@ -365,15 +372,9 @@ def pgd(
         with preserved_state(model), torch.no_grad():
             return _check_terms(loss_fn(x_adv), batch).float()
 
-    return AttackResult(
-        x_adv=x_adv,
-        noise_norm=_norms((x_adv - x).float(), norm),
-        crossed=crossed,
-        finite=finite,
-        steps_run=steps_run,
-        terms=final_terms,
-        terms_fn=None if final_terms is not None else lazy_terms,
-    )
+    return AttackResult(x_adv=x_adv, noise_norm=_norms((x_adv - x).float(), norm), crossed=crossed, finite=finite,
+                        steps_run=steps_run, terms=final_terms, terms_fn=None if final_terms is not None else lazy_terms,
+                        failed_any=failed_any)
 
 
 def ifgsm(
@@ -394,16 +395,3 @@ def ifgsm(
         step_size = _per_sample(eps, batch, "eps", x) / (steps if isinstance(steps, int) and steps > 0 else 1)
     return pgd(loss_fn, x, eps, steps=steps, step_size=step_size, norm=norm,
                random_start=False, bounds=bounds, model=model)
-
-
-def multi_level(eps_levels: Sequence[float], x: Tensor) -> tuple[Tensor, Tensor]:
-    """Repeat a batch once per noise level: returns (x_rep [L*B, ...], eps [L*B]).
-
-    Level-major order: rows ``l*B:(l+1)*B`` hold level ``eps_levels[l]``; one attack call
-    then evaluates every level (per-sample eps), instead of one call per level.
-    """
-    levels = torch.as_tensor(list(eps_levels), dtype=torch.float32, device=x.device)
-    if levels.numel() == 0 or not math.isfinite(float(levels.sum())):
-        raise ValueError("eps_levels must be a non-empty list of finite noise levels")
-    b = x.shape[0]
-    return x.repeat(len(levels), *([1] * (x.dim() - 1))), levels.repeat_interleave(b)

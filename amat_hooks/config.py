@@ -11,12 +11,12 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from amat_hooks.attacks import DEFAULT_ALPHA
 from amat_hooks.policies import AMAT, BOUNDARY_MODES, MODES, SAT, STD, TRAIN_REFINE_STEPS, AttackSettings, Policy
-from amat_hooks.thresholds import RULES
+from amat_hooks.protocols import CHOICES, PROTOCOLS, protocol_settings
+from amat_hooks.thresholds import check_rule
 
 _ALIASES = {"std": "none", "off": "none", "clean": "none"}
 
@@ -29,19 +29,23 @@ class AdvConfigError(ValueError):
 ENV_NAMES = {"mode": "AMAT_MODE", "delta": "AMAT_STEP", "eps": "AMAT_EPS", "pgd_steps": "AMAT_STEPS",
              "pgd_step_size": "AMAT_STEP_SIZE", "alpha": "AMAT_ALPHA", "norm": "AMAT_NORM", "xi": "AMAT_XI",
              "xi_rule": "AMAT_XI_RULE", "xi_momentum": "AMAT_XI_MOMENTUM", "boundary": "AMAT_BOUNDARY",
-             "refine_steps": "AMAT_REFINE_STEPS", "max_margin": "AMAT_MAX_MARGIN"}
+             "refine_steps": "AMAT_REFINE_STEPS", "max_margin": "AMAT_MAX_MARGIN", "protocol": "AMAT_PROTOCOL",
+             "start": "AMAT_START", "accept_iterates": "AMAT_ACCEPT_ITERATES", "update": "AMAT_UPDATE",
+             "refine": "AMAT_REFINE", "max_margin_deltas": "AMAT_MAX_MARGIN_DELTAS", "sat_loss": "AMAT_SAT_LOSS",
+             "clamp": "AMAT_CLAMP", "attack_bn": "AMAT_ATTACK_BN", "terms": "AMAT_TERMS"}
 
 
 @dataclass
 class AdvConfig:
     """Adversarial-training settings. ``delta`` is AMAT's step Delta (flag ``--adv-step``),
     ``pgd_steps`` the PGD iterations (``--adv-steps``), ``pgd_step_size`` an absolute PGD
-    step (``--adv-step-size``)."""
+    step (``--adv-step-size``). Settings left at None are the ``protocol``'s
+    (:mod:`amat_hooks.protocols`), filled in by :meth:`resolved` for a kind of trainer."""
 
     mode: str = "amat"
     delta: float | None = None         # AMAT expansion step Delta (= initial margin)
     eps: float | None = None           # SAT noise level
-    pgd_steps: int = 10                # PGD iterations for training noise
+    pgd_steps: int | None = None       # PGD iterations for training noise (paper 10, authors 20)
     pgd_step_size: float | None = None  # absolute PGD step; default alpha * eps / pgd_steps
     norm: str = "l2"
     xi: list[float] | None = None      # thresholds; None = online estimate
@@ -51,8 +55,19 @@ class AdvConfig:
     max_margin: float | None = None
     bounds: tuple[float, float] | None = None
     boundary: str = "none"             # none: Algorithm 1 (full radius) | stop: stop at xi, bisect
-    alpha: float = DEFAULT_ALPHA       # PGD step = alpha * eps / steps (unless step_size)
+    alpha: float | None = None         # PGD step = alpha * eps / steps (unless step_size)
     xi_source: str | None = None       # where given xi came from (file path, flag, variable)
+    protocol: str = "paper"            # paper | authors: the defaults of the settings below
+    start: str | None = None
+    accept_iterates: str | None = None
+    update: str | None = None
+    refine: str | None = None
+    max_margin_deltas: float | None = None
+    sat_loss: str | None = None
+    clamp: str | None = None
+    attack_bn: str | None = None
+    terms: str | None = None
+    kind: str | None = None            # the trainer kind the protocol was resolved for
 
     def __post_init__(self) -> None:
         self.mode = _ALIASES.get(str(self.mode).lower(), str(self.mode).lower())
@@ -65,6 +80,14 @@ class AdvConfig:
         if self.mode not in MODES:
             raise AdvConfigError(f"unknown mode {self.mode!r} for --adv; choose one of: {', '.join(MODES)} "
                                  f"(std is an alias of none)")
+        if self.protocol not in PROTOCOLS:
+            raise AdvConfigError(f"unknown --adv-protocol {self.protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+        for name, choices in CHOICES.items():
+            value = getattr(self, name)
+            if choices and value is not None and value not in choices:
+                raise AdvConfigError(f"unknown --adv-{name.replace('_', '-')} {value!r}; choose one of: "
+                                     f"{', '.join(choices)}")
+        _number("--adv-max-margin-deltas", self.max_margin_deltas, "> 0, the cap is this many Delta")
         if self.mode == "sat" and self.eps is None:
             raise AdvConfigError("--adv sat needs a noise level: add --adv-eps EPS (e.g. --adv-eps 5)")
         if self.mode == "amat" and self.delta is None:
@@ -86,8 +109,10 @@ class AdvConfig:
             if not xi or not all(_is_number(v) and math.isfinite(v) for v in xi):
                 raise AdvConfigError(f"--adv-xi must be finite numbers, one per loss term, got {self.xi!r}")
             self.xi = [float(v) for v in xi]
-        if self.xi_rule not in RULES:
-            raise AdvConfigError(f"unknown --adv-xi-rule {self.xi_rule!r}; choose one of: {', '.join(RULES)}")
+        try:
+            check_rule(self.xi_rule)
+        except ValueError as e:
+            raise AdvConfigError(f"--adv-xi-rule: {e}") from None
         if self.norm not in ("l2", "linf"):
             raise AdvConfigError(f"unknown --adv-norm {self.norm!r}; choose l2 or linf")
         if self.boundary not in BOUNDARY_MODES:
@@ -99,32 +124,57 @@ class AdvConfig:
             raise AdvConfigError(f"input bounds must be (low, high) with low < high, got {self.bounds!r}")
         return self
 
+    def resolved(self, kind: str | None = None) -> "AdvConfig":
+        """These settings with every one left at None taken from the protocol for a trainer of
+        ``kind`` (default: the kind resolved before, else ``generic``); explicit ones win."""
+        kind = kind or self.kind or "generic"
+        fill = {k: v for k, v in protocol_settings(self.protocol, kind).items() if getattr(self, k) is None}
+        cfg = replace(self, **fill, kind=kind)
+        if cfg.max_margin is None and cfg.max_margin_deltas and cfg.delta:
+            cfg.max_margin = cfg.max_margin_deltas * cfg.delta
+        return cfg.validate()
+
+    def with_xi_preset(self, dataset: str | None = None) -> "AdvConfig":
+        """The authors' published xi for this (resolved) kind where the authors' terms are used
+        and no xi was given (the preset's source is recorded as the xi source)."""
+        from amat_hooks.protocols import XI_PRESETS, xi_preset
+
+        name = xi_preset(self.kind or "generic", dataset)
+        if self.mode != "amat" or self.terms != "authors" or self.xi is not None or name is None:
+            return self
+        values, source = XI_PRESETS[name]
+        return replace(self, xi=list(values), xi_source=f"preset {name} ({source})")
+
     def attack_settings(self) -> AttackSettings:
-        return AttackSettings(steps=self.pgd_steps, step_size=self.pgd_step_size, norm=self.norm,
-                              bounds=self.bounds, refine_steps=self.refine_steps, alpha=float(self.alpha))
+        c = self if self.kind is not None else self.resolved()
+        return AttackSettings(steps=c.pgd_steps, step_size=c.pgd_step_size, norm=c.norm, bounds=c.bounds,
+                              refine_steps=c.refine_steps, alpha=float(c.alpha), start=c.start, bn=c.attack_bn)
 
     def build_policy(self, dataset_id: str | None = None, calibrate_hint: str | None = None,
-                     log: Callable[[str], None] | None = None) -> Policy:
-        """The policy these settings describe. ``calibrate_hint`` names the command that
-        computes xi for this trainer (printed when xi falls back to the online estimate)."""
-        self.validate()
-        if self.mode == "none":
-            return STD(self.attack_settings())
-        if self.mode == "sat":
-            return SAT(self.eps, self.attack_settings())
-        return AMAT(self.delta, xi=self.xi, xi_rule=self.xi_rule, attack=self.attack_settings(),
-                    max_margin=self.max_margin, dataset_id=dataset_id, xi_momentum=self.xi_momentum,
-                    boundary=self.boundary, xi_source=self.xi_source,
-                    calibrate_hint=calibrate_hint or "amat calibrate <task>", log=log)
+                     log: Callable[[str], None] | None = None, kind: str | None = None) -> Policy:
+        """The policy these settings describe for a trainer of ``kind`` (the protocol's column).
+        ``calibrate_hint`` names the command that computes xi for this trainer (printed when xi
+        falls back to the online estimate)."""
+        c = self.resolved(kind)
+        if c.mode == "none":
+            return STD(c.attack_settings())
+        if c.mode == "sat":
+            return SAT(c.eps, c.attack_settings(), loss=c.sat_loss)
+        return AMAT(c.delta, xi=c.xi, xi_rule=c.xi_rule, attack=c.attack_settings(),
+                    max_margin=c.max_margin, dataset_id=dataset_id, xi_momentum=c.xi_momentum,
+                    boundary=c.boundary, xi_source=c.xi_source,
+                    calibrate_hint=calibrate_hint or "amat calibrate <task>", log=log, refine=c.refine,
+                    update=c.update, accept_iterates=c.accept_iterates)
 
     @property
     def label(self) -> str:
         """Paper-style method name: STD, SAT5, AMAT."""
         if self.mode == "none":
             return "STD"
+        tail = "-authors" if self.protocol == "authors" else ""
         if self.mode == "sat":
-            return f"SAT{self.eps:g}"
-        return "AMAT" if self.boundary == "none" else "AMAT-stop"
+            return f"SAT{self.eps:g}{tail}"
+        return ("AMAT" if self.boundary == "none" else "AMAT-stop") + tail
 
     # -- serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -149,10 +199,13 @@ class AdvConfig:
                        help=f"training mode: {', '.join(MODES)} (std is an alias of none)")
         g.add_argument("--adv-step", type=float, help="AMAT expansion step Delta (also the initial margin)")
         g.add_argument("--adv-eps", type=float, help="SAT noise level (L2)")
-        g.add_argument("--adv-steps", type=int, default=10, help="PGD iterations for training noise (default 10)")
-        g.add_argument("--adv-alpha", type=float, default=DEFAULT_ALPHA,
-                       help=f"PGD step = alpha * eps / steps (default {DEFAULT_ALPHA:g}; the authors' code: "
-                            f"4 for nnU-Net, 5 for YOLO and landmarks, with 20 steps)")
+        g.add_argument("--adv-protocol", default="paper", choices=PROTOCOLS,
+                       help="paper (default): the paper's text; authors: the settings of the authors' released "
+                            "code for this trainer (docs/protocols.md); any --adv-* setting given still wins")
+        g.add_argument("--adv-steps", type=int, default=None, help="PGD iterations for training noise (paper 10, "
+                                                                   "authors 20)")
+        g.add_argument("--adv-alpha", type=float, default=None,
+                       help="PGD step = alpha * eps / steps (paper 2.5; authors 4 for nnU-Net, 5 for YOLO, landmarks)")
         g.add_argument("--adv-step-size", type=float, help="absolute PGD step (overrides --adv-alpha)")
         g.add_argument("--adv-norm", default="l2", choices=["l2", "linf"])
         g.add_argument("--adv-xi", type=_float_list, help="thresholds xi, comma-separated (default: online estimate)")
@@ -168,6 +221,11 @@ class AdvConfig:
         g.add_argument("--adv-max-margin", type=float, help="cap on AMAT margins")
         g.add_argument("--adv-xi-momentum", type=float, default=0.01,
                        help="online xi only (no --adv-xi/--adv-xi-file): EMA momentum of the clean-loss statistics")
+        p = parser.add_argument_group("protocol settings (default: the --adv-protocol's; docs/protocols.md)")
+        for name, choices in CHOICES.items():
+            if choices:
+                p.add_argument(f"--adv-{name.replace('_', '-')}", dest=f"adv_{name}", default=None, choices=choices)
+        p.add_argument("--adv-max-margin-deltas", type=float, default=None, help="cap margins at this many Delta")
         g.add_argument("--adv-force-resume", action="store_true",
                        help="resume a margin table trained with other settings (another Delta, "
                             "dataset or --adv-boundary)")
@@ -187,8 +245,9 @@ class AdvConfig:
                   pgd_step_size=ns.adv_step_size, norm=ns.adv_norm, xi=xi,
                   xi_rule=rule or "mean", refine_steps=ns.adv_refine_steps,
                   max_margin=ns.adv_max_margin, boundary=ns.adv_boundary, alpha=ns.adv_alpha,
-                  xi_momentum=getattr(ns, "adv_xi_momentum", 0.01),
-                  xi_source=source)
+                  xi_momentum=getattr(ns, "adv_xi_momentum", 0.01), xi_source=source,
+                  protocol=getattr(ns, "adv_protocol", "paper"),
+                  **{k: getattr(ns, f"adv_{k}", None) for k in CHOICES if k not in ("pgd_steps", "alpha")})
         return cfg.validate()
 
     @classmethod
@@ -201,7 +260,7 @@ class AdvConfig:
         d: dict[str, Any] = dict(defaults or {})
         conv = {"delta": float, "eps": float, "pgd_steps": int, "pgd_step_size": float, "xi": _float_list,
                 "refine_steps": int, "max_margin": float, "xi_momentum": float, "alpha": float,
-                "boundary": str.lower}
+                "boundary": str.lower, "max_margin_deltas": float}
         for name, var in ENV_NAMES.items():
             key = prefix + var[len("AMAT_"):]
             if key in env and env[key] != "":

@@ -105,6 +105,7 @@ class AdversarialEngine:
         margins = getattr(self.policy, "margins", None)
         if margins is not None:
             margins.sync()
+            margins.end_epoch()  # update="epoch" (the authors' code): the epoch's visits applied now
         summary = self.policy.summary()
         self.pm.hook.amat_epoch_end(epoch=epoch, summary=summary, host=self.host)
         return summary

@@ -49,7 +49,7 @@ class AdversarialLoop:
         if adapter is None and loss_fn is None:
             raise AdapterError("AdversarialLoop needs a per-sample loss_fn or an adapter")
         self.model, self.loss_fn = model, loss_fn
-        self.config = config.validate()
+        self.config = config.resolved(adapter.protocol_kind if adapter is not None else "generic")
         self._log = log
         self._pm = pm
         self.amat_history: list[dict[str, float]] = []
@@ -69,6 +69,7 @@ class AdversarialLoop:
             print(message, file=sys.stderr, flush=True)
 
     def _use(self, adapter: BatchAdapter) -> None:
+        adapter.configure(self.config)
         self.engine = AdversarialEngine(self.policy, adapter, host=self, pm=self._pm)
         self.amat_log(f"adapter: {adapter.describe()}")
 

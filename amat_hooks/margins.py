@@ -16,17 +16,31 @@ class MarginMismatchError(ValueError):
     """A saved margin table does not belong to this run (other init/step/dataset)."""
 
 
+#: How a failed visit refines E: ``half`` (Algorithm 1 line 12: ``(||noise|| + E) / 2``),
+#: ``floor`` (the same, at least Delta: the authors' YOLO code), ``none`` (kept: their landmark code).
+REFINES = ("half", "floor", "none")
+#: When margins change: every ``visit`` (Algorithm 1, per mini-batch) or once per ``epoch``
+#: (the authors' code: +Delta if any visit of the epoch passed, else the epoch's refine).
+UPDATES = ("visit", "epoch")
+
+
 class MarginStore:
     """The table E of Algorithm 1: one margin per training sample.
 
     Unknown ids start at ``init`` (the paper: E(i) = Delta). ``update`` applies line 10
-    (accepted: ``E += delta``, capped by ``max_margin``) or line 12 (``E = (||noise|| + E)/2``).
-    Under ``torch.distributed`` each rank updates its own samples; :meth:`sync` replays
-    every rank's updates in rank order so all ranks hold the same table.
+    (accepted: ``E += delta``, capped by ``max_margin``) or line 12 (refine, :data:`REFINES`).
+    With ``update="epoch"`` the visits are kept and applied by :meth:`end_epoch`: a sample
+    grows by Delta once if any visit passed, else takes the epoch's refine (the pairwise
+    average in visit order, seeded with its margin). Under ``torch.distributed`` each rank
+    updates its own samples; :meth:`sync` replays every rank's visits in rank order so all
+    ranks hold the same table.
     """
 
     def __init__(self, init: float, delta: float, max_margin: float | None = None,
-                 dataset_id: str | None = None) -> None:
+                 dataset_id: str | None = None, refine: str = "half", update: str = "visit") -> None:
+        if refine not in REFINES or update not in UPDATES:
+            raise ValueError(f"refine must be one of {REFINES} and update one of {UPDATES}, got {refine!r}, {update!r}")
+        self.refine, self.update_mode = refine, update
         if not (isinstance(init, (int, float)) and math.isfinite(init) and init >= 0):
             raise ValueError(f"MarginStore init must be a finite number >= 0, got {init!r}")
         if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta > 0):
@@ -93,6 +107,11 @@ class MarginStore:
             return
         if not torch.isfinite(nn_).all():
             raise ValueError("noise_norm has NaN/inf entries; drop those samples before update")
+        if self.update_mode == "epoch":  # applied by end_epoch
+            self._rows(ids, create=True)
+            self._pending.extend(zip(ids, acc.tolist(), nn_.tolist()))
+            self._updates += len(ids)
+            return
         for i in ids:
             if i not in self._base:
                 r = self._index.get(i)
@@ -108,28 +127,60 @@ class MarginStore:
                                              torch.tensor([n], dtype=torch.float64))[0]
         self._updates += len(rows)
 
+    def _grown(self, e: Tensor) -> Tensor:
+        return e + self.delta if self.max_margin is None else (e + self.delta).clamp(max=self.max_margin)
+
+    def _refined(self, e: Tensor, noise_norm: Tensor) -> Tensor:
+        if self.refine == "none":
+            return e
+        r = (noise_norm + e) / 2
+        return r.clamp(min=self.delta) if self.refine == "floor" else r
+
     def _rule(self, e: Tensor, accepted: Tensor, noise_norm: Tensor) -> Tensor:
-        grown = e + self.delta
-        if self.max_margin is not None:
-            grown = grown.clamp(max=self.max_margin)
-        return torch.where(accepted, grown, (noise_norm + e) / 2)
+        return torch.where(accepted, self._grown(e), self._refined(e, noise_norm))
+
+    def end_epoch(self) -> int:
+        """``update="epoch"``: apply the epoch's visits (after :meth:`sync`); returns the samples
+        changed. Per sample: ``E + Delta`` if any visit passed, else the visits' refine applied
+        in order to a copy of E (the authors' ``E_new = (E_new + ||noise||) / 2``)."""
+        if self.update_mode != "epoch" or not self._pending:
+            self._pending.clear()
+            return 0
+        passed: dict[Hashable, bool] = {}
+        refined: dict[Hashable, Tensor] = {}
+        for i, a, n in self._pending:
+            e = refined.get(i, self._values[self._index[i]:self._index[i] + 1])
+            refined[i] = self._refined(e, torch.tensor([n], dtype=torch.float64))
+            passed[i] = passed.get(i, False) or bool(a)
+        for i, ok in passed.items():
+            r = self._index[i]
+            self._values[r] = self._grown(self._values[r:r + 1])[0] if ok else refined[i][0]
+        self._pending.clear()
+        return len(passed)
 
     # -- distributed ----------------------------------------------------------------------
     def sync(self, group: Any = None) -> None:
         """Merge all ranks' updates since the last sync (no-op without torch.distributed).
 
         Every rank rolls its own updates back, then replays the gathered update logs of
-        ranks 0..N-1 in order, so all ranks end with the same table. Call it at the same
-        points on every rank (it is a collective).
+        ranks 0..N-1 in order, so all ranks end with the same table (``update="epoch"``: the
+        gathered visits wait for :meth:`end_epoch`). Call it at the same points on every rank
+        (it is a collective).
         """
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
-            self._pending.clear()
+            if self.update_mode == "visit":
+                self._pending.clear()
             self._base.clear()
             return
         logs: list[Any] = [None] * dist.get_world_size(group)
         dist.all_gather_object(logs, self._pending, group=group)
+        if self.update_mode == "epoch":
+            self._pending = [v for log in logs for v in log]
+            for i, _, _ in self._pending:
+                self._rows([i], create=True)
+            return
         for i, value in self._base.items():  # roll back own updates
             r = self._index[i]
             self._values[r] = self.init if value is None else value
@@ -155,6 +206,10 @@ class MarginStore:
             "ids": list(self._ids),
             "values": self._values.tolist(),
             "updates": self._updates,
+            "refine": self.refine,
+            "update": self.update_mode,
+            "pending": [[list(i) if isinstance(i, tuple) else i, a, n] for i, a, n in self._pending]
+            if self.update_mode == "epoch" else [],
         }
 
     def load_state_dict(self, state: dict[str, Any], force: bool = False) -> None:
@@ -172,6 +227,9 @@ class MarginStore:
             problems.append(f"init {state['init']} != {self.init}")
         if abs(float(state["delta"]) - self.delta) > 1e-12:
             problems.append(f"step {state['delta']:g} != {self.delta:g}")
+        for key, mine in (("refine", self.refine), ("update", self.update_mode)):
+            if state.get(key, mine) != mine:
+                problems.append(f"{key} {state[key]} != {mine} (--adv-{key})")
         if (self.dataset_id is not None and state.get("dataset_id") is not None
                 and state["dataset_id"] != self.dataset_id):
             problems.append(f"dataset {state['dataset_id']!r} != {self.dataset_id!r}")
@@ -192,7 +250,8 @@ class MarginStore:
         self._index = {i: r for r, i in enumerate(ids)}
         self._values = torch.tensor(state["values"], dtype=torch.float64)
         self._updates = int(state.get("updates", 0))
-        self._pending.clear()
+        self._pending = [(tuple(i) if isinstance(i, list) else i, bool(a), float(n))
+                         for i, a, n in (state.get("pending") or [])] if self.update_mode == "epoch" else []
         self._base.clear()
 
     # -- reporting ------------------------------------------------------------------------

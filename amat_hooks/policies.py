@@ -66,6 +66,11 @@ class AttackSettings:
     bounds: tuple[float, float] | None = None
     refine_steps: int = TRAIN_REFINE_STEPS
     alpha: float = DEFAULT_ALPHA
+    #: ``ball`` (uniform in the ball) or ``sphere`` (the authors': radius max(E - Delta, Delta))
+    start: str = "ball"
+    #: ``frozen``: normalisation statistics restored after each attack; ``train``: the
+    #: authors' code - every PGD forward in train mode updates BatchNorm's running statistics
+    bn: str = "frozen"
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -103,9 +108,19 @@ class Policy:
         if eps is None:
             return None
         a = self.attack
+        start = a.random_start and ("sphere" if a.start == "sphere" else True)
         return pgd(terms_fn, x, eps, steps=a.steps, step_size=a.step_size, alpha=a.alpha,
-                   norm=a.norm, random_start=a.random_start, bounds=a.bounds,
-                   boundary=self.boundary_for(x, clean_terms), refine_steps=a.refine_steps, model=model)
+                   norm=a.norm, random_start=start, bounds=a.bounds, start_radius=self.start_radius(eps),
+                   boundary=self.boundary_for(x, clean_terms), refine_steps=a.refine_steps,
+                   model=model if a.bn == "frozen" else None, watch=self.watch())
+
+    def start_radius(self, eps: Tensor) -> Tensor | None:
+        """Radius of the ``sphere`` start (default: eps)."""
+        return None
+
+    def watch(self) -> Tensor | None:
+        """Thresholds PGD tests at every iterate (AMAT with ``accept_iterates="all"``)."""
+        return None
 
     @property
     def needs_clean_terms(self) -> bool:
@@ -140,18 +155,22 @@ class Policy:
         noisy_loss, noisy_terms = loss.training_loss(attack.x_adv, clean=False)
         noisy_terms_d = noisy_terms.detach()
         acc, upd = self.observe(ids, noisy_terms_d, attack, clean_terms_d)
-        return StepOutput(loss=(clean_loss + noisy_loss) / 2, clean_loss=clean_loss,
+        return StepOutput(loss=self.combine(clean_loss, noisy_loss), clean_loss=clean_loss,
                           clean_terms=clean_terms_d, noisy_loss=noisy_loss,
                           noisy_terms=noisy_terms_d, attack=attack, eps=self.last_eps,
                           accepted=acc, updated=upd)
 
     last_eps: Tensor | None = None
 
+    def combine(self, clean_loss: Tensor, noisy_loss: Tensor) -> Tensor:
+        """The loss back-propagated: Algorithm 1's ``(L0 + L1) / 2``."""
+        return (clean_loss + noisy_loss) / 2
+
     # -- persistence / logging --------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         a = self.attack
         return {"mode": self.name, "steps": a.steps, "step_size": a.step_size, "alpha": a.alpha,
-                "norm": a.norm, "random_start": a.random_start, "bounds": a.bounds,
+                "norm": a.norm, "random_start": a.random_start, "bounds": a.bounds, "start": a.start, "bn": a.bn,
                 "refine_steps": a.refine_steps}
 
     def state_dict(self) -> dict[str, Any]:
@@ -184,18 +203,24 @@ class SAT(Policy):
 
     name = "sat"
 
-    def __init__(self, eps: float, attack: AttackSettings | None = None) -> None:
+    def __init__(self, eps: float, attack: AttackSettings | None = None, loss: str = "mean") -> None:
         if not (isinstance(eps, (int, float)) and eps > 0):
             raise ValueError(f"SAT needs a noise level eps > 0, got {eps!r}; pass e.g. --adv-eps 5")
+        if loss not in SAT_LOSSES:
+            raise ValueError(f"unknown SAT loss {loss!r}; choose one of {SAT_LOSSES}")
         super().__init__(attack)
-        self.eps = float(eps)
+        self.eps, self.loss = float(eps), loss
 
     def eps_for(self, ids, x):
         self.last_eps = torch.full((x.shape[0],), self.eps, device=x.device)
         return self.last_eps
 
+    def combine(self, clean_loss, noisy_loss):
+        """``mean``: eq. 1, ``(L0 + L1) / 2``; ``noisy``: the authors' nnU-Net SAT, L1 only."""
+        return noisy_loss if self.loss == "noisy" else super().combine(clean_loss, noisy_loss)
+
     def config(self):
-        return {**super().config(), "eps": self.eps}
+        return {**super().config(), "eps": self.eps, "sat_loss": self.loss}
 
     def describe(self) -> str:
         return f"SAT eps={self.eps:g} (L2), nan_samples={self.nan_samples}"
@@ -219,16 +244,20 @@ class AMAT(Policy):
                  init: float | None = None, dataset_id: str | None = None,
                  xi_momentum: float | None = 0.01, boundary: str = "none",
                  xi_source: str | None = None, calibrate_hint: str = "amat calibrate <task>",
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, refine: str = "half", update: str = "visit",
+                 accept_iterates: str = "last") -> None:
         if not (isinstance(delta, (int, float)) and not isinstance(delta, bool) and math.isfinite(delta) and delta > 0):
             raise ValueError(f"AMAT needs a step size Delta > 0, got {delta!r}; pass e.g. --adv-step 0.5")
         if boundary not in BOUNDARY_MODES:
             raise ValueError(f"unknown --adv-boundary {boundary!r}; choose one of: {', '.join(BOUNDARY_MODES)}")
+        if accept_iterates not in ACCEPT_ITERATES:
+            raise ValueError(f"unknown --adv-accept-iterates {accept_iterates!r}; choose one of {ACCEPT_ITERATES}")
         super().__init__(attack)
         self.delta = float(delta)
         self.boundary_mode = boundary
+        self.accept_iterates = accept_iterates
         self.margins = MarginStore(init=float(delta if init is None else init), delta=float(delta),
-                                   max_margin=max_margin, dataset_id=dataset_id)
+                                   max_margin=max_margin, dataset_id=dataset_id, refine=refine, update=update)
         self.xi_fixed = None if xi is None else check_xi(xi)
         self.online = None if xi is not None else OnlineThreshold(rule=xi_rule, momentum=xi_momentum)
         self.xi_rule = xi_rule
@@ -248,6 +277,13 @@ class AMAT(Policy):
     @property
     def needs_clean_terms(self) -> bool:
         return self.online is not None or self.boundary_mode == "stop"
+
+    def start_radius(self, eps: Tensor) -> Tensor:
+        """The authors' start: on the sphere of radius max(E - Delta, Delta) (capped at E by pgd)."""
+        return (eps - self.delta).clamp(min=self.delta)
+
+    def watch(self) -> Tensor | None:
+        return self.xi() if self.accept_iterates == "all" else None
 
     @property
     def needs_clean_terms_before_attack(self) -> bool:
@@ -307,7 +343,10 @@ class AMAT(Policy):
         if xi.numel() != nt.shape[1]:
             raise ValueError(f"xi has {xi.numel()} thresholds but the loss has {nt.shape[1]} terms "
                              f"per sample; recalibrate xi for this loss ({self.calibrate_hint})")
-        acc = accepted(nt, xi.to(nt.device)).cpu()
+        acc = accepted(nt, xi.to(nt.device))
+        if self.accept_iterates == "all":  # the authors: every iterate PGD evaluated must pass too
+            acc = acc & ~attack.failed_any.to(acc.device)
+        acc = acc.cpu()
         valid = torch.isfinite(nt).all(dim=1).cpu() & attack.finite.cpu()
         if clean_terms is not None:
             valid &= torch.isfinite(clean_terms.reshape(clean_terms.shape[0], -1)).all(dim=1).cpu()
@@ -330,7 +369,8 @@ class AMAT(Policy):
         return {**super().config(), "delta": self.delta, "xi_rule": self.xi_rule,
                 "xi": None if self.xi_fixed is None else self.xi_fixed.tolist(),
                 "xi_source": self.xi_source, "max_margin": self.margins.max_margin,
-                "boundary": self.boundary_mode}
+                "boundary": self.boundary_mode, "accept_iterates": self.accept_iterates,
+                "refine": self.margins.refine, "update": self.margins.update_mode}
 
     def state_dict(self):
         return {**super().state_dict(), "margins": self.margins.state_dict(),
@@ -378,3 +418,8 @@ def _log_stderr(message: str) -> None:
 
 
 MODES = ("none", "sat", "amat")
+#: What SAT back-propagates: ``mean`` (paper eq. 1) or ``noisy`` (the authors' nnU-Net code)
+SAT_LOSSES = ("mean", "noisy")
+#: Which PGD iterates the acceptance test sees: ``last`` (Algorithm 1: the returned one) or
+#: ``all`` (the authors' code: the start and every iterate; a sample passes only if all do)
+ACCEPT_ITERATES = ("last", "all")

@@ -223,7 +223,8 @@ def xi_record(task: str, terms: torch.Tensor, term_names: Sequence[str], rule: s
     f = t[finite]
     return {
         "kind": XI_KIND, "version": XI_VERSION, "task": task, "term_names": list(term_names), "rule": rule,
-        "xi": {r: xi_from_losses(f, r).tolist() for r in RULES},  # a sample with a NaN term is left out whole
+        # a sample with a NaN term is left out whole
+        "xi": {r: xi_from_losses(f, r).tolist() for r in dict.fromkeys((*RULES, rule))},
         "stats": {"mean": f.mean(0).tolist(), "std": f.std(0, unbiased=False).tolist(),
                   "min": f.min(0).values.tolist(), "max": f.max(0).values.tolist()},
         "n_samples": int(t.shape[0]), "n_nonfinite": int((~finite).sum()),

@@ -1,4 +1,9 @@
-"""The threshold xi (paper section 2.2) and the multi-term acceptance test (section 2.3)."""
+"""The threshold xi (paper section 2.2) and the multi-term acceptance test (section 2.3).
+
+Rules (a statistic of the clean per-sample training terms, per term): ``mean`` and
+``mean+2std`` (the paper), ``max`` (the authors' YOLOv5 code: evaluate_adv_get_dist.py) and
+``huber+K`` (their landmark code: Huber's proposal-2 location + K scales, K = 3 there).
+"""
 from __future__ import annotations
 
 import math
@@ -7,12 +12,47 @@ from typing import Any
 import torch
 from torch import Tensor
 
-RULES = ("mean", "mean+2std")
+#: The rules every xi file holds (``huber+K`` with another K is computed when asked for).
+RULES = ("mean", "mean+2std", "max", "huber+3")
 
 
-def _check_rule(rule: str) -> None:
-    if rule not in RULES:
-        raise ValueError(f"unknown xi rule {rule!r}; use one of {RULES}")
+def _huber_k(rule: str) -> float | None:
+    if not rule.startswith("huber+"):
+        return None
+    try:
+        k = float(rule[len("huber+"):])
+    except ValueError:
+        return None
+    return k if math.isfinite(k) and k >= 0 else None
+
+
+def check_rule(rule: str) -> None:
+    if rule not in RULES and _huber_k(str(rule)) is None:
+        raise ValueError(f"unknown xi rule {rule!r}; use one of {', '.join(RULES)} (or huber+K for another K)")
+
+
+def huber_location_scale(values: Tensor, c: float = 1.5, tol: float = 1e-8, maxiter: int = 30) -> tuple[float, float]:
+    """Huber's proposal 2: location and scale estimated jointly (the defaults of statsmodels'
+    ``robust.scale.Huber``, which the authors' landmark code calls). Starts from the median
+    and the normalised MAD; each step clips the values at ``mu +- c scale`` for the location
+    and rescales with the consistency constant of the normal distribution."""
+    a = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    mu = torch.quantile(a, 0.5)
+    scale = torch.quantile((a - mu).abs(), 0.5) / 0.6744897501960817  # MAD, normal-consistent
+    if float(scale) == 0.0:
+        return float(mu), 0.0
+    cdf = 0.5 * (1 + math.erf(c / math.sqrt(2)))
+    inner = 2 * cdf - 1
+    gamma = inner + c * c * (1 - inner) - 2 * c * math.exp(-c * c / 2) / math.sqrt(2 * math.pi)
+    n = a.numel() - 1
+    for _ in range(maxiter):
+        new_mu = a.clamp(float(mu - c * scale), float(mu + c * scale)).mean()
+        inside = ((a - mu) / scale).abs() <= c
+        new_scale = torch.sqrt(torch.where(inside, (a - new_mu) ** 2, (scale * c) ** 2).sum() / (n * gamma))
+        if abs(float(scale - new_scale)) <= float(new_scale) * tol and abs(float(mu - new_mu)) <= float(new_scale) * tol:
+            return float(new_mu), float(new_scale)
+        mu, scale = new_mu, new_scale
+    raise ValueError(f"Huber's location and scale did not converge in {maxiter} iterations")
 
 
 def _as_2d(losses: Tensor) -> Tensor:
@@ -25,16 +65,21 @@ def _as_2d(losses: Tensor) -> Tensor:
 
 
 def xi_from_losses(losses: Tensor, rule: str = "mean") -> Tensor:
-    """xi[k] = mean of term k over the clean training samples, or mean + 2 std.
-
-    std is the population standard deviation (ddof=0, as numpy's ``std``). Non-finite
-    values are ignored. Returns float32 ``[K]``.
+    """xi[k] = the rule's statistic of term k over the clean training samples: the mean, mean +
+    2 std (population std, ddof=0, as numpy's ``std``), the maximum, or Huber's location + K
+    scales. Non-finite values are ignored. Returns float32 ``[K]``.
     """
-    _check_rule(rule)
+    check_rule(rule)
     v = _as_2d(losses)
     ok = torch.isfinite(v)
     if not ok.any(dim=0).all():
         raise ValueError("every loss term needs at least one finite clean loss value to build xi")
+    if rule == "max":
+        return torch.stack([v[ok[:, k], k].max() for k in range(v.shape[1])]).float()
+    k_scales = _huber_k(rule)
+    if k_scales is not None:
+        loc_scale = [huber_location_scale(v[ok[:, k], k]) for k in range(v.shape[1])]
+        return torch.tensor([m + k_scales * s for m, s in loc_scale], dtype=torch.float32)
     cnt = ok.sum(0).to(torch.float64)
     vz = torch.where(ok, v, torch.zeros_like(v))
     mean = vz.sum(0) / cnt
@@ -67,7 +112,9 @@ class OnlineThreshold:
     """
 
     def __init__(self, rule: str = "mean", momentum: float | None = 0.01, min_samples: int = 1) -> None:
-        _check_rule(rule)
+        if rule not in ("mean", "mean+2std"):
+            raise ValueError(f"the online xi estimate supports the rules mean and mean+2std, not {rule!r}; compute "
+                             f"{rule} xi from a clean model with amat calibrate and pass it as --adv-xi-file")
         if momentum is not None and not 0 < momentum <= 1:
             raise ValueError(f"momentum must be in (0, 1] or None, got {momentum}")
         self.rule = rule

@@ -86,8 +86,10 @@ def add_task_parser(targets: argparse._SubParsersAction, task: Task, command: st
     p = targets.add_parser(task.name, help=task.help, description=f"{task.help}.\n\namat {command} {task.name}: {what}.",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     if command == "calibrate":
-        p.add_argument("--rule", default=None, choices=["mean", "mean+2std"],
-                       help=f"the rule printed first (both are written; the paper's for this task: {task.xi_rule})")
+        p.add_argument("--rule", "--xi-stat", dest="rule", default=None,
+                       help=f"the statistic printed first and the file's rule: mean, mean+2std (the paper; for this "
+                            f"task {task.xi_rule}), max (the authors' YOLOv5 code), huber+K (their landmark code: "
+                            f"Huber location + K scales, K=3); mean, mean+2std, max and huber+3 are always written")
         p.add_argument("-o", "--out", default=None, help="xi file to write (default: the task's place for it)")
         run = run_calibrate
     elif command == "eval":

@@ -13,6 +13,7 @@ from amat_hooks.evaluation.progress import progress
 from amat_hooks.evaluation.task import EvalTask
 from amat_hooks.state import write_xi_file, xi_record
 from amat_hooks.tasks import Task, TaskError
+from amat_hooks.thresholds import check_rule
 
 
 def clean_terms(task: EvalTask, show: bool = True) -> torch.Tensor:
@@ -43,15 +44,19 @@ def check_writable(path: Path) -> None:
 
 def run_calibrate(task: Task, args: argparse.Namespace) -> int:
     task.check(args, "calibrate")
+    rule = args.rule or task.xi_rule
+    try:
+        check_rule(rule)
+    except ValueError as e:
+        raise TaskError(f"--rule: {e}") from None
     if args.out:
         check_writable(Path(args.out))
     cal = task.calibration_set(args)
     names = list(cal.task.adapter.term_names)
     terms = clean_terms(cal.task, show=not getattr(args, "no_progress", False))
-    rule = args.rule or task.xi_rule
     record = xi_record(task.name, terms, names, rule, identity=cal.identity, source=cal.source)
     xi = record["xi"][rule]
-    other = "mean" if rule != "mean" else "mean+2std"
+    other = "mean+2std" if rule == "mean" else "mean"
     print(f"xi ({rule}) over {record['n_samples']} training samples"
           + (f" ({record['n_nonfinite']} non-finite, left out)" if record["n_nonfinite"] else "")
           + ": " + ", ".join(f"{n}={v:.6g}" for n, v in zip(names, xi)), flush=True)

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from amat_hooks.attacks import ifgsm, multi_level, pgd
+from amat_hooks.attacks import ifgsm, pgd
 from amat_hooks.evaluation.progress import progress as show_progress
 from amat_hooks.evaluation.objectives import SEGMENTATION_OBJECTIVES, ObjectiveLoss, supports_segmentation
 from amat_hooks.evaluation.radius import RadiusSpec, _radius
@@ -258,6 +258,19 @@ def _eval_batch(task: EvalTask, batch: EvalBatch, levels, attacks, pgd_steps, if
     if radius is not None:
         rec["radius"], rec["radius_scores"] = _radius(task, x, target, rec["clean"], radius)
     return rec
+
+
+def multi_level(eps_levels: Sequence[float], x: Tensor) -> tuple[Tensor, Tensor]:
+    """Repeat a batch once per noise level: returns (x_rep [L*B, ...], eps [L*B]).
+
+    Level-major order: rows ``l*B:(l+1)*B`` hold level ``eps_levels[l]``; one attack call
+    then evaluates every level (per-sample eps), instead of one call per level.
+    """
+    levels = torch.as_tensor(list(eps_levels), dtype=torch.float32, device=x.device)
+    if levels.numel() == 0 or not math.isfinite(float(levels.sum())):
+        raise ValueError("eps_levels must be a non-empty list of finite noise levels")
+    b = x.shape[0]
+    return x.repeat(len(levels), *([1] * (x.dim() - 1))), levels.repeat_interleave(b)
 
 
 def _random_noise(x: Tensor, eps: Tensor, bounds, seed: int) -> Tensor:

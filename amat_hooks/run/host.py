@@ -118,6 +118,8 @@ class Runner:
         self.refused: str | None = None              # why a RunnerError ended the run (then: no state)
         self.interrupted = False                     # Ctrl-C: the partial pass is not an epoch
         self._pass_done = False                      # a pass ended; the epoch closes before the next batch
+        self._resume_state: dict | None = None       # the --adv-resume policy state (applied again at batch 1)
+        self._resume_force = False
 
     # -- Host protocol -------------------------------------------------------------------------
     def amat_log(self, message: str) -> None:
@@ -265,9 +267,8 @@ class Runner:
             except AdapterError as e:
                 if self.policy.name != "none":
                     raise RunnerError(_unknown_structure(f"{self.adapter.describe()}: {e}")) from None
+            self._resolve_protocol()
             self.engine = AdversarialEngine(self.policy, self.adapter, host=self, pm=self.pm)
-            if self.config.bounds is None and self.adapter.input_bounds is not None:
-                self.policy.attack.bounds = tuple(self.adapter.input_bounds)  # the adapter's input space
             self.recording_losses = True
             self.amat_log(f"adapter: {self.adapter.describe()}")
             if hasattr(self.policy, "calibrate_hint"):
@@ -276,6 +277,25 @@ class Runner:
                 self.amat_log(f"forward: {_BATCH_TEXT[self.batch_mode]}")
         if self.resumed_from is not None:
             self._check_resumed_weights()
+
+    def _resolve_protocol(self) -> None:
+        """The settings for the adapter's kind of trainer (the protocol's column), its input
+        range where the protocol clamps noise to it, the authors' xi preset; the policy is
+        rebuilt with them and a resumed state applied again."""
+        cfg = self.config.resolved(self.adapter.protocol_kind)
+        if cfg.mode == "sat" and cfg.sat_loss == "noisy":
+            raise RunnerError("--adv-sat-loss noisy (the authors' nnU-Net SAT) is not available under amat run: the "
+                              "script trains on the clean and the noisy rows it is handed; drop the flag")
+        if cfg.clamp == "input" and cfg.bounds is None and self.adapter.input_bounds is not None:
+            cfg.bounds = tuple(self.adapter.input_bounds)
+        cfg = cfg.with_xi_preset()
+        self.adapter.configure(cfg)
+        if cfg != self.config:
+            self.config = cfg
+            self.policy = cfg.build_policy(calibrate_hint=self.adapter.calibrate_hint, log=self.amat_log)
+            if self._resume_state is not None:
+                self.policy.load_state_dict(self._resume_state, force=self._resume_force)
+            self.amat_log(f"settings ({cfg.protocol} protocol, {cfg.kind} trainer): {cfg.to_json()}")
 
     def match_forward(self, x: Any) -> PendingBatch | None:
         """The handed batch a training forward of the model receives (first unmatched of
@@ -481,6 +501,7 @@ class Runner:
             self.policy.load_state_dict(state["policy"], force=force)
         except (StateError, ValueError) as e:
             raise RunnerError(f"--adv-resume: {e}") from None
+        self._resume_state, self._resume_force = state["policy"], force
         hs = state.get("host_state") or {}
         saved_with = hs.get("checkpoint_epochs")
         if (not path.name.endswith(SIDECAR_SUFFIX) and state.get("checkpoint") and saved_with is not None

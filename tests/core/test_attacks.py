@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from amat_hooks.attacks import ifgsm, multi_level, pgd
+from amat_hooks.attacks import ifgsm, pgd
+from amat_hooks.evaluation.run import multi_level
 
 
 def sq_dist_terms(c):

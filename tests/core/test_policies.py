@@ -216,7 +216,7 @@ def test_policy_state_round_trip_and_mode_mismatch():
     (dict(mode="amat"), "--adv amat needs a step size"),
     (dict(mode="amat", delta=-1.0), "--adv-step must be > 0"),
     (dict(mode="amat", delta=1.0, pgd_steps=0), "--adv-steps must be an integer >= 1"),
-    (dict(mode="amat", delta=1.0, xi_rule="max"), "unknown --adv-xi-rule"),
+    (dict(mode="amat", delta=1.0, xi_rule="median"), "--adv-xi-rule: unknown xi rule 'median'"),
 ])
 def test_config_errors_name_the_flag(cfg, match):
     with pytest.raises(AdvConfigError, match=match.replace("(", r"\(")):

@@ -50,7 +50,7 @@ def dice_loss(pred: Tensor, target: Tensor, smooth: float = 1.0) -> Tensor:
     if pred.shape != target.shape:
         raise ValueError(f"heatmap {tuple(pred.shape)} and target {tuple(target.shape)} shapes differ")
     p, t = pred.flatten(2), target.flatten(2)
-    dice = (2 * (p * t).sum(2) + smooth) / (p.sum(2) + t.sum(2) + smooth)
+    dice = (2 * (p * t).sum(2) + smooth) / (p.sum(2) + t.sum(2) + smooth).clamp_min(1e-12)
     return (1 - dice).mean(1)
 
 
@@ -69,7 +69,8 @@ def bce_per_sample(pred: Tensor, target: Tensor,
 
 def landmark_terms(outputs: tuple[Tensor, Tensor, Tensor], mask: Tensor, heatmap_target: Tensor,
                    offset_y: Tensor, offset_x: Tensor, heatmap_loss: str = "dice",
-                   bce: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
+                   bce: Callable[[Tensor, Tensor], Tensor] | None = None, smooth: float = 1.0,
+                   weight: float = 1.0) -> Tensor:
     """``[B, 3]`` = (heatmap term, masked L1 x, masked L1 y) for model outputs
     ``(heatmap, offset_y, offset_x)``."""
     if heatmap_loss not in HEATMAP_LOSSES:
@@ -79,7 +80,7 @@ def landmark_terms(outputs: tuple[Tensor, Tensor, Tensor], mask: Tensor, heatmap
                          f"{type(outputs).__name__}")
     heatmap, reg_y, reg_x = outputs
     if heatmap_loss == "dice":
-        h = dice_loss(heatmap, heatmap_target)
+        h = weight * dice_loss(heatmap, heatmap_target, smooth)
     else:
         h = bce_per_sample(heatmap, heatmap_target, bce)
     return torch.stack([h, masked_l1(reg_x, offset_x, mask), masked_l1(reg_y, offset_y, mask)], dim=1)
@@ -119,6 +120,11 @@ class LandmarkAdapter(BatchAdapter):
     term_names = TERM_NAMES
     term_floors = (0.0, 0.0, 0.0)  # Dice loss, BCE and L1 are >= 0
     calibrate_hint = "amat calibrate landmark --checkpoint CLEAN.pth --data DATA"
+    input_bounds = (-1.0, 1.0)  # images normalised to [-1, 1]
+    protocol_kind = "landmark"
+    #: ``trainer``: the heatmap term the script trains with; ``authors``: their 0.5 x Dice
+    #: against the binary mask, no smoothing (amat_conf landmark_detection/metric.py:4-16, 60-81)
+    terms = "trainer"
 
     def __init__(self, heatmap_loss: str = "auto", loss_modules: Sequence[nn.Module] = (),
                  given_by: str = "given") -> None:
@@ -159,8 +165,13 @@ class LandmarkAdapter(BatchAdapter):
         rest = [repeat_rows(v, b, k) for v in batch[1:]]
         return type(batch)([x, *rest]) if isinstance(batch, list) else (x, *rest)
 
+    def configure(self, config: Any) -> None:
+        self.terms = getattr(config, "terms", None) or "trainer"
+
     def output_terms(self, batch: Any, output: Any) -> Tensor:
         _, mask, heatmap, offset_y, offset_x = self._maps(batch)
+        if self.terms == "authors":
+            return landmark_terms(output, mask, mask, offset_y, offset_x, heatmap_loss="dice", smooth=0.0, weight=0.5)
         return landmark_terms(output, mask, heatmap, offset_y, offset_x, heatmap_loss=self.kind,
                               bce=self.bce if self.kind == "bce" else None)
 
@@ -193,7 +204,7 @@ class LandmarkAdapter(BatchAdapter):
         self.kind, self.source = seen, f"inferred: the script {what}"
 
     def identity(self) -> dict[str, Any]:
-        return {"heatmap_loss": self.kind}
+        return {"heatmap_loss": self.kind if self.terms == "trainer" else "authors (0.5 Dice vs mask)"}
 
     def state(self) -> dict[str, Any]:
-        return {**super().state(), "heatmap_loss": self.kind}
+        return {**super().state(), "heatmap_loss": self.kind, "terms": self.terms}

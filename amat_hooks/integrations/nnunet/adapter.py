@@ -96,16 +96,41 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def hard_dice_max(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per sample, the authors' acceptance score: the hard (argmax) Dice ``2TP / (2TP + FP + FN
+    + 1e-8)`` of each foreground class, max over classes (a class absent from both scores 0)."""
+    b = logits.shape[0]
+    pred, lab = logits.argmax(1).reshape(b, -1), labels.reshape(b, -1).long()
+    scores = []
+    for c in range(1, logits.shape[1]):
+        p, t = pred == c, lab == c
+        tp = (p & t).sum(1).double()
+        scores.append(2 * tp / (2 * tp + (p & ~t).sum(1) + (~p & t).sum(1) + 1e-8))
+    return torch.stack(scores, 1).max(1).values.float() if scores else torch.zeros(logits.shape[0], device=logits.device)
+
+
 class NnUNetAdapter(BatchAdapter):
-    """:class:`NnUNetBatch` es scored by the trainer's own ``loss`` object (see the module docstring)."""
+    """:class:`NnUNetBatch` es scored by the trainer's own ``loss`` object (see the module docstring).
+
+    ``terms="authors"`` (:meth:`configure`): a second, gradient-free column ``1 - hard Dice``
+    (max over foreground classes, full resolution): with xi ``[never, 1 - threshold]`` the
+    acceptance test is the authors' Dice >= threshold (nnUNetTrainerV2.py:339-361).
+    """
 
     name = "nnU-Net (case, slice) batches, the trainer's own loss per sample"
     term_names = TERM_NAMES
     term_floors = (None,)  # CE + (-Dice) goes below 0
+    protocol_kind = "nnunet"
 
     def __init__(self, loss: nn.Module, deep_supervision: bool, calibrate_hint: str = "amat calibrate nnunet") -> None:
         self.loss, self.deep_supervision = loss, bool(deep_supervision)
         self.calibrate_hint = calibrate_hint
+        self.dice_acceptance = False
+
+    def configure(self, config: Any) -> None:
+        self.dice_acceptance = getattr(config, "terms", None) == "authors"
+        self.term_names = TERM_NAMES + ("1-dice_max",) if self.dice_acceptance else TERM_NAMES
+        self.term_floors = (None, 0.0) if self.dice_acceptance else (None,)
 
     def inputs(self, batch: NnUNetBatch) -> Tensor:
         return batch.data
@@ -123,7 +148,11 @@ class NnUNetAdapter(BatchAdapter):
                                    valid=repeat_rows(batch.valid, b, k))
 
     def output_terms(self, batch: NnUNetBatch, output: Any) -> Tensor:
-        return self._mark(per_sample_terms(self.loss, output, batch.target, self.deep_supervision), batch.bad)
+        terms = per_sample_terms(self.loss, output, batch.target, self.deep_supervision)
+        if self.dice_acceptance:
+            logits, labels = _as_list(output)[0].detach(), _as_list(batch.target)[0]
+            terms = torch.cat([terms, (1 - hard_dice_max(logits, labels)).unsqueeze(1)], 1)
+        return self._mark(terms, batch.bad)
 
     @staticmethod
     def _mark(terms: Tensor, bad: Tensor | None) -> Tensor:
@@ -145,4 +174,4 @@ class NnUNetAdapter(BatchAdapter):
             return loss, terms
 
         return BoundLoss(terms=lambda x: self.output_terms(batch, attack_net(x)), training=training,
-                         term_names=TERM_NAMES)
+                         term_names=list(self.term_names))

@@ -143,7 +143,7 @@ def read_settings(mode: str, dataset_name: str, env: Mapping[str, str] | None = 
     if mode == "sat" and cfg.eps is None:
         raise AdvConfigError(f"-tr {trainer_name} needs a noise level: set AMAT_EPS (e.g. AMAT_EPS=5)")
     try:
-        cfg.validate()
+        cfg = cfg.resolved("nnunet")  # the protocol's nnU-Net column, validated
     except AdvConfigError as e:
         raise env_error(str(e)) from None
     if mode == "amat":
@@ -174,8 +174,10 @@ def _seed(env: Mapping[str, str]) -> int | None:
 
 def _check_amat_extras(cfg: AdvConfig, env: Mapping[str, str]) -> None:
     """What the core only notices when training starts: say it before, in variable names."""
-    if cfg.xi is not None and len(cfg.xi) != 1:
-        raise env_error(f"AMAT_XI={env.get('AMAT_XI')!r} holds {len(cfg.xi)} numbers")
+    terms = 2 if cfg.terms == "authors" else 1  # the authors' Dice acceptance adds a column
+    if cfg.xi is not None and len(cfg.xi) != terms:
+        raise env_error(f"AMAT_XI={env.get('AMAT_XI')!r} holds {len(cfg.xi)} numbers, the loss has {terms} "
+                        f"term{'s' if terms > 1 else ''} (AMAT_TERMS={cfg.terms})")
 
 
 def save_interval(settings: NnUNetAdvSettings, num_epochs: int, current: int = NNUNET_SAVE_EVERY) -> int:

@@ -120,6 +120,7 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
         except (AdvConfigError, ValueError) as e:
             raise AdvConfigError(env_wording(str(e))) from None
         self.amat_adapter = NnUNetAdapter(self.loss, self.enable_deep_supervision, calibrate_hint=hint)
+        self.amat_adapter.configure(cfg)
         self.amat_engine = AdversarialEngine(policy, self.amat_adapter, host=self)
         self.amat_log(f"adapter: {self.amat_adapter.describe()}")
         self.amat_config = cfg
@@ -155,6 +156,13 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
     def _resolve_xi(self, cfg: AdvConfig) -> tuple[list[float] | None, str]:
         if cfg.xi is not None:
             return cfg.xi, cfg.xi_source or "environment AMAT_XI"
+        if cfg.terms == "authors":  # the Dice acceptance: the authors' published mean training Dice
+            preset = cfg.with_xi_preset(self.plans_manager.dataset_name)
+            if preset.xi is None:
+                raise AdvConfigError(f"AMAT_TERMS=authors (Dice acceptance) has published thresholds for Heart, "
+                                     f"Hippocampus and Prostate only, not {self.plans_manager.dataset_name}; set "
+                                     f"AMAT_XI=1e30,<1 - the clean model's mean training Dice> or AMAT_TERMS=trainer")
+            return preset.xi, preset.xi_source
         if self.amat_settings.xi_source == "online":
             return None, "online estimate (AMAT_XI_SOURCE=online)"
         path = self.amat_settings.xi_file or default_xi_path(self.preprocessed_dataset_folder_base,

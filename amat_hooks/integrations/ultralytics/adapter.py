@@ -152,6 +152,8 @@ class YoloAdapter(BatchAdapter):
 
     name = "Ultralytics detection batches, the model's own v8 criterion per image"
     calibrate_hint = "amat calibrate yolo model=<STD best.pt> data=<data.yaml>"
+    input_bounds = (0.0, 1.0)
+    protocol_kind = "yolo"
 
     def __init__(self, criterion: Any, sample_ids: Callable[[Sequence[str]], list[Hashable]] | None = None,
                  forward: Callable[[Any, Tensor, bool], Any] | None = None,

@@ -149,7 +149,7 @@ class AMATDetectionTrainer(DetectionTrainer):
         requested = _config_from(adv) or type(self).adv_config or env_cfg
         self.adv_val = (val or type(self).adv_val or env_val or ValAttack()).validate()
         if requested is not None:
-            requested = replace(requested, bounds=requested.bounds or PIXEL_BOUNDS).validate()
+            requested = replace(requested, bounds=requested.bounds or PIXEL_BOUNDS).resolved("yolo")
         self.adv_requested = requested
         self.amat_engine: AdversarialEngine | None = None
         self.amat_base_criterion: Any = None
@@ -176,7 +176,7 @@ class AMATDetectionTrainer(DetectionTrainer):
                 trainer=AMATDetectionTrainer.with_config(mode="amat", delta=3.5, xi_rule="mean+2std"))
         """
         cfg = adv if adv is not None else AdvConfig(**adv_fields)
-        cfg = replace(cfg, bounds=cfg.bounds or PIXEL_BOUNDS).validate()
+        cfg = replace(cfg, bounds=cfg.bounds or PIXEL_BOUNDS).resolved("yolo")
         attrs = {"adv_config": cfg, "adv_val": (val or ValAttack()).validate(),
                  "__module__": cls.__module__, "__doc__": cls.__doc__}
         return type(f"{cls.__name__}_{cfg.label}", (cls,), attrs)

@@ -141,6 +141,7 @@ class YoloV5Adapter(BatchAdapter):
     input_bounds = (0.0, 1.0)
     #: the script's loss is (lbox + lobj + lcls) * batch size: a sum over the rows it is given
     sums_over_batch = True
+    protocol_kind = "yolov5"
 
     def __init__(self, loss: Any, module: Any) -> None:
         self.loss, self.module = loss, module
