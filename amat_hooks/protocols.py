@@ -21,6 +21,11 @@ attack_bn          statistics restored after attacks   train mode: PGD forwards 
 terms              the trainer's loss terms            nnU-Net: accept on hard Dice; landmark:
                                                        0.5 x Dice against the binary mask
 =================  ==================================  =========================================
+
+Evaluation (``amat eval --protocol``, :func:`eval_settings`): PGD steps of 2.5 eps / steps and
+IFGSM steps of eps / steps, eval mode, every slice with foreground (paper) vs PGD 0.05 eps,
+IFGSM 0.5 eps (nnU-Net 0.05 eps), PGD starting on the eps-sphere, landmark models in train mode with batch 1, nnU-Net slices
+holding every foreground class of their case (authors).
 """
 from __future__ import annotations
 
@@ -90,3 +95,28 @@ def xi_preset(kind: str, dataset: str | None = None) -> str | None:
 def is_never_tested(value: float) -> bool:
     """A preset column that carries no threshold (nnU-Net's loss column under Dice acceptance)."""
     return not math.isfinite(value) or value >= 1e29
+
+
+#: Evaluation settings (rows 12-14): the PGD and IFGSM step as a share of each row's eps (None:
+#: ``alpha * eps / steps`` for PGD, ``eps / steps`` for IFGSM), PGD's random start (uniform in
+#: the eps-ball, or on the eps-sphere as the authors' ``rand_init_norm=None``), the model's mode during the
+#: attack and the scoring, and which samples are scored (``any``: every one the task yields;
+#: ``every_class``: nnU-Net slices that hold every foreground class of their case).
+EVAL_CHOICES: dict[str, tuple[str, ...] | None] = {
+    "pgd_step": None, "ifgsm_step": None, "pgd_start": ("ball", "sphere"), "model_mode": ("eval", "train"),
+    "samples": ("any", "every_class"),
+}
+_EVAL = {"paper": {"pgd_step": None, "ifgsm_step": None, "pgd_start": "ball", "model_mode": "eval", "samples": "any"},
+         "authors": {"pgd_step": 0.05, "ifgsm_step": 0.5, "pgd_start": "sphere", "model_mode": "eval",
+                     "samples": "any"}}
+_EVAL_BY_KIND = {
+    ("authors", "nnunet"): {"ifgsm_step": 0.05, "samples": "every_class"},
+    ("authors", "landmark"): {"model_mode": "train"},
+}
+
+
+def eval_settings(protocol: str, kind: str = "generic") -> dict[str, Any]:
+    """The evaluation settings of :data:`EVAL_CHOICES` as ``protocol`` sets them for ``kind``."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    return {**_EVAL[protocol], **_EVAL_BY_KIND.get((protocol, kind if kind in KINDS else "generic"), {})}

@@ -64,7 +64,8 @@ def run_evaluations(tasks: Mapping[str, Callable[[], EvalTask]], args: argparse.
         state = out / "models" / f"{_safe(name)}.partial.jsonl"
         task = make()
         try:  # a segmentation objective on a detection task, worst alone ...: the user's to fix
-            fp = fingerprint(task, levels, attacks, args.pgd_steps, args.ifgsm_steps, args.seed, radius)
+            fp = fingerprint(task, levels, attacks, args.pgd_steps, args.ifgsm_steps, args.seed, radius,
+                             getattr(args, "protocol", "paper"))
         except ValueError as e:
             raise TaskError(str(e)) from None
         if args.resume and done.exists():
@@ -78,7 +79,8 @@ def run_evaluations(tasks: Mapping[str, Callable[[], EvalTask]], args: argparse.
         print(f"{name}: evaluating at levels {levels} ({what.lstrip(', ')})", flush=True)
         r = robustness_eval(task, levels, attacks=attacks, pgd_steps=args.pgd_steps,
                             ifgsm_steps=args.ifgsm_steps, state_path=state, resume=args.resume,
-                            progress=not args.no_progress, seed=args.seed, radius=radius)
+                            progress=not args.no_progress, seed=args.seed, radius=radius,
+                            protocol=getattr(args, "protocol", "paper"))
         save_result(r, done)
         state.unlink(missing_ok=True)
         results[name] = r

@@ -65,7 +65,8 @@ def run_grid(deltas: Sequence[float], train: Callable[[float, Path], Path],
     for d in sorted(float(v) for v in deltas):
         key = f"{d:g}"
         rec = state.get(key, {})
-        if rec.get("result") and rec["result"]["levels"] == levels:
+        if rec.get("result") and rec["result"]["levels"] == levels and \
+                (rec["result"].get("protocol") or {}).get("protocol", "paper") == getattr(args, "protocol", "paper"):
             print(f"Delta={key}: done earlier ({rec['artefact']})")
             results[d] = EvalResult.from_dict(rec["result"])
             continue
@@ -78,7 +79,8 @@ def run_grid(deltas: Sequence[float], train: Callable[[float, Path], Path],
             atomic_write_json(state_file, state)
         print(f"Delta={key}: evaluating on the validation split", flush=True)
         r = robustness_eval(task_for(artefact), levels, attacks=("pgd",), pgd_steps=args.pgd_steps,
-                            progress=not args.no_progress, seed=args.seed)
+                            progress=not args.no_progress, seed=args.seed,
+                            protocol=getattr(args, "protocol", "paper"))
         state[key]["result"] = r.to_dict()
         atomic_write_json(state_file, state)
         results[d] = r

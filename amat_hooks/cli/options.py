@@ -106,6 +106,11 @@ def add_eval_arguments(p: argparse.ArgumentParser, default_levels: str, default_
                    help="comma-separated (default pgd,ifgsm): pgd, ifgsm (the training loss), segpgd, cospgd, "
                         "mce (segmentation tasks: SegPGD, CosPGD, masked CE, as L2 PGD), worst (per sample and "
                         "level the worst of the others listed: the number to quote); 'none' with --radius")
+    g.add_argument("--protocol", choices=("paper", "authors"), default="paper",
+                   help="paper: PGD steps of 2.5 eps / steps, IFGSM eps / steps, eval mode (default); authors: "
+                        "the authors' evaluation scripts (PGD 0.05 eps, IFGSM 0.5 eps, nnU-Net 0.05 eps; landmark "
+                        "models in train mode with batch 1; nnU-Net slices holding every foreground class), "
+                        "docs/protocols.md rows 12-14")
     g.add_argument("--pgd-steps", type=int, default=100, help="steps of pgd, segpgd, cospgd, mce (100)")
     g.add_argument("--ifgsm-steps", type=int, default=10)
     g.add_argument("--radius", action="store_true",

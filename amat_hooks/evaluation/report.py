@@ -100,6 +100,17 @@ def _md_table(head: list[str], rows: list[list], higher: bool, digits: int) -> l
     return lines
 
 
+def protocol_note(r: EvalResult) -> str:
+    """The caption's words for a non-default evaluation protocol (docs/protocols.md rows 12-14)."""
+    p = r.protocol or {}
+    if p.get("protocol", "paper") == "paper":
+        return ""
+    step = lambda k, rule: f"{p[k]:g} eps" if p.get(k) is not None else rule
+    return (f" Protocol {p['protocol']}: PGD step {step('pgd_step', '2.5 eps / steps')}, IFGSM step "
+            f"{step('ifgsm_step', 'eps / steps')}, model in {p.get('model_mode', 'eval')} mode"
+            + (", slices holding every foreground class" if p.get("samples") == "every_class" else "") + ".")
+
+
 def to_markdown(results: Mapping[str, EvalResult], metric: str | None = None, digits: int = 4) -> str:
     """The paper's table (clean, P. and IF. blocks, AUC_robust) and, for every other attack,
     one table of the same shape; the ``worst`` table last (the number to quote)."""
@@ -112,6 +123,7 @@ def to_markdown(results: Mapping[str, EvalResult], metric: str | None = None, di
     note = "higher is better" if higher else "lower is better"
     scored = sorted({r.scored for r in results.values() if r.scored})
     what = f" Scored: {'; '.join(scored)}." if scored else ""
+    what += protocol_note(first)
     out: list[str] = []
     if not attacks:
         rows = [[name, r.clean[m]] for name, r in results.items()]

@@ -39,6 +39,8 @@ class EvalResult:
     worst_of: list[str] = field(default_factory=list)      # the attacks ``worst`` is taken over
     radius: dict[str, Any] | None = None
     per_sample: dict[str, Any] = field(default_factory=dict)
+    #: the evaluation protocol's settings (``amat eval --protocol``; rows 12-14 of docs/protocols.md)
+    protocol: dict[str, Any] = field(default_factory=lambda: {"protocol": "paper"})
 
     @property
     def attacks(self) -> list[str]:
@@ -116,7 +118,8 @@ class EvalResult:
                 "samples": self.samples, "scored": self.scored,
                 "noisy": {a: {str(lv): v for lv, v in d.items()} for a, d in self.noisy.items()},
                 "random": {str(lv): v for lv, v in self.random.items()}, "floor": self.floor,
-                "worst_of": self.worst_of, "radius": self.radius, "per_sample": self.per_sample}
+                "worst_of": self.worst_of, "radius": self.radius, "per_sample": self.per_sample,
+                "protocol": self.protocol}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EvalResult":
@@ -128,7 +131,7 @@ class EvalResult:
                    random={float(lv): v for lv, v in (d.get("random") or {}).items()},
                    floor=d.get("floor", 0.0 if d["higher_is_better"] else None),
                    worst_of=list(d.get("worst_of") or []), radius=d.get("radius"),
-                   per_sample=d.get("per_sample") or {})
+                   per_sample=d.get("per_sample") or {}, protocol=d.get("protocol") or {"protocol": "paper"})
 
 
 def _lv_key(level: float) -> str:

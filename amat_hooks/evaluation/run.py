@@ -30,6 +30,7 @@ from amat_hooks.evaluation.objectives import SEGMENTATION_OBJECTIVES, ObjectiveL
 from amat_hooks.evaluation.radius import RadiusSpec, _radius
 from amat_hooks.evaluation.result import EvalResult, _lv_key
 from amat_hooks.evaluation.task import AttackNotSupported, EvalBatch, EvalTask, not_segmentation, score_rows
+from amat_hooks.protocols import eval_settings
 
 #: the default attacks of :func:`robustness_eval` (the paper's)
 ATTACKS = ("pgd", "ifgsm")
@@ -77,10 +78,22 @@ def check_levels(levels: Sequence[float]) -> list[float]:
 
 
 def _fingerprint(task: EvalTask, levels, attacks, pgd_steps, ifgsm_steps, seed,
-                 radius: RadiusSpec | None = None) -> str:
-    cfg = json.dumps([task.name, task.metric, levels, list(attacks), pgd_steps, ifgsm_steps, seed,
-                      _STATE_VERSION, radius.to_dict() if radius is not None else None])
-    return hashlib.sha1(cfg.encode()).hexdigest()[:16]
+                 radius: RadiusSpec | None = None, protocol: str = "paper") -> str:
+    cfg = [task.name, task.metric, levels, list(attacks), pgd_steps, ifgsm_steps, seed,
+           _STATE_VERSION, radius.to_dict() if radius is not None else None]
+    if protocol != "paper":  # paper fingerprints stay those of results written before protocols
+        cfg.append(protocol_for(task, protocol))
+    return hashlib.sha1(json.dumps(cfg).encode()).hexdigest()[:16]
+
+
+def task_kind(task: EvalTask) -> str:
+    """The protocol column of a task: its adapter's ``protocol_kind`` (else the task's own)."""
+    return getattr(task.adapter, "protocol_kind", None) or getattr(task, "protocol_kind", "generic")
+
+
+def protocol_for(task: EvalTask, protocol: str) -> dict[str, Any]:
+    """The evaluation settings (rows 12-14 of docs/protocols.md) of ``protocol`` for this task."""
+    return {"protocol": protocol, **eval_settings(protocol, task_kind(task))}
 
 
 def _read_state(path: Path, fingerprint: str) -> dict[str, dict]:
@@ -108,18 +121,18 @@ def _read_state(path: Path, fingerprint: str) -> dict[str, dict]:
 
 
 def fingerprint(task: EvalTask, levels: Sequence[float], attacks: Sequence[str], pgd_steps: int,
-                ifgsm_steps: int, seed: int, radius: RadiusSpec | None = None) -> str:
+                ifgsm_steps: int, seed: int, radius: RadiusSpec | None = None, protocol: str = "paper") -> str:
     """Identifies an evaluation: the same model evaluated the same way has the same one."""
     levels = check_levels(levels)
     attacks = check_attacks(task, attacks, radius)
     radius = radius.resolved(task, levels) if radius is not None else None
-    return _fingerprint(task, levels, attacks, pgd_steps, ifgsm_steps, seed, radius)
+    return _fingerprint(task, levels, attacks, pgd_steps, ifgsm_steps, seed, radius, protocol)
 
 
 def robustness_eval(task: EvalTask, levels: Sequence[float], *, attacks: Sequence[str] = ATTACKS,
                     pgd_steps: int = 100, ifgsm_steps: int = 10, state_path: str | os.PathLike | None = None,
                     resume: bool = False, progress: bool = True, seed: int = 0,
-                    radius: RadiusSpec | None = None) -> EvalResult:
+                    radius: RadiusSpec | None = None, protocol: str = "paper") -> EvalResult:
     """Evaluate ``task.model`` clean, under random noise and under each attack at every
     level; with ``radius``, also each sample's robust radius (one minimal-norm attack).
 
@@ -132,11 +145,16 @@ def robustness_eval(task: EvalTask, levels: Sequence[float], *, attacks: Sequenc
     With ``state_path``, each finished batch is appended there; ``resume=True`` skips the
     batches already in it (an interrupted evaluation continues where it stopped and gives
     the same numbers).
+
+    ``protocol``: ``paper`` (the defaults above) or ``authors`` (the step sizes and model mode
+    of the authors' evaluation scripts for the task's kind, :func:`amat_hooks.protocols.eval_settings`;
+    which samples are scored is the task's, from the same settings).
     """
     levels = check_levels(levels)
     attacks = check_attacks(task, attacks, radius)
     radius = radius.resolved(task, levels) if radius is not None else None
-    fp = _fingerprint(task, levels, attacks, pgd_steps, ifgsm_steps, seed, radius)
+    settings = protocol_for(task, protocol)
+    fp = _fingerprint(task, levels, attacks, pgd_steps, ifgsm_steps, seed, radius, protocol)
     path = Path(state_path) if state_path else None
     done: dict[str, dict] = {}
     if path is not None:
@@ -147,7 +165,7 @@ def robustness_eval(task: EvalTask, levels: Sequence[float], *, attacks: Sequenc
         path.parent.mkdir(parents=True, exist_ok=True)
     model = task.model
     was_training = model.training
-    model.eval()
+    model.train(settings["model_mode"] == "train")  # authors' landmark scripts never call net.eval()
     records: list[dict] = []
     t0 = time.perf_counter()
     keys_seen = set()
@@ -159,7 +177,7 @@ def robustness_eval(task: EvalTask, levels: Sequence[float], *, attacks: Sequenc
             if batch.key in done:
                 records.append(done[batch.key])
                 continue
-            rec = _eval_batch(task, batch, levels, attacks, pgd_steps, ifgsm_steps, seed, radius)
+            rec = _eval_batch(task, batch, levels, attacks, pgd_steps, ifgsm_steps, seed, radius, settings)
             rec.update(key=batch.key, fingerprint=fp)
             records.append(rec)
             if path is not None:
@@ -196,7 +214,7 @@ def robustness_eval(task: EvalTask, levels: Sequence[float], *, attacks: Sequenc
                       seconds=time.perf_counter() - t0, steps=steps,
                       fingerprint=fp, samples=samples, scored=task.describe_scored(samples),
                       random=random_, floor=task.floor(), worst_of=worst_of, radius=rad,
-                      per_sample=per_sample)
+                      per_sample=per_sample, protocol=settings)
 
 
 def _per_sample_results(task: EvalTask, records: list[dict], levels, attacks, need_scores: bool) -> dict:
@@ -224,7 +242,7 @@ def _per_sample_results(task: EvalTask, records: list[dict], levels, attacks, ne
 
 
 def _eval_batch(task: EvalTask, batch: EvalBatch, levels, attacks, pgd_steps, ifgsm_steps, seed,
-                radius: RadiusSpec | None = None) -> dict:
+                radius: RadiusSpec | None = None, settings: dict | None = None) -> dict:
     x, target = batch.x, batch.target
     b = x.shape[0]
     with torch.no_grad():
@@ -235,6 +253,9 @@ def _eval_batch(task: EvalTask, batch: EvalBatch, levels, attacks, pgd_steps, if
     n_levels = len(levels)
     xr, eps = multi_level(levels, x)
     terms = lambda z: task.loss_terms(z, target, n_levels)
+    settings = settings or protocol_for(task, "paper")
+    pgd_step = None if settings["pgd_step"] is None else settings["pgd_step"] * eps
+    ifgsm_step = None if settings["ifgsm_step"] is None else settings["ifgsm_step"] * eps
 
     def per_level(x_adv: Tensor) -> list:
         with torch.no_grad():
@@ -245,12 +266,14 @@ def _eval_batch(task: EvalTask, batch: EvalBatch, levels, attacks, pgd_steps, if
             continue
         g = torch.Generator(device=x.device).manual_seed(seed)
         if a == "pgd":
-            res = pgd(terms, xr, eps, steps=pgd_steps, bounds=task.bounds, model=task.model, generator=g)
+            res = pgd(terms, xr, eps, steps=pgd_steps, step_size=pgd_step, bounds=task.bounds, model=task.model,
+                      generator=g, random_start=settings["pgd_start"])
         elif a == "ifgsm":
-            res = ifgsm(terms, xr, eps, steps=ifgsm_steps, bounds=task.bounds, model=task.model)
+            res = ifgsm(terms, xr, eps, steps=ifgsm_steps, step_size=ifgsm_step, bounds=task.bounds,
+                        model=task.model)
         else:
-            res = pgd(ObjectiveLoss(task, a, target, n_levels), xr, eps, steps=pgd_steps, bounds=task.bounds,
-                      model=task.model, generator=g)
+            res = pgd(ObjectiveLoss(task, a, target, n_levels), xr, eps, steps=pgd_steps, step_size=pgd_step,
+                      bounds=task.bounds, model=task.model, generator=g, random_start=settings["pgd_start"])
         rec[a] = per_level(res.x_adv)
     rec["random"] = per_level(_random_noise(xr, eps, task.bounds, seed))
     if "worst" in attacks:

@@ -244,7 +244,12 @@ class LandmarkTask(Task):
         size, kind, notes = training_setup(spec, args)
         print(f"{name}: input {size[0]}x{size[1]}, heatmap term {kind}" + (f" ({notes})" if notes else ""),
               file=sys.stderr)
-        return LandmarkEvalTask(model, self._dataset(args, model, size), args.batch_size, kind)
+        batch = args.batch_size
+        if getattr(args, "protocol", "paper") == "authors" and batch != 1:
+            print(f"note: --protocol authors evaluates landmarks in train mode with batch 1 (not --batch-size {batch}), "
+                  f"as the authors' scripts do", flush=True)
+            batch = 1
+        return LandmarkEvalTask(model, self._dataset(args, model, size), batch, kind)
 
     def adversarial_state(self, spec: str, args: argparse.Namespace) -> Path | None:
         from amat_hooks.run import SIDECAR_SUFFIX
