@@ -11,7 +11,8 @@ from typing import Callable, Mapping, Sequence
 
 from amat_hooks.evaluation import (EvalResult, EvalTask, RadiusSpec, check_levels, fingerprint, load_result,
                           robustness_eval, save_result)
-from amat_hooks.evaluation.report import masking_lines, plot_margin_histogram, radius_markdown, to_markdown, write_report
+from amat_hooks.evaluation.figures import plot_margin_histogram
+from amat_hooks.evaluation.report import masking_lines, radius_markdown, to_markdown, write_report
 from amat_hooks.state import read_adversarial_state
 from amat_hooks.tasks import Task, TaskError
 from amat_hooks.cli.options import checked_levels, parse_attacks, parse_model_specs
@@ -33,8 +34,8 @@ def run_eval(task: Task, args: argparse.Namespace) -> int:
     out = Path(args.out)
     for name, state in states.items():
         if state is not None and state.margins:
-            path = plot_margin_histogram(state.margins, out / f"{args.name}_{name}_margins.png",
-                                         title=f"{name} margins")
+            path = plot_margin_histogram(state.margins, out / f"{args.name}_{_safe(name)}_margins.png",
+                                         title=f"{name} margins", delta=state.delta)
             print(f"margin histogram: {path}")
     return 0
 

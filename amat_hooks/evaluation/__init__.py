@@ -1,8 +1,8 @@
 """What a trained model withstands, split by concern: :mod:`.task` (what an integration
 supplies), :mod:`.run` (attacks at every level, the per-sample worst case, resume),
 :mod:`.radius` (each sample's robust radius), :mod:`.checks` (gradient masking), :mod:`.result`,
-:mod:`.objectives` (segmentation objectives), :mod:`.metrics` and :mod:`.report` (every table
-and plot). The names below are the public API.
+:mod:`.objectives` (segmentation objectives), :mod:`.metrics`, :mod:`.report` (every table)
+and :mod:`.figures` (every plot). The names below are the public API.
 """
 from __future__ import annotations
 

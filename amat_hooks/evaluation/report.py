@@ -1,7 +1,7 @@
 """Paper-style robustness reports: tables (Markdown, CSV, JSON) shaped like Tables 1-7 with
-one block per attack and the per-sample worst case, curves of metric vs noise level (PNG,
-every attack per model), robust-radius histograms, the gradient-masking check and the
-margin histogram of an AMAT run."""
+one block per attack and the per-sample worst case, and the gradient-masking check;
+:func:`write_report` adds the figures of :mod:`amat_hooks.evaluation.figures` (metric vs
+noise level per attack, robust-radius and margin histograms, PNG + SVG)."""
 from __future__ import annotations
 
 import csv
@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 from amat_hooks.atomic_files import atomic_write_json, atomic_write_text
 from amat_hooks.evaluation import EvalResult, masking_check
+from amat_hooks.evaluation.figures import plot_curves, plot_margin_histogram, plot_radius_histograms
 
 _SHORT = {"pgd": "P", "ifgsm": "IF", "segpgd": "SEG", "cospgd": "COS", "mce": "MCE", "worst": "W"}
 _LONG = {"pgd": "PGD on the training loss", "ifgsm": "IFGSM on the training loss", "segpgd": "SegPGD",
@@ -205,112 +206,6 @@ def to_csv(results: Mapping[str, EvalResult], metric: str | None = None) -> str:
     return buf.getvalue()
 
 
-def _save_png(fig, path: str | os.PathLike, tight: bool = True, dpi: int = 110) -> Path:
-    """Write a figure atomically (a half-written PNG never replaces a good one)."""
-    import matplotlib.pyplot as plt
-
-    if tight:
-        fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight" if tight else None)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def plot_curves(results: Mapping[str, EvalResult], path: str | os.PathLike, metric: str | None = None,
-                title: str = "") -> Path:
-    """Metric vs noise level, one panel per model, one line per attack (``worst`` bold,
-    random noise of the same norm dashed grey)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    first = next(iter(results.values()))
-    m = metric or first.metric
-    n = len(results)
-    cols = min(n, 3)
-    rows_ = -(-n // cols)
-    # one y-axis for all panels, so the models compare at a glance
-    fig, axes = plt.subplots(rows_, cols, figsize=(4.6 * cols, 3.6 * rows_), squeeze=False, sharey=True)
-    for k, (name, r) in enumerate(results.items()):
-        ax = axes[k // cols][k % cols]
-        xs = [0.0] + r.levels
-        for a in [a for a in _ORDER if a in r.noisy] + [a for a in r.noisy if a not in _ORDER]:
-            style = dict(lw=2.6, color="black") if a == "worst" else dict(lw=1.4)
-            label = f"{_short(a)}: {_describe(a, r)}"
-            ax.plot(xs, [r.clean[m]] + r.curve(a, m), marker="o", ms=3, label=label, **style)
-        if r.random and all(lv in r.random for lv in r.levels):
-            ax.plot(xs, [r.clean[m]] + [r.random[lv][m] for lv in r.levels], ls="--", color="grey",
-                    label="random noise, same L2 norm")
-        ax.set_xlabel("L2 noise level")
-        ax.set_ylabel(m)
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-    for k in range(n, rows_ * cols):
-        axes[k // cols][k % cols].axis("off")
-    handles: dict = {}
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    # outside the axes: a legend inside covers the curves
-    fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
-               frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return _save_png(fig, path)
-
-
-def plot_radius_histograms(results: Mapping[str, EvalResult], path: str | os.PathLike, title: str = "") -> Path:
-    """Histogram of the robust radii, one panel per model (samples not broken within the
-    maximum radius in the last bar, marked)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    have = {k: r for k, r in results.items() if r.radius}
-    if not have:
-        raise ValueError("no model of this report has a radius run")
-    mx = max(float(r.radius["max_radius"]) for r in have.values())
-    n = len(have)
-    fig, axes = plt.subplots(1, n, figsize=(4.4 * n, 3.4), squeeze=False, sharex=True)
-    bins = [mx * i / 30 for i in range(31)]
-    for ax, (name, r) in zip(axes[0], have.items()):
-        radii = r.radii()
-        fin = [v for v in radii if not math.isinf(v)]
-        ax.hist(fin, bins=bins, color="#4477aa")
-        unbroken = len(radii) - len(fin)
-        if unbroken:
-            ax.bar([mx * 1.04], [unbroken], width=mx / 30, color="#cc6677", label=f"> {mx:g}: {unbroken}")
-            ax.legend(fontsize=8, frameon=False)
-        for lv in r.levels:
-            ax.axvline(lv, color="grey", lw=0.6, ls=":")
-        ax.set_xlabel("robust radius (L2)")
-        ax.set_ylabel("samples")
-        ax.set_title(f"{name} (n={len(radii)})")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return _save_png(fig, path)
-
-
-def plot_margin_histogram(values: Sequence[float], path: str | os.PathLike, title: str = "AMAT margins") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.hist(list(values), bins=30, color="#4477aa")
-    ax.set_xlabel("margin E(i) (L2)")
-    ax.set_ylabel("training samples")
-    ax.set_title(f"{title} (n={len(values)})")
-    return _save_png(fig, path)
-
-
 def write_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike, name: str = "robustness",
                  title: str = "", margins: Sequence[float] | None = None,
                  notes: Sequence[str] = ()) -> dict[str, Path]:
@@ -337,50 +232,3 @@ def write_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike, 
     if margins is not None and len(margins):
         paths["margins_png"] = plot_margin_histogram(margins, out / f"{name}_margins.png")
     return paths
-
-
-def training_margins_figure(series: Mapping[str, Sequence[float]], xi_label: str = "xi"):
-    """Margin mean and min..max per epoch, xi on a second axis, integer epochs, one legend below
-    the axes (None before the first epoch). ``series``: ``margin_mean``, ``margin_min``,
-    ``margin_max``, ``xi`` lists of equal length. Call it inside ``plt.style.context("default")``
-    (as :func:`plot_training_margins` does): nnU-Net's progress plot leaves seaborn's font scale set."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    n = len(series.get("margin_mean", []))
-    if n == 0:
-        return None
-    x = list(range(n))
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    ax.plot(x, series["margin_mean"], label="margin mean", color="b", marker="o" if n < 20 else None)
-    ax.fill_between(x, series["margin_min"], series["margin_max"], color="b", alpha=0.15, label="margin min..max")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("AMAT margin E (L2)")
-    ax.set_title("amat-hooks: per-sample margins and threshold xi per epoch", fontsize=11)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if n == 1:
-        ax.set_xlim(-0.5, 0.5)
-    ax2 = ax.twinx()
-    ax2.plot(x, series["xi"], color="r", ls="--", label="xi", marker="x" if n < 20 else None)
-    ax2.set_ylabel(xi_label)
-    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.14),
-              ncol=3, frameon=False)
-    fig.tight_layout()
-    fig.canvas.draw()  # tick labels exist (and use this style) from here on
-    return fig
-
-
-def plot_training_margins(series: Mapping[str, Sequence[float]], path: str | os.PathLike,
-                          xi_label: str = "xi") -> Path | None:
-    """``progress_amat.png`` (nnU-Net): :func:`training_margins_figure`, written atomically."""
-    import matplotlib
-
-    matplotlib.use("agg")
-    import matplotlib.pyplot as plt
-
-    with plt.style.context("default"):
-        fig = training_margins_figure(series, xi_label)
-        if fig is None:
-            return None
-        return _save_png(fig, path, tight=False, dpi=100)

@@ -262,7 +262,7 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
         super().on_epoch_end()
         if self.local_rank == 0 and self.amat_engine is not None and isinstance(self.amat_engine.policy, AMAT):
             try:
-                from amat_hooks.evaluation.report import plot_training_margins
+                from amat_hooks.evaluation.figures import plot_training_margins
 
                 log = self.logger.local_logger.my_fantastic_logging
                 n = min(len(log.get(k, [])) for k in LOG_KEYS)

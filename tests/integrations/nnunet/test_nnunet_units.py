@@ -94,7 +94,7 @@ def test_progress_amat_figure_after_nnunets_own_plot(tmp_path):
     import matplotlib.pyplot as plt
     from nnunetv2.training.logging.nnunet_logger import LocalLogger
 
-    from amat_hooks.evaluation.report import plot_training_margins, training_margins_figure
+    from amat_hooks.evaluation.figures import plot_training_margins, training_margins_figure
 
     logger = LocalLogger()
     n = 3
