@@ -27,8 +27,14 @@ import torch
 from torch import Tensor
 
 from amat_hooks.adapter import AdapterError, BatchAdapter, BoundLoss, stretch
+from amat_hooks.config import AdvConfig, AdvConfigError
 
 TARGET_KEYS = ("batch_idx", "cls", "bboxes")
+#: The terms of Ultralytics' detection loss (``dfl`` is ``l1`` for reg_max=1 heads) and the
+#: least value each can take: CIoU loss, BCE and DFL/L1 are never below 0.
+DETECTION_TERMS = ("box", "cls", "dfl")
+DETECTION_TERM_FLOORS = (0.0, 0.0, 0.0)
+XI_FIX = "amat calibrate yolo model=<STD best.pt> data=<data.yaml>"
 
 
 class UnsupportedCriterionError(TypeError):
@@ -138,6 +144,51 @@ def term_names(criterion: Any) -> list[str]:
     return [n.removesuffix("_loss") for n in part.loss_names]
 
 
+def data_identity(data: str | None) -> dict[str, Any]:
+    """What an xi file of ``amat calibrate yolo`` records as its identity: the resolved data YAML."""
+    from pathlib import Path
+
+    return {"data": str(Path(str(data)).resolve())} if data else {}
+
+
+def check_xi_file(path: str, data: str | None = None) -> None:
+    """Refuse an xi file of another task (a landmark, nnU-Net or classic YOLOv5 file), of
+    another number of terms, or calibrated on another data YAML: one line naming the fix."""
+    from amat_hooks.state import XiFileError, read_xi_file
+
+    try:
+        xf = read_xi_file(path, fix=f"write it with `{XI_FIX}`")
+        xf.check_task("yolo", fix=f"write one with `{XI_FIX}`")
+        if xf.term_names and len(xf.term_names) != len(DETECTION_TERMS):
+            raise XiFileError(f"xi file {xf.path} has {len(xf.term_names)} terms ({', '.join(xf.term_names)}), "
+                              f"YOLO's detection loss has {len(DETECTION_TERMS)} ({', '.join(DETECTION_TERMS)}); "
+                              f"write one with `{XI_FIX}`")
+        xf.check_identity(data_identity(data), fix=XI_FIX.replace("<data.yaml>", str(data)))
+    except XiFileError as e:
+        raise AdvConfigError(str(e)) from None
+
+
+def check_xi(cfg: AdvConfig | None, term_names: Sequence[str] = DETECTION_TERMS,
+             floors: Sequence[float | None] = DETECTION_TERM_FLOORS) -> None:
+    """Refuse AMAT thresholds that cannot work before any training step: not one per term,
+    or at or below a term's floor (eq. 2 accepts a sample when every term is BELOW xi, so
+    an xi at the floor is never met and AMAT would quietly become SAT at Delta)."""
+    if cfg is None or cfg.mode != "amat" or cfg.xi is None:
+        return
+    xi, where = list(cfg.xi), cfg.xi_source or "--adv-xi"
+    names = ", ".join(term_names)
+    if len(xi) != len(term_names):
+        raise AdvConfigError(f"xi from {where} has {len(xi)} value(s) {xi}, YOLO's detection loss has "
+                             f"{len(term_names)} terms ({names}); give one per term, e.g. --adv-xi 2.1,2.7,1.4, "
+                             f"or --adv-xi-file from `{XI_FIX}`")
+    for name, value, floor in zip(term_names, xi, floors):
+        if floor is not None and value <= floor:
+            raise AdvConfigError(f"xi for the {name} term is {value:g} (from {where}), but that term is never "
+                                 f"below {floor:g}, so no sample could ever be accepted; give a value above "
+                                 f"{floor:g} (xi = {', '.join(f'{v:g}' for v in xi)} for {names}) or calibrate "
+                                 f"it with `{XI_FIX}`")
+
+
 def is_yolo_batch(batch: Any) -> bool:
     return isinstance(batch, dict) and "img" in batch and "im_file" in batch
 
@@ -146,8 +197,10 @@ class YoloAdapter(BatchAdapter):
     """Ultralytics detection batches scored by the model's own ``criterion``.
 
     A trainer passes ``sample_ids`` (image paths relative to the dataset root), ``forward``
-    (reuses the predictions ``DetectionModel.loss`` already computed for the clean input) and
-    ``record_items`` (Ultralytics' loss items of each forward, for its progress columns).
+    (reuses the predictions ``DetectionModel.loss`` already computed for the clean input),
+    ``record_items`` (Ultralytics' loss items of each training forward and whether it was the
+    clean one: its progress columns and the separate clean / noisy loss metrics) and
+    ``identity`` (what an xi file must have been calibrated on: :func:`data_identity`).
     """
 
     name = "Ultralytics detection batches, the model's own v8 criterion per image"
@@ -157,12 +210,17 @@ class YoloAdapter(BatchAdapter):
 
     def __init__(self, criterion: Any, sample_ids: Callable[[Sequence[str]], list[Hashable]] | None = None,
                  forward: Callable[[Any, Tensor, bool], Any] | None = None,
-                 record_items: Callable[[dict], None] | None = None) -> None:
+                 record_items: Callable[[dict, bool], None] | None = None,
+                 identity: dict[str, Any] | None = None) -> None:
         detection_parts(criterion)  # clear error now if this criterion has no per-sample terms
         self.criterion = criterion
         self.term_names = tuple(term_names(criterion))  # l1 instead of dfl for reg_max=1 heads
-        self.term_floors = (0.0,) * len(self.term_names)
+        self.term_floors = DETECTION_TERM_FLOORS[:len(self.term_names)]
         self._ids, self._forward, self._record = sample_ids, forward, record_items
+        self._identity = dict(identity or {})
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)
 
     def inputs(self, batch: dict) -> Tensor:
         if not is_yolo_batch(batch):
@@ -199,7 +257,7 @@ class YoloAdapter(BatchAdapter):
             preds = self._forward(model, x, clean) if self._forward is not None else model(x)
             r = criterion_with_terms(self.criterion, preds, targets)
             if self._record is not None:
-                self._record(r.items)
+                self._record(r.items, clean)
             return r.loss.sum(), r.terms  # Ultralytics' convention: loss x batch size, summed
 
         return BoundLoss(terms=terms, training=training, term_names=list(self.term_names))

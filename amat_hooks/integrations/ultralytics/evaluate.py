@@ -5,7 +5,8 @@ dataloader in val mode (no augmentation) and letterboxed to ``imgsz x imgsz`` (`
 as the paper resizes BCCD to 320x320 and as training sees it), then scaled to ``[0, 1]``
 by Ultralytics' validator. The L2 noise lives on that ``[0, 1]`` image (clamped to it).
 The attack objective is the sum of the per-image terms of Ultralytics' own detection
-criterion with the ground-truth boxes (:mod:`.adapter`), white box.
+criterion with the ground-truth boxes (:mod:`.adapter`), white box; ``suppress`` and
+``displace`` aim at the detections mAP scores instead (part of ``worst``).
 
 Metrics (computed by Ultralytics' own code, never re-implemented here):
 
@@ -24,10 +25,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from amat_hooks.evaluation import EvalBatch, EvalTask
 from amat_hooks.evaluation.metrics import decode_tp, encode_tp, object_ious
+from amat_hooks.evaluation.objectives import DetectionObjectives
 from amat_hooks.integrations.ultralytics.adapter import TARGET_KEYS, YoloAdapter
 from amat_hooks.integrations.ultralytics.offline import prepare_offline
 
@@ -41,8 +44,12 @@ class YoloEvalError(ValueError):
     """A model file, data YAML or split needed for evaluation is missing or unusable."""
 
 
-class YoloEvalTask(EvalTask):
-    """One Ultralytics detection model on one split of a data YAML; see the module docstring."""
+class YoloEvalTask(DetectionObjectives, EvalTask):
+    """One Ultralytics detection model on one split of a data YAML; see the module docstring.
+
+    Attacks aimed at mAP (``suppress``, ``displace``; part of ``worst``) read the head's raw
+    class logits and decoded boxes before NMS (:meth:`detection_predictions`); the masking
+    check's floor is an empty prediction (:meth:`trivial_stats`)."""
 
     name = "yolo"
     higher_is_better = True
@@ -142,6 +149,45 @@ class YoloEvalTask(EvalTask):
                         "target_cls": [int(c) for c in stats["target_cls"][si]],
                         "iou": ious})
         return out
+
+    def trivial_stats(self, target: dict[str, Any]) -> dict[str, Any]:
+        """No detection on any image, recorded as :meth:`measure` records a prediction-free image."""
+        v = self.validator
+        out = []
+        for si in range(len(target["im_file"])):
+            pb = v._prepare_batch(si, target)
+            out.append({"im": Path(pb["im_file"]).name, "tp": encode_tp(np.zeros((0, int(v.niou)), dtype=bool)),
+                        "conf": [], "pred_cls": [], "target_cls": [int(c) for c in pb["cls"].tolist()],
+                        "iou": [0.0] * len(pb["cls"])})
+        return {"no detection": out}
+
+    # -- attacks aimed at mAP (amat_hooks.evaluation.objectives.DetectionObjectives) ---------------------
+    def detection_predictions(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Boxes ``[N, A, 4]`` (xyxy, input pixels) and log class confidences ``[N, A, C]`` of the
+        head the metric scores (one-to-one for end-to-end models), before NMS, with gradient."""
+        import torch.nn.functional as F
+
+        out = self.model(x)
+        preds = out[1] if isinstance(out, (tuple, list)) and len(out) > 1 else None
+        if not isinstance(preds, dict):
+            raise YoloEvalError("the attacks aimed at mAP need the detection head's raw predictions (Ultralytics' "
+                                "Detect head returning (y, preds) in eval mode); this model does not give them")
+        head = self.model.model[-1]
+        if "one2one" in preds:
+            preds = preds["one2one" if head.end2end else "one2many"]
+        boxes = head._get_decode_boxes(preds).transpose(1, 2)          # Ultralytics' own decoding
+        if not head.end2end and not getattr(head, "xyxy", False):     # xywh -> xyxy
+            boxes = torch.cat([boxes[..., :2] - boxes[..., 2:] / 2, boxes[..., :2] + boxes[..., 2:] / 2], -1)
+        return boxes, F.logsigmoid(preds["scores"].float()).transpose(1, 2)
+
+    def detection_truth(self, target: dict[str, Any], repeats: int) -> list[tuple[Tensor, Tensor]]:
+        h, w = target["img"].shape[2:]
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=target["bboxes"].device)
+        idx, cls, xywh = target["batch_idx"].view(-1), target["cls"].view(-1), target["bboxes"].float() * scale
+        xyxy = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
+        b = target["img"].shape[0]
+        per = [(xyxy[idx == i], cls[idx == i].long()) for i in range(b)]
+        return per * repeats
 
     def reduce(self, stats: list[list[dict[str, Any]]]) -> dict[str, float]:
         try:

@@ -97,6 +97,9 @@ class YoloTask(Task):
                             "detected objects (default 0.25, Ultralytics' predict default)")
 
     def check(self, args: argparse.Namespace, command: str) -> None:
+        from amat_hooks.integrations.ultralytics.version import check_ultralytics
+
+        check_ultralytics()  # before Ultralytics is imported: an old one is one line, not an ImportError
         from amat_hooks.integrations.ultralytics.offline import prepare_offline
 
         prepare_offline()

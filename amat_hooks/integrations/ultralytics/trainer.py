@@ -7,6 +7,13 @@ to the core engine, which attacks with the core PGD, runs the noisy forward and 
 ``(L_clean + L_noisy) / 2`` in Ultralytics' own convention (loss x batch size, summed).
 Backward, optimizer step, EMA, logging and checkpoints stay Ultralytics'.
 
+What the run reports goes where Ultralytics' own numbers go: ``trainer.metrics`` gains the
+epoch's clean and noisy loss items (``train/clean_box_loss`` ... ``train/noisy_dfl_loss``)
+and, for AMAT, ``metrics/margin_mean`` and ``metrics/margin_max``, so ``results.csv``,
+``results.png`` and every logger callback (``on_fit_epoch_end``: TensorBoard, W&B, MLflow,
+ClearML, Comet, DVC) see them; Ultralytics' ``train/*_loss`` columns stay the loss that is
+back-propagated (the policy's combination of clean and noisy, ``(L0 + L1) / 2``).
+
 Adversarial settings, in order of precedence: the ``adv=`` argument; the class attribute
 set by :meth:`AMATDetectionTrainer.with_config` (for ``YOLO(...).train(trainer=...)``);
 the JSON in env ``AMAT_YOLO_CONFIG`` (set by ``amat yolo`` and before a DDP launch, so
@@ -24,7 +31,11 @@ from typing import Any, Hashable, Sequence
 
 import torch
 
-from amat_hooks.integrations.ultralytics.offline import offline_amp_check, prepare_offline
+from amat_hooks.integrations.ultralytics.version import check_ultralytics
+
+check_ultralytics()  # one line naming the fix, not an ImportError of E2ELoss below, on Ultralytics < 8.4
+
+from amat_hooks.integrations.ultralytics.offline import offline_amp_check, prepare_offline  # noqa: E402
 
 prepare_offline()  # before Ultralytics is imported: YOLO_OFFLINE decides its ONLINE flag at import
 
@@ -34,7 +45,7 @@ from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
 from amat_hooks.config import AdvConfig, AdvConfigError, force_resume_requested  # noqa: E402
 from amat_hooks.engine import AdversarialEngine  # noqa: E402
-from amat_hooks.integrations.ultralytics.adapter import YoloAdapter  # noqa: E402
+from amat_hooks.integrations.ultralytics.adapter import YoloAdapter, check_xi, data_identity  # noqa: E402
 from amat_hooks.margins import MarginMismatchError  # noqa: E402
 from amat_hooks.policies import AMAT, StepOutput  # noqa: E402
 from amat_hooks.state import StateError, read_state, state_envelope, write_state  # noqa: E402
@@ -43,6 +54,9 @@ SIDECAR_NAME = "amat_state.json"
 CONFIG_ENV = "AMAT_YOLO_CONFIG"
 #: Pixel range of the normalised image the attack runs on (``img / 255``).
 PIXEL_BOUNDS = (0.0, 1.0)
+#: The margin columns of ``trainer.metrics`` (AMAT). "metrics/" puts them in results.png
+#: (Ultralytics' ``plot_results`` draws the columns whose names hold "loss" or "metric").
+MARGIN_KEYS = {"metrics/margin_mean": "mean", "metrics/margin_max": "max"}
 
 
 class UnsupportedTaskError(AdvConfigError):
@@ -154,9 +168,13 @@ class AMATDetectionTrainer(DetectionTrainer):
         self.amat_engine: AdversarialEngine | None = None
         self.amat_base_criterion: Any = None
         self._amat_clean_preds: Any = None
-        self._amat_items: list[dict[str, torch.Tensor]] = []
+        self._amat_items: list[tuple[dict[str, torch.Tensor], bool]] = []
+        self._amat_sums: dict[str, torch.Tensor] = {}  # clean / noisy loss items summed over the epoch's batches
+        self._amat_batches = 0
+        self.amat_epoch_metrics: dict[str, float] = {}
         self.amat_last: StepOutput | None = None
         self.amat_history: list[dict[str, float]] = []
+        check_xi(requested)  # before Ultralytics creates the run folder
         super().__init__(cfg, overrides, _callbacks)
         if self.args.task != "detect" and requested is not None and requested.mode != "none":
             raise unsupported_task(self.args.task)
@@ -211,14 +229,37 @@ class AMATDetectionTrainer(DetectionTrainer):
         return super().get_validator()
 
     def run_callbacks(self, event: str):
-        if event == "on_train_epoch_end" and self.amat_engine is not None:
-            self.amat_engine.epoch_end(self.epoch)  # MarginStore.sync(): every rank runs this
-            if RANK in {-1, 0} and isinstance(self.amat_engine.policy, AMAT):
-                LOGGER.info(f"AMAT epoch {self.epoch + 1}: {self.amat_engine.policy.describe()}")
+        if self.amat_engine is not None:
+            if event == "on_train_epoch_start":
+                self._amat_sums, self._amat_batches = {}, 0
+            elif event == "on_train_epoch_end":
+                self.amat_engine.epoch_end(self.epoch)  # MarginStore.sync(): every rank runs this
+                self.amat_epoch_metrics = self.amat_metrics()
+                if RANK in {-1, 0} and isinstance(self.amat_engine.policy, AMAT):
+                    LOGGER.info(f"AMAT epoch {self.epoch + 1}: {self.amat_engine.policy.describe()}")
+            if event in ("on_train_epoch_end", "on_fit_epoch_end") and self.metrics is not None:
+                # every logger (TensorBoard, W&B, MLflow, ClearML, Comet, DVC) reads trainer.metrics here;
+                # final_eval replaces it with best.pt's validation, so the columns are put back
+                self.metrics.update(self.amat_epoch_metrics)
         super().run_callbacks(event)
 
+    def validate(self):
+        """Ultralytics' validation; the metrics it returns become ``trainer.metrics``, so the
+        margins and the clean / noisy losses of the epoch join them (results.csv, results.png)."""
+        metrics, fitness = super().validate()
+        if metrics is not None and self.amat_engine is not None:
+            metrics = {**metrics, **self.amat_epoch_metrics}
+        return metrics, fitness
+
     def save_metrics(self, metrics):
-        super().save_metrics({**metrics, **self.amat_metrics()})
+        # this epoch's values also when validation was skipped (val=False keeps the old metrics)
+        metrics = {**metrics, **self.amat_epoch_metrics}
+        if self.csv.is_file():  # Ultralytics writes rows by position: keep the header's column order
+            with open(self.csv, encoding="utf-8") as f:
+                header = f.readline().strip().split(",")[2:]
+            if set(header) == set(metrics):
+                metrics = {k: metrics[k] for k in header}
+        super().save_metrics(metrics)
 
     def save_model(self):
         result = super().save_model()
@@ -281,7 +322,9 @@ class AMATDetectionTrainer(DetectionTrainer):
         base = getattr(model, "criterion", None) or model.init_criterion()
         self.amat_base_criterion = base
         self.amat_adapter = YoloAdapter(base, sample_ids=self.sample_ids, forward=self.amat_forward,
-                                        record_items=self._amat_items.append)
+                                        record_items=lambda items, clean: self._amat_items.append((items, clean)),
+                                        identity=data_identity(self.args.data))
+        check_xi(cfg, self.amat_adapter.term_names, self.amat_adapter.term_floors)
         policy = cfg.build_policy(dataset_id=self.dataset_id(), log=self.amat_log,
                                   calibrate_hint=f"amat calibrate yolo model=<STD best.pt> data={self.args.data}")
         if saved is not None:
@@ -300,6 +343,7 @@ class AMATDetectionTrainer(DetectionTrainer):
             LOGGER.warning(f"AMAT: resuming without {self.sidecar_path}: margins start again at Delta")
         model.criterion = AdversarialCriterion(base, self)
         self.amat_engine = AdversarialEngine(policy, self.amat_adapter, host=self)
+        self.amat_epoch_metrics = dict.fromkeys(self.amat_metric_keys(), 0.0)
         if RANK in {-1, 0}:
             LOGGER.info(f"amat-hooks: adapter: {self.amat_adapter.describe()}")
             LOGGER.info(f"amat-hooks: {cfg.label} ({cfg.to_json()}), {policy.describe()}")
@@ -313,11 +357,25 @@ class AMATDetectionTrainer(DetectionTrainer):
         """Margins, xi and settings next to ``last.pt`` (atomic: never a truncated file)."""
         return write_state(self.sidecar_path, self.amat_state())
 
+    def amat_metric_keys(self) -> list[str]:
+        """``train/clean_<item>`` and ``train/noisy_<item>`` for each of Ultralytics' loss items
+        (``box_loss, cls_loss, dfl_loss``), then, for AMAT, the margin columns."""
+        items = [f"{n}_loss" for n in self.amat_adapter.term_names]
+        keys = [f"train/{kind}_{k}" for kind in ("clean", "noisy") for k in items]
+        return keys + (list(MARGIN_KEYS) if isinstance(self.amat_engine.policy, AMAT) else [])
+
     def amat_metrics(self) -> dict[str, float]:
-        if self.amat_engine is None or not isinstance(self.amat_engine.policy, AMAT):
+        """This epoch's means of the clean and the noisy loss items (over batches, as Ultralytics
+        averages its ``tloss``) and AMAT's margin mean and max after the epoch's updates."""
+        if self.amat_engine is None:
             return {}
-        s = self.amat_engine.policy.margins.summary()
-        return {"amat/margin_mean": round(s["mean"], 5), "amat/margin_max": round(s["max"], 5)}
+        n = max(self._amat_batches, 1)
+        out = {k: 0.0 for k in self.amat_metric_keys()}
+        out.update({k: round(float(v) / n, 5) for k, v in self._amat_sums.items() if k in out})
+        if isinstance(self.amat_engine.policy, AMAT):
+            s = self.amat_engine.policy.margins.summary()
+            out.update({k: round(float(s[stat]), 5) for k, stat in MARGIN_KEYS.items()})
+        return out
 
     # -- one adversarial step (called by AdversarialCriterion) ----------------------------------
     def adversarial_loss(self, preds: Any, batch: dict[str, Any]):
@@ -329,9 +387,18 @@ class AMATDetectionTrainer(DetectionTrainer):
         finally:
             self._amat_clean_preds = None
         self.amat_last = out
-        items = self._amat_items
-        loss_items = {k: sum(d[k] for d in items) / len(items) for k in items[0]}
-        return out.loss, loss_items
+        clean = next(d for d, is_clean in self._amat_items if is_clean)
+        noisy = next((d for d, is_clean in self._amat_items if not is_clean), None)
+        self._amat_batches += 1
+        for kind, items in (("clean", clean), ("noisy", noisy)):
+            for k, v in (items or {}).items():
+                key = f"train/{kind}_{k}"
+                self._amat_sums[key] = self._amat_sums.get(key, 0.0) + v.detach().float()
+        if noisy is None:
+            return out.loss, clean
+        # Ultralytics' loss columns show what is back-propagated: the policy's combination of the two
+        policy = self.amat_engine.policy
+        return out.loss, {k: policy.combine(clean[k], noisy[k]) for k in clean}
 
     def amat_forward(self, model: torch.nn.Module, x: torch.Tensor, clean: bool) -> Any:
         """Predictions for x: for the step's clean input those DetectionModel.loss already

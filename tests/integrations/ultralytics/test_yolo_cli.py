@@ -131,7 +131,7 @@ def test_amat_training_is_offline_with_plots_and_margins_move(work, tmp_path):
     assert any(abs(v - 0.5) > 1e-6 for v in m["values"]), "margins never moved"
     assert all(not i.startswith("/") for i in m["ids"])
     header = (run / "results.csv").read_text().splitlines()[0].split(",")
-    assert "amat/margin_mean" in header and "metrics/mAP50-95(P1)" in header
+    assert "metrics/margin_mean" in header and "metrics/mAP50-95(P1)" in header
     work["offline_run"] = run
 
 
@@ -144,6 +144,9 @@ def test_sat_training_runs(work):
     side = _sidecar(run)
     assert side["config"]["mode"] == "sat" and side["policy"]["config"]["eps"] == 2.0
     assert "margins" not in side["policy"]
+    header = (run / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"train/clean_box_loss", "train/noisy_dfl_loss"} <= set(header)  # SAT: the two losses, no margins
+    assert "metrics/margin_mean" not in header
 
 
 @pytest.mark.slow
