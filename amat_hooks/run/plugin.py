@@ -38,7 +38,7 @@ def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
                     "model from the optimizer, runs the clean and the noisy rows as two forward passes "
                     "and lets the adapters describe batch and loss (docs/runner.md).",
         epilog="example: amat run --adv amat --adv-step 1 --adv-xi-rule mean+2std "
-               "-- python examples/landmark/train.py --data DIR",
+               "-- python -m amat_hooks.examples.landmark_train --data DIR",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     AdvConfig.add_arguments(p)
     g = p.add_argument_group("amat run")

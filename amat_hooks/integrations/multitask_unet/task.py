@@ -49,7 +49,8 @@ def load_model(checkpoint: str | Path, in_channels: int | None = None, log=None)
     if head is None or head.dim() != 4 or head.shape[0] % 3:
         raise TaskError(f"{path} is not a Multi-Task U-Net checkpoint: no head 'final.weight' of shape "
                         f"[3 * landmarks, 64, 1, 1] (keys start {', '.join(list(state)[:3])}); save net.state_dict() "
-                        f"of a Multi-Task U-Net (examples/landmark/network.py, MultiTaskUNet)")
+                        f"of a Multi-Task U-Net (MultiTaskUNet; python -m amat_hooks.examples.landmark_train "
+                        f"saves them)")
     first = state.get("vgg.features.0.weight")
     channels = in_channels or (int(first.shape[1]) if first is not None and first.dim() == 4 else 3)
     model = MultiTaskUNet(num_landmarks=head.shape[0] // 3, in_channels=channels)
@@ -217,8 +218,8 @@ class LandmarkTask(Task):
         if command == "grid":
             cmd = self._script(args)
             if not cmd:
-                raise TaskError("give the training command after --, e.g. -- python examples/landmark/train.py "
-                                "--data DATA --epochs 50 --out {out}")
+                raise TaskError("give the training command after --, e.g. -- python -m "
+                                "amat_hooks.examples.landmark_train --data DATA --epochs 50 --out {out}")
             if not any("{out}" in w for w in cmd):
                 raise TaskError("the training command must contain {out} where the script's output folder "
                                 "goes (e.g. --out {out}); each Delta trains into its own folder")

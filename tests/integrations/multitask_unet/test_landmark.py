@@ -160,19 +160,24 @@ def test_example_loss_on_clean_plus_noisy_rows_is_the_mean_of_both(kind):
 
 # -- model ----------------------------------------------------------------------------------------
 def test_one_multitask_unet_the_example_imports_it_and_it_runs_offline():
-    """The network is written once (model.py); the example's network.py only names it the
-    original way, and imports nothing else from amat_hooks."""
+    """The network is written once (model.py); the example's network module only names it the
+    original way, and the example imports nothing else from amat_hooks (no hooks, no patches)."""
     import ast
 
     from amat_hooks.zoo.multitask_unet import MultiTaskUNet
     from amat_hooks.offline import no_network
 
-    tree = ast.parse((EXAMPLE / "network.py").read_text())
-    imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
-    assert [(i.module, [a.name for a in i.names]) for i in imports] == [
-        ("amat_hooks.zoo.multitask_unet", ["MultiTaskUNet"])]
-    for f in ("train.py", "data_loader.py"):
-        assert "amat_hooks" not in (EXAMPLE / f).read_text()
+    def imports(path):
+        tree = ast.parse(path.read_text())
+        return [(i.module if isinstance(i, ast.ImportFrom) else i.names[0].name, [a.name for a in i.names])
+                for i in ast.walk(tree) if isinstance(i, (ast.Import, ast.ImportFrom))]
+
+    shipped = REPO / "amat_hooks" / "examples"
+    assert imports(shipped / "landmark_network.py") == [("amat_hooks.zoo.multitask_unet", ["MultiTaskUNet"])]
+    ours = [m for f in ("landmark_train.py", "landmark_data.py") for m, _ in imports(shipped / f)
+            if m.startswith("amat_hooks")]
+    assert sorted(ours) == ["amat_hooks.examples.landmark_data", "amat_hooks.examples.landmark_network"]
+    assert imports(EXAMPLE / "network.py") == [("amat_hooks.examples.landmark_network", ["UNet_Pretrained"])]
     sys.path.insert(0, str(EXAMPLE))
     try:
         spec = importlib.util.spec_from_file_location("landmark_example_network", EXAMPLE / "network.py")
