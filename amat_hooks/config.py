@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from amat_hooks.policies import AMAT, BOUNDARY_MODES, MODES, SAT, STD, TRAIN_REFINE_STEPS, AttackSettings, Policy
-from amat_hooks.protocols import CHOICES, PROTOCOLS, protocol_settings
+from amat_hooks.protocols import CHOICES, PROTOCOLS, XI_PRESETS, protocol_settings
 from amat_hooks.thresholds import check_rule
 
 _ALIASES = {"std": "none", "off": "none", "clean": "none"}
@@ -208,7 +208,10 @@ class AdvConfig:
                        help="PGD step = alpha * eps / steps (paper 2.5; authors 4 for nnU-Net, 5 for YOLO, landmarks)")
         g.add_argument("--adv-step-size", type=float, help="absolute PGD step (overrides --adv-alpha)")
         g.add_argument("--adv-norm", default="l2", choices=["l2", "linf"])
-        g.add_argument("--adv-xi", type=_float_list, help="thresholds xi, comma-separated (default: online estimate)")
+        g.add_argument("--adv-xi", type=_float_list,
+                       help="thresholds xi, comma-separated, or an authors' preset (" + ", ".join(sorted(XI_PRESETS))
+                            + "; docs/protocols.md); default: a calibration file where the trainer has one, else the "
+                              "online estimate")
         g.add_argument("--adv-xi-file", default=None, metavar="FILE",
                        help="xi from `amat calibrate <task>` (the --adv-xi-rule thresholds of that file)")
         g.add_argument("--adv-xi-rule", default=None,
@@ -235,7 +238,8 @@ class AdvConfig:
         mode = ns.adv_mode
         if mode is None:
             mode = "none"
-        xi, source, rule = ns.adv_xi, "command line --adv-xi" if ns.adv_xi is not None else None, ns.adv_xi_rule
+        xi, rule = ns.adv_xi, ns.adv_xi_rule
+        source = getattr(xi, "source", None) or ("command line --adv-xi" if xi is not None else None)
         xi_file = getattr(ns, "adv_xi_file", None)
         if xi_file:
             if xi is not None:
@@ -270,7 +274,7 @@ class AdvConfig:
                 except (ValueError, argparse.ArgumentTypeError) as e:
                     raise AdvConfigError(f"environment variable {key}={raw!r} is not valid: {e}") from None
         if d.get("xi") is not None and f"{prefix}XI" in env:
-            d["xi_source"] = f"environment {prefix}XI"
+            d["xi_source"] = f"environment {prefix}XI" + (f": {d['xi'].source}" if getattr(d["xi"], "source", "") else "")
         return cls.from_dict(d)
 
     def to_json(self) -> str:
@@ -295,9 +299,24 @@ def _number(flag: str, value: Any, rule: str, integer: bool = False, least: floa
         raise AdvConfigError(f"{flag} must be {kind}{bound}, got {value!r}" + (f"; {hint}" if hint else ""))
 
 
+class XiPreset(list):
+    """The values of a named preset (``--adv-xi authors:yolov5``), carrying where they come from."""
+
+    source: str = ""
+
+
 def _float_list(text: str | Sequence[float]) -> list[float]:
+    """Comma-separated numbers, or the name of one of the authors' presets (:data:`XI_PRESETS`)."""
     if not isinstance(text, str):
         return [float(v) for v in text]
+    if text.strip().lower() in XI_PRESETS:
+        values, where = XI_PRESETS[text.strip().lower()]
+        out = XiPreset(values)
+        out.source = f"preset {text.strip().lower()} ({where})"
+        return out
+    if text.strip().lower().startswith("authors:"):
+        raise argparse.ArgumentTypeError(f"unknown xi preset {text.strip()!r}; the presets are "
+                                         f"{', '.join(sorted(XI_PRESETS))}")
     try:
         return [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
     except ValueError:

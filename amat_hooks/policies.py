@@ -192,6 +192,11 @@ class Policy:
         return f"{self.name}, nan_samples={self.nan_samples}"
 
 
+#: The recorded settings (policy config keys) whose change makes saved margins mean something
+#: else; refine/update are checked by the margin table itself.
+_PROTOCOL_FLAGS = {"accept_iterates": "--adv-accept-iterates", "start": "--adv-start", "bn": "--adv-attack-bn"}
+
+
 class STD(Policy):
     """Standard training: clean loss only."""
 
@@ -390,6 +395,14 @@ class AMAT(Policy):
                 f"({_BOUNDARY_TEXT[saved]}), this run uses --adv-boundary {self.boundary_mode} "
                 f"({_BOUNDARY_TEXT[self.boundary_mode]}); resume with --adv-boundary {saved}, or "
                 f"continue under the new semantics with --adv-force-resume")
+        mine = self.config()
+        differ = [f"{flag} {saved_cfg[k]} != {mine[k]}" for k, flag in _PROTOCOL_FLAGS.items()
+                  if k in (saved_cfg := state.get("config", {})) and saved_cfg[k] != mine.get(k)]
+        if differ and not force:
+            raise SemanticsMismatchError(
+                f"the checkpoint's margins were trained under other protocol settings ({'; '.join(differ)}); "
+                f"resume with the same --adv-protocol (and --adv-* settings), or continue anyway with "
+                f"--adv-force-resume")
         self.margins.load_state_dict(state["margins"], force=force)
         if self.online is not None and state.get("online_xi"):
             self.online.load_state_dict(state["online_xi"])

@@ -4,7 +4,8 @@ The paper (Ma and Liang) and the code behind its tables (SarielMa/amat_conf @ d0
 SarielMa/nnUNet @ cbed61e, SarielMa/yolov5 @ cb72670) differ in the settings below; each is
 an option of its own (``--adv-<name>``, ``AMAT_<NAME>``), ``--adv-protocol`` picks a whole
 column for the kind of trainer (its adapter's ``protocol_kind``), and a setting given
-explicitly always wins. docs/protocols.md has every row with the code's file and line.
+explicitly always wins. docs/protocols.md says how to use them; docs/results/README.md has
+every row with the code's file and line.
 
 =================  ==================================  =========================================
 setting            paper (default)                     authors' code
@@ -120,3 +121,21 @@ def eval_settings(protocol: str, kind: str = "generic") -> dict[str, Any]:
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     return {**_EVAL[protocol], **_EVAL_BY_KIND.get((protocol, kind if kind in KINDS else "generic"), {})}
+
+
+#: ``amat calibrate --protocol authors`` (row 10): the authors' statistic per kind, and how
+#: their scripts ran the clean model (landmark: train mode, batch 1, their 0.5 x Dice term).
+#: nnU-Net's statistic (mean hard Dice over slices holding every foreground class) is not
+#: computed here: its published values are the presets ``authors:nnunet-*``.
+_CALIBRATION = {
+    "landmark": {"rule": "huber+3", "model_mode": "train", "batch_size": 1, "terms": "authors"},
+    "yolo": {"rule": "max"},
+    "yolov5": {"rule": "max"},
+}
+
+
+def calibration_settings(protocol: str, kind: str) -> dict[str, Any]:
+    """How ``amat calibrate`` scores the clean model under ``protocol`` ({} for the paper's)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    return dict(_CALIBRATION.get(kind, {})) if protocol == "authors" else {}

@@ -91,6 +91,10 @@ def add_task_parser(targets: argparse._SubParsersAction, task: Task, command: st
                             f"task {task.xi_rule}), max (the authors' YOLOv5 code), huber+K (their landmark code: "
                             f"Huber location + K scales, K=3); mean, mean+2std, max and huber+3 are always written")
         p.add_argument("-o", "--out", default=None, help="xi file to write (default: the task's place for it)")
+        p.add_argument("--protocol", choices=("paper", "authors"), default="paper",
+                       help="authors: score as the authors' calibration scripts do (landmark: Huber + 3 scales, "
+                            "train mode, batch 1, their 0.5 x Dice term; YOLO: the per-term maximum); "
+                            "docs/protocols.md row 10")
         run = run_calibrate
     elif command == "eval":
         p.add_argument("--models", default=task.default_models, required=task.default_models is None,

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from amat_hooks.evaluation.progress import progress
 from amat_hooks.evaluation.task import EvalTask
+from amat_hooks.protocols import calibration_settings, xi_preset
 from amat_hooks.state import write_xi_file, xi_record
 from amat_hooks.tasks import Task, TaskError
 from amat_hooks.thresholds import check_rule
@@ -44,14 +46,32 @@ def check_writable(path: Path) -> None:
 
 def run_calibrate(task: Task, args: argparse.Namespace) -> int:
     task.check(args, "calibrate")
-    rule = args.rule or task.xi_rule
+    protocol = getattr(args, "protocol", "paper")
+    how = calibration_settings(protocol, task.name)
+    rule = args.rule or how.get("rule") or task.xi_rule
     try:
         check_rule(rule)
     except ValueError as e:
         raise TaskError(f"--rule: {e}") from None
     if args.out:
         check_writable(Path(args.out))
+    if how.get("batch_size") and getattr(args, "batch_size", None) not in (None, how["batch_size"]):
+        print(f"note: --protocol authors scores with batch {how['batch_size']} (not --batch-size {args.batch_size}), "
+              f"as the authors' script does", flush=True)
+        args.batch_size = how["batch_size"]
+    if protocol == "authors" and not how:
+        preset = xi_preset(task.name, getattr(args, "dataset", None))
+        print(f"note: the authors' {task.name} statistic is not computed here; their published thresholds are the "
+              f"preset{' ' + preset if preset else 's'} (docs/protocols.md); this file holds the paper's statistics",
+              flush=True)
     cal = task.calibration_set(args)
+    if how.get("terms"):  # the acceptance terms of the authors' trainer (the xi they are compared with)
+        cal.task.adapter.configure(SimpleNamespace(terms=how["terms"]))
+        cal.identity.update(cal.task.adapter.identity())
+    if how.get("model_mode") == "train":  # the authors' landmark scripts never call net.eval()
+        cal.task.model.train()
+    if protocol != "paper":
+        cal.source["protocol"] = protocol
     names = list(cal.task.adapter.term_names)
     terms = clean_terms(cal.task, show=not getattr(args, "no_progress", False))
     record = xi_record(task.name, terms, names, rule, identity=cal.identity, source=cal.source)

@@ -294,7 +294,10 @@ class Runner:
             self.config = cfg
             self.policy = cfg.build_policy(calibrate_hint=self.adapter.calibrate_hint, log=self.amat_log)
             if self._resume_state is not None:
-                self.policy.load_state_dict(self._resume_state, force=self._resume_force)
+                try:
+                    self.policy.load_state_dict(self._resume_state, force=self._resume_force)
+                except ValueError as e:
+                    raise RunnerError(f"--adv-resume: {e}") from None
             self.amat_log(f"settings ({cfg.protocol} protocol, {cfg.kind} trainer): {cfg.to_json()}")
 
     def match_forward(self, x: Any) -> PendingBatch | None:
@@ -498,7 +501,12 @@ class Runner:
             state = read_state(path)
             if state.get("host") != "runner":
                 raise StateError(f"{path} was written by the {state.get('host')} integration, not by amat run")
-            self.policy.load_state_dict(state["policy"], force=force)
+            # settings that depend on the kind of trainer (known at the first batch) are checked
+            # here under the kind the state was trained with, and again once the adapter says it
+            saved_kind = (state.get("config") or {}).get("kind")
+            probe = self.policy if not saved_kind else \
+                self.config.resolved(saved_kind).build_policy(log=lambda message: None)
+            probe.load_state_dict(state["policy"], force=force)
         except (StateError, ValueError) as e:
             raise RunnerError(f"--adv-resume: {e}") from None
         self._resume_state, self._resume_force = state["policy"], force

@@ -162,3 +162,41 @@ def test_huber_xi_equals_an_independent_iteration_and_statsmodels():
     sm = pytest.importorskip("statsmodels.robust.scale")
     m2, s2 = sm.Huber()(a.double().numpy())
     assert (mu, scale) == (pytest.approx(float(m2), rel=1e-9), pytest.approx(float(s2), rel=1e-9))
+
+
+def test_xi_presets_by_name_on_the_command_line_and_in_the_environment():
+    """The authors' published constants by name, with their source file recorded."""
+    import argparse
+
+    from amat_hooks.config import AdvConfig, AdvConfigError
+    from amat_hooks.protocols import XI_PRESETS
+
+    p = argparse.ArgumentParser()
+    AdvConfig.add_arguments(p)
+    cfg = AdvConfig.from_args(p.parse_args(["--adv", "amat", "--adv-step", "3.5", "--adv-xi", "authors:yolov5"]))
+    assert cfg.xi == pytest.approx([0.03965024, 0.060259447, 0.04034234])
+    assert cfg.xi_source.startswith("preset authors:yolov5 (SarielMa/amat_conf@d0aa94e yolov5/train_AMAT.py:352-354")
+    env = AdvConfig.from_env({"AMAT_MODE": "amat", "AMAT_STEP": "0.5", "AMAT_XI": "authors:nnunet-hippocampus"})
+    assert env.xi == pytest.approx(XI_PRESETS["authors:nnunet-hippocampus"][0])
+    assert "preset authors:nnunet-hippocampus" in env.xi_source
+    with pytest.raises(SystemExit):
+        p.parse_args(["--adv", "amat", "--adv-xi", "authors:yolo8"])
+    with pytest.raises(AdvConfigError, match="unknown xi preset 'authors:yolo8'; the presets are authors:landmark"):
+        AdvConfig.from_env({"AMAT_MODE": "amat", "AMAT_XI": "authors:yolo8"})
+
+
+def test_a_resume_under_another_protocol_is_refused_like_another_delta():
+    from amat_hooks.config import AdvConfig
+    from amat_hooks.policies import SemanticsMismatchError
+
+    authors = AdvConfig(mode="amat", delta=0.5, xi=[1.0], protocol="authors").build_policy(kind="landmark")
+    authors.margins.update(["a"], torch.tensor([True]), torch.tensor([0.5]))
+    state = authors.state_dict()
+    paper = AdvConfig(mode="amat", delta=0.5, xi=[1.0]).build_policy(kind="landmark")
+    with pytest.raises(SemanticsMismatchError, match=r"other protocol settings \(--adv-accept-iterates all != last; "
+                                                     r"--adv-start sphere != ball; --adv-attack-bn train != frozen\)"):
+        paper.load_state_dict(state)
+    again = AdvConfig(mode="amat", delta=0.5, xi=[1.0], protocol="authors").build_policy(kind="landmark")
+    again.load_state_dict(state)  # the same protocol resumes
+    assert again.margins.state_dict()["pending"] == state["margins"]["pending"]
+    paper.load_state_dict(state, force=True)  # --adv-force-resume

@@ -152,3 +152,36 @@ def test_calibrate_and_eval_through_the_shared_task_commands(checkout, data, tmp
     bad = run(amat_cmd() + ["eval", "yolov5", "--models", f"STD={weights}", "--data", str(data)], tmp_path,
               env={"AMAT_YOLOV5_DIR": str(tmp_path / "nowhere")})
     assert bad.returncode == 2 and "no classic YOLOv5 checkout" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_authors_protocol_two_runs_through_the_classic_script(checkout, data, tmp_path):
+    """``--adv-protocol authors`` on the classic script: the authors' YOLO column (per-epoch
+    updates, refine floored at Delta, their published box/obj/cls xi), recorded in the
+    state; the script's --resume continues under the same protocol and is refused under the paper's."""
+    adv = ["run", "--adv", "amat", "--adv-step", "0.5", "--adv-steps", "2", "--adv-protocol", "authors"]
+    r = run(amat_cmd() + adv + ["--"] + train_args(data, tmp_path, "authors", 2, "--save-period", "1"), checkout,
+            tmp_path / "net.txt", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "settings (authors protocol, yolov5 trainer)" in r.stdout
+    weights = tmp_path / "authors" / "weights"
+    state = json.loads((weights / "amat_state.json").read_text())
+    cfg = state["config"]
+    assert (cfg["protocol"], cfg["kind"], cfg["update"], cfg["refine"], cfg["clamp"]) == \
+        ("authors", "yolov5", "epoch", "floor", "input")
+    assert state["xi"] == pytest.approx([0.03965024, 0.060259447, 0.04034234])
+    assert "preset authors:yolov5 (SarielMa/amat_conf@d0aa94e yolov5/train_AMAT.py:352-354" in cfg["xi_source"]
+    m = state["policy"]["margins"]
+    assert m["update"] == "epoch" and m["pending"] == [] and len(m["values"]) == 8
+    assert min(m["values"]) >= 0.5 - 1e-9  # the authors' YOLO floor: E never below Delta
+    assert m["updates"] == 2 * 8  # one visit per image per epoch, recorded
+    # run 2: the script's --resume under the same protocol continues the margins
+    side = weights / "epoch0.pt.amat.json"
+    r = run(amat_cmd() + adv + ["--adv-resume", str(side), "--", "python", "train.py", "--resume",
+                                str(weights / "epoch0.pt")], checkout, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [ln.split(":")[0] for ln in r.stdout.splitlines() if ln.startswith("[amat] epoch")] == ["[amat] epoch 1"]
+    # under the paper's protocol the same resume is refused in one line
+    r = run(amat_cmd() + adv[:-2] + ["--adv-resume", str(side), "--", "python", "train.py", "--resume",
+                                     str(weights / "epoch0.pt")], checkout, timeout=600)
+    assert r.returncode == 2 and "other protocol settings" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]

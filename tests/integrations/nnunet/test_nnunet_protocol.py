@@ -1,0 +1,53 @@
+"""Issue 27 through the real ``nnUNetv2_train``: two short runs under ``AMAT_PROTOCOL=authors``.
+
+The authors' nnU-Net trainer accepts on the hard Dice of the noisy output (the acceptance
+column 1 - max-class hard Dice, compared with xi by ``<``) and changes margins once per
+epoch: a slice drawn several times in an epoch grows by Delta once. With xi = (never
+tested, 2) every visit passes, so after one epoch every visited slice holds exactly 2 Delta,
+also the slices drawn twice (nnU-Net draws with replacement; AMAT_SEED fixes which: fewer
+distinct slices than draws). With xi = (never tested, 1e-6) no visit
+passes (that needs a perfect Dice): the epoch's refine over full-radius noise keeps Delta.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("nnunetv2")
+
+from test_nnunet import _amat_state, _fold, _log, _margins, _train, prepared_dataset  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+AMAT = "nnUNetTrainerAMAT"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return prepared_dataset(tmp_path_factory)
+
+
+@pytest.mark.parametrize("xi,accepted", [("1e30,2", True), ("1e30,1e-6", False)], ids=["all-pass", "none-pass"])
+def test_authors_protocol_dice_acceptance_and_per_epoch_updates(root, tmp_path, xi, accepted):
+    results = tmp_path / "res"
+    _train(root, AMAT, nnUNet_results=str(results), AMAT_EPOCHS="1", AMAT_ITERS="3", AMAT_VAL_ITERS="1",
+           AMAT_STEPS="2", AMAT_STEP="0.5", AMAT_XI=xi, AMAT_PROTOCOL="authors", AMAT_SEED="0")
+    fold = results / _fold(root, AMAT).relative_to(root / "res")
+    state = _amat_state(fold / "checkpoint_final.pth")
+    cfg = state["config"]
+    assert (cfg["protocol"], cfg["kind"], cfg["terms"], cfg["update"], cfg["accept_iterates"], cfg["alpha"],
+            cfg["pgd_steps"]) == ("authors", "nnunet", "authors", "epoch", "all", 4.0, 2)
+    assert state["xi"] == pytest.approx([float(v) for v in xi.split(",")], rel=1e-6)  # float32 on the device
+    plans = json.loads((root / "pre" / "Dataset990_AMATShapes" / "nnUNetPlans.json").read_text())
+    draws = 3 * int(plans["configurations"]["2d"]["batch_size"])  # 1 epoch x 3 iterations x batch
+    table = state["policy"]["margins"]
+    margins = _margins(state)
+    assert table["update"] == "epoch" and table["pending"] == []
+    # every draw is recorded; fewer distinct slices than draws: some slice was drawn twice (AMAT_SEED=0)
+    assert table["updates"] == draws and len(margins) < draws
+    if accepted:  # ... and still grew by Delta once
+        assert all(v == pytest.approx(1.0) for v in margins.values()), margins  # 0.5 + Delta, once
+    else:
+        assert all(v == pytest.approx(0.5, rel=1e-6) for v in margins.values()), margins
+    assert "authors protocol" in _log(fold, "Epoch 0")
