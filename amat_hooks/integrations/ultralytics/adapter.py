@@ -175,7 +175,7 @@ def check_xi(cfg: AdvConfig | None, term_names: Sequence[str] = DETECTION_TERMS,
     an xi at the floor is never met and AMAT would quietly become SAT at Delta)."""
     if cfg is None or cfg.mode != "amat" or cfg.xi is None:
         return
-    xi, where = list(cfg.xi), cfg.xi_source or "--adv-xi"
+    xi, where = list(cfg.xi), cfg.xi_source or "--adv-xi / AdvConfig(xi=...)"
     names = ", ".join(term_names)
     if len(xi) != len(term_names):
         raise AdvConfigError(f"xi from {where} has {len(xi)} value(s) {xi}, YOLO's detection loss has "

@@ -195,6 +195,7 @@ class AMATDetectionTrainer(DetectionTrainer):
         """
         cfg = adv if adv is not None else AdvConfig(**adv_fields)
         cfg = replace(cfg, bounds=cfg.bounds or PIXEL_BOUNDS).resolved("yolo")
+        check_xi(cfg)
         attrs = {"adv_config": cfg, "adv_val": (val or ValAttack()).validate(),
                  "__module__": cls.__module__, "__doc__": cls.__doc__}
         return type(f"{cls.__name__}_{cfg.label}", (cls,), attrs)

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -361,7 +362,7 @@ def test_grid_trains_each_delta_once_and_resumes(work):
            "val=False", "plots=False", *FAST_ADV, "--levels", "0.1,0.3", "--pgd-steps", "2", "--det-conf", "0.01",
            "--no-progress", "--out", out]
     rc, text = amat(cmd, work["root"])
-    assert "Delta=0.5: training" in text and "Delta=1: training" in text
+    assert re.search(r"Delta=0\.5 \(\d/2\): training", text) and re.search(r"Delta=1 \(\d/2\): training", text)
     weights = {d: out / f"delta_{d}" / "train" / "weights" / "last.pt" for d in ("0.5", "1")}
     for d, w in weights.items():
         side = json.loads((w.parent / "amat_state.json").read_text())
@@ -380,7 +381,7 @@ def test_grid_trains_each_delta_once_and_resumes(work):
     (out / "grid.json").write_text(json.dumps(state))
     rc, text = amat(cmd, work["root"])
     assert "training" not in text, text[-2000:]
-    assert "Delta=0.5: done earlier" in text and "Delta=1: evaluating" in text
+    assert "Delta=0.5: done earlier" in text and re.search(r"Delta=1 \(\d/2\): evaluating", text)
     assert {d: w.stat().st_mtime_ns for d, w in weights.items()} == stamps
     again = json.loads((out / "grid.json").read_text())
     assert again["1"]["result"]["clean"] == pytest.approx(dropped["clean"])  # same weights, same numbers

@@ -205,6 +205,23 @@ def test_help_names_the_words(work, tmp_path):
     assert "metrics/margin_mean" in text and "Ultralytics >= 8.4" in text
 
 
+def test_python_api_refuses_unreachable_xi_before_the_run_folder(work, tmp_path, monkeypatch):
+    """`with_config(xi=...)` and the AMAT_* variables get the same checks as `amat yolo`."""
+    from amat_hooks.config import AdvConfigError
+    from amat_hooks.integrations.ultralytics.trainer import AMATDetectionTrainer
+
+    with pytest.raises(AdvConfigError, match=r"xi for the dfl term is 0 .*never below 0"):
+        AMATDetectionTrainer.with_config(mode="amat", delta=1.0, xi=[1.0, 1.0, 0.0])
+    assert AMATDetectionTrainer.with_config(mode="amat", delta=1.0, xi=[1.0, 1.0, 0.5]).adv_config.xi == [1, 1, 0.5]
+    monkeypatch.delenv("AMAT_YOLO_CONFIG", raising=False)
+    for name, value in {"AMAT_MODE": "amat", "AMAT_STEP": "1", "AMAT_XI": "1,2"}.items():
+        monkeypatch.setenv(name, value)
+    project = tmp_path / "runs"
+    with pytest.raises(AdvConfigError, match=r"xi from environment AMAT_XI has 2 value\(s\) \[1.0, 2.0\]"):
+        AMATDetectionTrainer(overrides=dict(model="yolov5n.yaml", data=str(work["data"]), project=str(project)))
+    assert not project.exists()
+
+
 # -- the Ultralytics version ----------------------------------------------------------------------
 def test_version_check_reads_release_numbers():
     from amat_hooks.integrations.ultralytics.version import (UltralyticsVersionError, check_ultralytics,
