@@ -105,6 +105,10 @@ class YoloTask(Task):
         prepare_offline()
         kv, words, flags = split_words(args.extra)
         args.yolo_kv, args.yolo_words, args.yolo_flags = kv, words, flags
+        adv_words = [str(k) for k in kv if str(k).lower().startswith("adv")]  # `amat yolo`'s adv_step=... words
+        if adv_words and command != "grid":
+            raise TaskError(f"{adv_words[0]}=...: a training setting of `amat yolo`, not an option of "
+                            f"amat {command} yolo; drop it")
         if command == "eval":
             if flags:
                 raise TaskError(f"unrecognized arguments: {' '.join(flags)}")
@@ -126,7 +130,8 @@ class YoloTask(Task):
             check_data(kv["data"], str(kv.get("split", "train")))
         else:
             owned = [w for w in GRID_OWNED_WORDS if w in kv] + [
-                f for f in flags if f.split("=")[0] in GRID_OWNED_FLAGS]
+                f for f in flags if f.split("=")[0] in GRID_OWNED_FLAGS] + [
+                f"{k}=" for k in adv_words if "--" + k.lower().replace("_", "-") in (*GRID_OWNED_FLAGS, "--adv-mode")]
             if owned:
                 raise TaskError(f"{', '.join(owned)}: the grid sets these itself (one run per Delta under "
                                 f"--out); drop them")

@@ -182,6 +182,18 @@ def test_bad_words_and_xi_are_refused_in_one_line_before_ultralytics(work, xi_fi
     assert list(cwd.iterdir()) == []  # no runs/ folder, nothing written
 
 
+@pytest.mark.parametrize("command,message", [
+    (["grid", "yolo", "--deltas", "1", "model=yolov5n.yaml", "adv_step=2"], "adv_step=: the grid sets these itself"),
+    (["eval", "yolo", "--models", "STD=best.pt", "adv=amat"], "adv=...: a training setting of `amat yolo`")])
+def test_training_words_on_the_shared_commands(work, tmp_path, command, message):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    p = run([*amat_cmd(), *command, f"data={work['data']}"], cwd=cwd, env=work["env"], timeout=120)
+    lines = (p.stdout + p.stderr).strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and message in lines[0], lines
+    assert list(cwd.iterdir()) == []
+
+
 def test_own_xi_file_passes_and_ultralytics_words_are_one_line(work, xi_files, tmp_path):
     """The control: our checks let a yolo xi file of this data through; the run then stops at
     Ultralytics' own argument check (a word it does not know), before training, as one line
