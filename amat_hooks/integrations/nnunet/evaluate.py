@@ -1,13 +1,14 @@
-"""``amat eval nnunet`` / ``amat grid nnunet``: robustness of 2D nnU-Net models.
+"""``amat eval nnunet`` / ``amat grid nnunet``: robustness of nnU-Net models (2d and 3d).
 
-A sample is one 2D slice (the paper's nnU-Net models are 2D and their samples are
-slices), prepared as nnU-Net's validation pipeline prepares it: nnU-Net's preprocessing
-(z-scored intensities: the L2 noise lives in that space, no [0, 1] clamp), centre crop/pad
-to the patch size, deep-supervision targets. The attack objective is the trainer's own
-loss per slice (:func:`per_sample_terms`). ADI averages per-slice Dice over the slices
-whose label has foreground (Dice of an empty slice is undefined; ``--include-empty``
-scores them 1 when nothing is predicted); TVDI sums TP/FP/FN over all evaluated slices.
-Pixels added by padding are ignored.
+A sample is what training keys a margin by: one 2D slice for 2d (the paper's nnU-Net
+models are 2D and their samples are slices), one patch per case for 3d configurations
+(:mod:`.slices`), prepared as nnU-Net's validation pipeline prepares it: nnU-Net's
+preprocessing (z-scored intensities: the L2 noise lives in that space, no [0, 1] clamp),
+crop/pad to the patch size, deep-supervision targets. The attack objective is the
+trainer's own loss per sample (:func:`per_sample_terms`). ADI averages per-sample Dice over
+the samples whose label has foreground (Dice of an empty sample is undefined;
+``--include-empty`` scores them 1 when nothing is predicted); TVDI sums TP/FP/FN over all
+evaluated samples. Voxels added by padding are ignored.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from amat_hooks.tasks import TaskError
 from amat_hooks.evaluation import EvalBatch, EvalTask
 from amat_hooks.evaluation.metrics import adi, dice_counts, dice_from_counts, tvdi
 from amat_hooks.integrations.nnunet.adapter import NnUNetAdapter, NnUNetBatch
-from amat_hooks.integrations.nnunet.slices import load_cases, prepared_slices
+from amat_hooks.integrations.nnunet.slices import load_cases, prepared_samples
 
 
 class NnUNetEvalError(TaskError):
@@ -40,6 +41,10 @@ def load_trainer(dataset: str, configuration: str, fold: str, trainer_name: str,
                  checkpoint: str = "checkpoint_final.pth", device: str = "cpu", missing: str = "checkpoint"):
     """The trained model exactly as nnU-Net builds it (network, loss, plans), from its results folder."""
     from nnunetv2.run.run_training import get_trainer_from_args
+
+    from amat_hooks.integrations.nnunet.names import parse_trainer_name
+
+    parse_trainer_name(trainer_name)  # a misspelt name of ours: the right spelling, before nnU-Net's search
 
     fold_arg: Any = fold if fold == "all" else int(fold)
     ckpt = checkpoint_path(dataset, configuration, fold, trainer_name, plans, checkpoint)
@@ -163,20 +168,24 @@ def split_cases(trainer, split: str) -> Iterator[tuple[str, np.ndarray, np.ndarr
 
 
 class NnUNetSliceEvalTask(EvalTask):
-    """Slices of a split, batched; see the module docstring for what is measured."""
+    """Samples of a split (2d slices, or one 3d patch per case), batched; see the module
+    docstring for what is measured."""
 
     name = "nnunet"
     metric = "ADI"
     higher_is_better = True
     bounds = None  # z-scored inputs: no clamp
 
-    def __init__(self, trainer, split: str = "val", batch_size: int = 16, include_empty: bool = False,
+    def __init__(self, trainer, split: str = "val", batch_size: int | None = None, include_empty: bool = False,
                  max_cases: int | None = None, max_slices: int | None = None) -> None:
         patch = tuple(int(p) for p in trainer.configuration_manager.patch_size)
-        if len(patch) != 2:
-            raise NnUNetEvalError(f"amat eval nnunet evaluates 2d configurations (samples = slices); "
+        if len(patch) not in (2, 3):
+            raise NnUNetEvalError(f"amat eval nnunet evaluates 2d and 3d configurations; "
                                   f"{trainer.configuration_name!r} has a {len(patch)}D patch")
         self.trainer, self.model, self.patch = trainer, trainer.network, patch
+        self.unit = "slice" if len(patch) == 2 else "case"  # what one sample is (as training counts it)
+        if batch_size is None:  # slices are small; a 3d patch is what the plans batch
+            batch_size = 16 if len(patch) == 2 else int(trainer.configuration_manager.batch_size)
         self.split, self.batch_size, self.include_empty = split, batch_size, include_empty
         self.max_cases, self.max_slices = max_cases, max_slices
         lm = trainer.label_manager
@@ -191,14 +200,14 @@ class NnUNetSliceEvalTask(EvalTask):
         cases = split_cases(self.trainer, self.split)
         if self.max_cases is not None:
             cases = itertools.islice(cases, self.max_cases)
-        for case, z, image, segs, valid in prepared_slices(self.trainer, cases):
+        for case, z, image, segs, valid in prepared_samples(self.trainer, cases):
             if not self.include_empty and not bool(((segs[0][0] > 0) & valid).any()):
                 continue
-            out.append((f"{case}:{z}", image, segs, valid))
+            out.append((f"{case}:{z}" if self.unit == "slice" else f"{case}:patch", image, segs, valid))
         if self.max_slices is not None:
             out = out[:self.max_slices]
         if not out:
-            raise NnUNetEvalError(f"the {self.split} split has no slice with foreground to evaluate")
+            raise NnUNetEvalError(f"the {self.split} split has no {self.unit} with foreground to evaluate")
         return out
 
     def size(self) -> int:
@@ -207,6 +216,8 @@ class NnUNetSliceEvalTask(EvalTask):
     def describe_scored(self, samples: int) -> str:
         cases = len({key.rsplit(":", 1)[0] for key, *_ in self._slices[:samples]})
         empty = "" if self.include_empty else " with foreground"
+        if self.unit == "case":
+            return f"{samples} {self.split} case{'' if samples == 1 else 's'}{empty} (one 3d patch each)"
         return (f"{samples} {self.split} slice{'' if samples == 1 else 's'}{empty} of {cases} "
                 f"case{'' if cases == 1 else 's'}")
 
@@ -230,7 +241,7 @@ class NnUNetSliceEvalTask(EvalTask):
 
     # -- segmentation objectives (segpgd, cospgd, mce, the radius run): logits and labels ---
     def segmentation_logits(self, x: Tensor) -> Tensor:
-        """The full-resolution logits ``[N, C, H, W]`` (deep supervision's first output)."""
+        """The full-resolution logits ``[N, C, *patch]`` (deep supervision's first output)."""
         out = self.model(x)
         return out[0] if isinstance(out, (list, tuple)) else out
 

@@ -59,7 +59,13 @@ def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_generate)
 
-    p = subparsers.add_parser("nnunet-info", help="show where nnU-Net finds the amat-hooks trainers")
+    p = subparsers.add_parser("nnunet-info", help="check that nnU-Net finds the amat-hooks trainers (its own lookup)",
+                              description="Checks the nnunetv2 version, the nnUNet_extTrainer registration and "
+                                          "that nnU-Net's own by-name lookup (the one nnUNetv2_train and "
+                                          "nnUNetv2_predict use) finds the trainers; with trainer names, says "
+                                          "what each trains.")
+    p.add_argument("names", nargs="*", metavar="TRAINER",
+                   help="-tr names to resolve, e.g. nnUNetTrainerAMAT_step0p5_50epochs (default nnUNetTrainerAMAT)")
     p.set_defaults(func=_info)
 
 
@@ -103,12 +109,60 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from amat_hooks.integrations.nnunet import TRAINER_FOLDER
+    """Version, registration, and nnU-Net's own lookup of each name (in a fresh process state:
+    nnU-Net imports the trainer module and drops it again, as ``nnUNetv2_train`` does)."""
+    import contextlib
+    import io
+    import re
 
+    from amat_hooks.integrations.nnunet import TRAINER_FOLDER
+    from amat_hooks.integrations.nnunet.compat import installed_nnunet_version, nnunet_version_problem
+
+    version = installed_nnunet_version()
+    problem = nnunet_version_problem(version)
+    print(f"nnunetv2: {version or '(not installed)'}" + (f" - {problem}" if problem else ""))
     folders = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
     print(f"amat-hooks trainer folder: {TRAINER_FOLDER}")
     print(f"nnUNet_extTrainer: {os.pathsep.join(folders) or '(unset)'}")
-    ok = any(os.path.realpath(f) == os.path.realpath(TRAINER_FOLDER) for f in folders)
-    print("registered: " + ("yes" if ok else "NO - reinstall amat-hooks (pip install amat-hooks[nnunet]) or "
-                                           f"export nnUNet_extTrainer={TRAINER_FOLDER}"))
+    registered = any(os.path.realpath(f) == os.path.realpath(TRAINER_FOLDER) for f in folders)
+    print("registered: " + ("yes" if registered else "NO - reinstall amat-hooks (pip install amat-hooks[nnunet]) "
+                                                     f"or export nnUNet_extTrainer={TRAINER_FOLDER}"))
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    ok = registered
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    for name in args.names or ["nnUNetTrainerAMAT"]:
+        chatter = io.StringIO()  # nnU-Net narrates its search: only where it found the class is shown
+        try:
+            with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+                cls = recursive_find_trainer_class_by_name(name)
+        except Exception as e:  # nnU-Net's RuntimeError "Could not find ...", or our spelling error
+            print(f"nnU-Net's lookup of {name}: NOT FOUND - {' '.join(str(e).split())}")
+            ok = False
+            continue
+        where = re.search(r"Using trainer '.*' from: (.*)$", chatter.getvalue(), re.M)
+        folder = where.group(1).strip() if where else os.path.dirname(
+            getattr(sys.modules.get(cls.__module__), "__file__", None) or "?")
+        what = _describe_trainer(cls)
+        print(f"nnU-Net's lookup of {name}: found in {folder}" + (f" - {what}" if what else ""))
     return 0 if ok else 1
+
+
+def _describe_trainer(cls: type) -> str:
+    """What an amat-hooks class trains (empty for other trainers)."""
+    if not getattr(cls, "amat_is_nnunet", False):
+        return "not an amat-hooks trainer"
+    parts = [{"amat": "AMAT", "sat": "SAT", "none": "STD (clean)"}.get(cls.amat_mode, cls.amat_mode)]
+    if cls.amat_step is not None:
+        parts.append(f"Delta {cls.amat_step:g}")
+    elif cls.amat_mode == "amat":
+        parts.append("Delta from AMAT_STEP, else guessed from the dataset name")
+    if cls.amat_eps is not None:
+        parts.append(f"eps {cls.amat_eps:g}")
+    elif cls.amat_mode == "sat":
+        parts.append("eps from AMAT_EPS")
+    if cls.amat_epochs is not None:
+        parts.append(f"{cls.amat_epochs} epoch{'' if cls.amat_epochs == 1 else 's'}")
+    return ", ".join(parts)

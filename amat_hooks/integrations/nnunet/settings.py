@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from amat_hooks.config import AdvConfig, AdvConfigError, env_wording
+from amat_hooks.config import ENV_NAMES, AdvConfig, AdvConfigError, env_wording
+from amat_hooks.integrations.nnunet.names import parse_trainer_name
+from amat_hooks.integrations.nnunet.names import trainer_name as trainer_name_for
 from amat_hooks.policies import MODES
 
 #: Paper table (section 3.3): AMAT step size Delta per nnU-Net dataset.
@@ -39,6 +41,8 @@ NNUNET_ENV = {
     "AMAT_SAVE_EVERY": f"write checkpoint_latest.pth every N epochs (default: 1 for runs of at most "
                        f"{SHORT_RUN_EPOCHS} epochs, else nnU-Net's {NNUNET_SAVE_EVERY})",
     "AMAT_FORCE_RESUME": "1: let --c continue margins trained with another AMAT_STEP, AMAT_BOUNDARY or dataset",
+    "AMAT_OVERWRITE": "1: let a run without --c replace a results folder that holds a run trained with other "
+                      "settings (refused otherwise)",
     "AMAT_SEED": "seed torch, numpy and random when the trainer initialises (nnU-Net has no seed option); "
                  "runs with nnUNet_n_proc_DA=0 then differ only by it",
 }
@@ -77,11 +81,33 @@ def env_error(message: str) -> AdvConfigError:
 
 def paper_step(dataset_name: str) -> float:
     """Delta for a dataset: the paper's value when its name says Heart/Hippocampus/Prostate."""
+    return paper_step_guess(dataset_name)[0]
+
+
+def paper_step_guess(dataset_name: str) -> tuple[float, str]:
+    """Delta guessed from a dataset's name, and why (for the start-up line)."""
     low = dataset_name.lower()
     for key, value in PAPER_STEP.items():
         if key in low:
-            return value
-    return DEFAULT_STEP
+            return value, f"{key!r} in the name: the paper's Delta for {key.capitalize()}"
+    return DEFAULT_STEP, "no Heart, Hippocampus or Prostate in the name: the default"
+
+
+def delta_note(settings: "NnUNetAdvSettings", dataset_name: str, trainer_name: str) -> str:
+    """Where this run's Delta came from, for the start-up line; a guess says how to set it."""
+    delta = settings.config.delta
+    if settings.delta_origin == "trainer":
+        spec = _spec(trainer_name)
+        return f"Delta {delta:g} from the trainer's " + ("name" if spec is not None and spec.step is not None
+                                                         else f"class ({trainer_name}.amat_step)")
+    if settings.delta_origin == "environment":
+        return f"Delta {delta:g} from AMAT_STEP"
+    _, why = paper_step_guess(dataset_name)
+    spec = _spec(trainer_name)
+    named = (f"-tr {trainer_name_for(spec.base, step=0.5, epochs=spec.epochs)} for Delta 0.5"
+             if spec is not None else f"{trainer_name}.amat_step = 0.5")
+    return (f"Delta {delta:g} is a GUESS from the dataset name {dataset_name} ({why}; Heart 5, Hippocampus 0.5, "
+            f"Prostate 3, else {DEFAULT_STEP:g}): set it with {named}, or AMAT_STEP")
 
 
 def _positive_int(env: Mapping[str, str], key: str) -> int | None:
@@ -109,24 +135,76 @@ class NnUNetAdvSettings:
     xi_file: str | None = None
     save_every: int | None = None
     seed: int | None = None
+    delta_origin: str | None = None  # AMAT: "trainer" (its name or class), "environment" (AMAT_STEP), "guess"
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "epochs": self.epochs, "iters": self.iters,
                 "val_iters": self.val_iters, "xi_source": self.xi_source, "xi_file": self.xi_file,
-                "save_every": self.save_every, "seed": self.seed}
+                "save_every": self.save_every, "seed": self.seed, "delta_origin": self.delta_origin}
+
+
+#: What a trainer class may fix (its name's setting), with the variable a user could also set.
+FIXED_VARIABLES = {"delta": "AMAT_STEP", "eps": "AMAT_EPS", "epochs": "AMAT_EPOCHS"}
+_WHAT = {"delta": "Delta", "eps": "eps", "epochs": "epochs"}
+
+
+def _spec(trainer_name: str):
+    """The setting a class name of the family carries (None for any other name, also a
+    user's class whose name only resembles the family)."""
+    try:
+        return parse_trainer_name(trainer_name)
+    except AdvConfigError:
+        return None
+
+
+def _check_fixed(fixed: Mapping[str, Any], env: Mapping[str, str], trainer_name: str) -> None:
+    """A setting the trainer's name (or class) fixes wins over its variable; a variable that
+    says something else is refused, with the name that trains what the variable says."""
+    spec = _spec(trainer_name)
+    for key, value in fixed.items():
+        var = FIXED_VARIABLES[key]
+        raw = env.get(var, "")
+        if value is None or raw == "":
+            continue
+        try:
+            given: float = int(raw) if key == "epochs" else float(raw)
+        except ValueError:
+            continue  # the variable's own check names it
+        if given == value:
+            continue
+        if spec is not None and given > 0 and (key != "epochs" or float(given).is_integer()):
+            other = trainer_name_for(spec.base, **{**{"step": spec.step, "eps": spec.eps, "epochs": spec.epochs},
+                                                   {"delta": "step"}.get(key, key): given})
+            fix = f"unset {var} (the name decides), or use -tr {other}"
+        else:
+            fix = f"unset {var}, or change {trainer_name}.amat_{ {'delta': 'step'}.get(key, key)}"
+        raise AdvConfigError(f"{var}={raw} contradicts -tr {trainer_name}, which trains {_WHAT[key]} {value:g}; {fix}")
 
 
 def read_settings(mode: str, dataset_name: str, env: Mapping[str, str] | None = None,
-                  trainer_name: str = "nnUNetTrainerAMAT") -> NnUNetAdvSettings:
-    """Resolve the settings of a trainer whose class fixes ``mode`` (none|sat|amat).
+                  trainer_name: str = "nnUNetTrainerAMAT",
+                  fixed: Mapping[str, Any] | None = None) -> NnUNetAdvSettings:
+    """Resolve the settings of a trainer whose class fixes ``mode`` (none|sat|amat) and
+    possibly more (``fixed``: ``delta``, ``eps``, ``epochs`` from its name, see :mod:`.names`).
 
-    ``AMAT_MODE``, when set, must agree with the trainer (the class, not a variable,
-    decides what is trained, so a result folder's name never lies).
+    ``AMAT_MODE``, when set, must agree with the trainer, and so must ``AMAT_STEP``,
+    ``AMAT_EPS`` and ``AMAT_EPOCHS`` where the trainer fixes them (the class, not a
+    variable, decides what is trained, so a result folder's name never lies).
     """
     env = os.environ if env is None else env
+    fixed = {k: v for k, v in (fixed or {}).items() if v is not None}
+    _check_fixed(fixed, env, trainer_name)
     defaults: dict[str, Any] = {"mode": mode}
+    delta_origin = None
     if mode == "amat":
-        defaults["delta"] = paper_step(dataset_name)
+        if "delta" in fixed:
+            defaults["delta"], delta_origin = float(fixed["delta"]), "trainer"
+        elif env.get("AMAT_STEP", "") != "":
+            delta_origin = "environment"
+        else:
+            defaults["delta"], delta_origin = paper_step(dataset_name), "guess"
+    if mode == "sat" and "eps" in fixed:
+        defaults["eps"] = float(fixed["eps"])
     try:
         cfg = AdvConfig.from_env(env, defaults=defaults)
     except AdvConfigError as e:
@@ -155,12 +233,13 @@ def read_settings(mode: str, dataset_name: str, env: Mapping[str, str] | None = 
     xi_file = env.get("AMAT_XI_FILE", "") or None
     if xi_file is not None and xi_source == "online":
         raise AdvConfigError("AMAT_XI_FILE is set but AMAT_XI_SOURCE=online; unset one of them")
-    return NnUNetAdvSettings(config=cfg, epochs=_positive_int(env, "AMAT_EPOCHS"),
+    epochs = _positive_int(env, "AMAT_EPOCHS")
+    return NnUNetAdvSettings(config=cfg, epochs=fixed.get("epochs", epochs),
                              iters=_positive_int(env, "AMAT_ITERS"),
                              val_iters=_positive_int(env, "AMAT_VAL_ITERS"),
                              xi_source="file" if xi_file and xi_source == "auto" else xi_source,
                              xi_file=xi_file, save_every=_positive_int(env, "AMAT_SAVE_EVERY"),
-                             seed=_seed(env))
+                             seed=_seed(env), delta_origin=delta_origin)
 
 
 def _seed(env: Mapping[str, str]) -> int | None:
@@ -178,6 +257,43 @@ def _check_amat_extras(cfg: AdvConfig, env: Mapping[str, str]) -> None:
     if cfg.xi is not None and len(cfg.xi) != terms:
         raise env_error(f"AMAT_XI={env.get('AMAT_XI')!r} holds {len(cfg.xi)} numbers, the loss has {terms} "
                         f"term{'s' if terms > 1 else ''} (AMAT_TERMS={cfg.terms})")
+
+
+# -- one results folder, one setting -------------------------------------------------------------
+#: AdvConfig fields that do not make two runs different trainings (xi is data, not a choice:
+#: a recalibrated rerun is the same setting; kind/bounds are filled in by the trainer).
+NOT_SETTINGS = ("xi", "xi_source", "kind", "bounds")
+
+
+def comparable_settings(config: Mapping[str, Any], seed: int | None) -> dict[str, Any]:
+    """What decides what a run trains: the adversarial settings (by their ``AMAT_*`` names) and the seed."""
+    out = {ENV_NAMES.get(k, k): v for k, v in config.items() if k not in NOT_SETTINGS}
+    out["AMAT_SEED"] = seed
+    return out
+
+
+def settings_difference(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(variable, saved value, this run's value)`` for every setting that differs; a setting
+    the saved run did not record (an older amat-hooks) is not compared."""
+    return [(k, saved[k], v) for k, v in now.items() if k in saved and not _same(saved[k], v)]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def format_setting(variable: str, value: Any) -> str:
+    if value is None:
+        return f"{variable} unset"
+    return f"{variable}={value:g}" if isinstance(value, float) else f"{variable}={value}"
+
+
+def overwrite_requested(env: Mapping[str, str] | None = None) -> bool:
+    """``AMAT_OVERWRITE=1``: replace a results folder trained with other settings."""
+    env = os.environ if env is None else env
+    return env.get("AMAT_OVERWRITE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def save_interval(settings: NnUNetAdvSettings, num_epochs: int, current: int = NNUNET_SAVE_EVERY) -> int:

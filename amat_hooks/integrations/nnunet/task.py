@@ -1,10 +1,12 @@
-"""The nnU-Net task: ``amat calibrate|eval|grid nnunet`` for 2D nnU-Net v2 models.
+"""The nnU-Net task: ``amat calibrate|eval|grid nnunet`` for nnU-Net v2 models (2d and 3d).
 
 Models are addressed as nnU-Net addresses them (``DATASET CONFIGURATION FOLD``, a trainer,
 plans, a checkpoint name), read from ``nnUNet_results`` (or, per model, another results
 root: ``--models SAT5=nnUNetTrainerSAT@/runs/sat5``). Evaluation and calibration prepare
-each slice as nnU-Net's validation pipeline does (:mod:`.slices`); the grid trains with the
-real ``nnUNetv2_train -tr nnUNetTrainerAMAT``, one process per Delta.
+each sample as nnU-Net's validation pipeline does (:mod:`.slices`): one slice for 2d, one
+patch per case for 3d (what training keys a margin by); the grid trains with the real
+``nnUNetv2_train -tr nnUNetTrainerAMAT``, one process per Delta. The device defaults as
+nnU-Net's ``-device`` does: cuda (here: when there is one, else the CPU, with a note).
 """
 from __future__ import annotations
 
@@ -50,17 +52,34 @@ def _split_spec(spec: str) -> tuple[str, str | None]:
 
 
 def _nnunet_installed() -> None:
-    import importlib.util
+    from amat_hooks.integrations.nnunet.compat import installed_nnunet_version, nnunet_version_problem
 
-    if importlib.util.find_spec("nnunetv2") is None:
-        raise TaskError("nnU-Net v2 is not installed; pip install 'amat-hooks[nnunet]'")
+    problem = nnunet_version_problem(installed_nnunet_version())
+    if problem:
+        raise TaskError(problem)
+
+
+def resolve_device(requested: str | None, log=None) -> str:
+    """nnU-Net's ``-device`` default is cuda; without a CUDA device that would fail, so the
+    CPU is used instead and a note says so (``-device cpu`` silences it)."""
+    if requested:
+        return requested
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    (log or (lambda m: print(m, file=sys.stderr, flush=True)))(
+        "note: no CUDA device found: running on the CPU (nnU-Net's default -device is cuda; pass -device cpu "
+        "to say so)")
+    return "cpu"
 
 
 class NnUNetTask(Task):
     """2D nnU-Net models in nnU-Net results folders."""
 
     name = "nnunet"
-    help = "2D nnU-Net v2 models: ADI/TVDI of slices under L2 PGD and IFGSM (paper Tables 1-3)"
+    help = ("nnU-Net v2 models: ADI/TVDI of 2d slices (or 3d patches, one per case) under L2 PGD and IFGSM "
+            "(paper Tables 1-3)")
     default_levels = "hippocampus"
     xi_rule = "mean"  # paper section 3.5
     model_spec_help = "TRAINER[@RESULTS_ROOT]"
@@ -68,20 +87,23 @@ class NnUNetTask(Task):
 
     def add_arguments(self, p: argparse.ArgumentParser, command: str) -> None:
         p.add_argument("dataset", help="dataset name or id, as for nnUNetv2_train")
-        p.add_argument("configuration", help="2d (samples are slices)")
+        p.add_argument("configuration", help="2d (samples are slices) or a 3d configuration (one patch per case)")
         p.add_argument("fold", help="fold (0-4 or all)")
         p.add_argument("-p", "--plans", dest="plans", default="nnUNetPlans", help="plans identifier")
         p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file in the fold folder")
-        p.add_argument("-device", "--device", dest="device", default="cpu", choices=["cpu", "cuda", "mps"])
+        p.add_argument("-device", "--device", dest="device", default=None, choices=["cpu", "cuda", "mps"],
+                       help="as nnUNetv2_train's -device (default cuda; the CPU, with a note, where there is no "
+                            "CUDA device)")
         if command == "calibrate":
             p.add_argument("-tr", dest="trainer", default="nnUNetTrainerSTD", help="trainer of the clean model")
-            p.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: plans)")
+            p.add_argument("--batch-size", type=int, default=None, help="samples per forward pass (default: plans)")
             p.add_argument("--max-cases", type=int, default=None, help="score only the first N training cases")
             return
         p.add_argument("--split", default="val", choices=["val", "test"],
                        help="val: the fold's validation cases; test: imagesTs/labelsTs of the raw dataset")
-        p.add_argument("--batch-size", type=int, default=16, help="slices per attack batch")
-        p.add_argument("--include-empty", action="store_true", help="also score slices without foreground")
+        p.add_argument("--batch-size", type=int, default=None,
+                       help="samples per attack batch (default: 16 slices for 2d, the plans' batch size for 3d)")
+        p.add_argument("--include-empty", action="store_true", help="also score samples without foreground")
         p.add_argument("--max-cases", type=int, help="evaluate only the first N cases (CPU budgets)")
         p.add_argument("--max-slices", type=int, help="evaluate only the first N slices")
         if command == "grid":
@@ -93,6 +115,7 @@ class NnUNetTask(Task):
 
     def check(self, args: argparse.Namespace, command: str) -> None:
         _nnunet_installed()
+        args.device = resolve_device(args.device)
         if command == "grid":
             args.split = "val"
 
@@ -130,12 +153,14 @@ class NnUNetTask(Task):
             return checkpoint_path(args.dataset, args.configuration, args.fold, trainer, args.plans, args.checkpoint)
 
     def title(self, args: argparse.Namespace) -> str:
-        return f"nnU-Net {args.dataset} {args.configuration} fold {args.fold}, {args.split} slices"
+        unit = "slices" if args.configuration == "2d" else "cases (one patch each)"
+        return f"nnU-Net {args.dataset} {args.configuration} fold {args.fold}, {args.split} {unit}"
 
     # -- calibrate ----------------------------------------------------------------------------
     def calibration_set(self, args: argparse.Namespace, log=print) -> CalibrationSet:
-        """Every training slice of the fold (empty ones too), prepared as nnU-Net's validation
-        prepares a sample, scored by the trainer's own loss: the terms AMAT compares with xi."""
+        """Every training sample of the fold (empty ones too: each slice for 2d, one patch per
+        case for 3d), prepared as nnU-Net's validation prepares a sample, scored by the
+        trainer's own loss: the terms AMAT compares with xi."""
         from amat_hooks.integrations.nnunet.evaluate import NnUNetSliceEvalTask, load_trainer
         from amat_hooks.integrations.nnunet.settings import default_xi_path
         from amat_hooks.state import StateError, read_state

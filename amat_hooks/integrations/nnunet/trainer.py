@@ -1,4 +1,5 @@
-"""The base class of nnUNetTrainerAMAT / SAT / STD: Algorithm 1 inside nnU-Net's own step.
+"""AMAT / SAT / STD inside nnU-Net's own step: :class:`AMATTrainerMixin`, and the base class
+of nnUNetTrainerAMAT / SAT / STD (``nnUNetTrainerAdversarial = AMATTrainerMixin + nnUNetTrainer``).
 
 How the step is wired: ``train_step`` temporarily replaces ``self.loss`` by a callable and
 calls nnU-Net's unmodified ``train_step``. nnU-Net moves the batch, zeroes gradients, runs
@@ -6,7 +7,8 @@ the clean forward under its autocast, calls "the loss" - our callable, which han
 batch to the core (:class:`AdversarialEngine`: clean loss from nnU-Net's own loss object on
 that very output, PGD with the margins, noisy forward, ``(L0 + L1) / 2``, margin update) -
 and then does its own backward, grad-scaler, ``clip_grad_norm_(12)`` and optimizer step.
-So autocast, clipping, deep supervision and ``self.loss`` stay nnU-Net's.
+So autocast, clipping, deep supervision and ``self.loss`` stay nnU-Net's - or those of a
+user's own trainer: ``class MyTrainerAMAT(AMATTrainerMixin, MyTrainer)`` (docs/nnunet.md).
 """
 from __future__ import annotations
 
@@ -15,6 +17,14 @@ import os
 import sys
 import warnings
 from typing import Any, Iterator, Union
+
+from amat_hooks.integrations.nnunet.compat import NnUNetVersionError, check_nnunet_version
+
+try:
+    check_nnunet_version()
+except NnUNetVersionError as _e:  # one line before Python's traceback, as for every setting
+    print(f"amat-hooks: error: {_e}", file=sys.stderr, flush=True)
+    raise
 
 import torch
 from torch import Tensor
@@ -29,7 +39,10 @@ from amat_hooks.margins import MarginMismatchError
 from amat_hooks.policies import AMAT
 from amat_hooks.state import CHECKPOINT_KEY, StateError, read_state, state_envelope
 from amat_hooks.integrations.nnunet.loader import SLICE_KEY, slice_reporting_loader
-from amat_hooks.integrations.nnunet.settings import calibrate_command, default_xi_path, load_xi_file, read_settings, save_interval
+from amat_hooks.integrations.nnunet.names import parse_trainer_name, trainer_name
+from amat_hooks.integrations.nnunet.settings import (calibrate_command, comparable_settings, default_xi_path,
+                                                     delta_note, format_setting, load_xi_file, overwrite_requested,
+                                                     read_settings, save_interval, settings_difference)
 
 #: Extra per-epoch series in nnU-Net's logger (one value per epoch, like nnU-Net's own).
 LOG_KEYS = ("amat_margin_mean", "amat_margin_min", "amat_margin_max", "amat_xi", "amat_nan_samples")
@@ -45,26 +58,49 @@ ERROR_PREFIX = "amat-hooks: error: "
 _USER_ERRORS = (AdvConfigError, AdversarialCheckpointError)
 
 
-class nnUNetTrainerAdversarial(nnUNetTrainer):
-    """nnU-Net's trainer with STD/SAT/AMAT training chosen by the subclass (``amat_mode``).
+class AMATTrainerMixin:
+    """AMAT / SAT / STD for any nnU-Net trainer: ``class MyTrainerAMAT(AMATTrainerMixin,
+    MyTrainer)`` (the mixin first) trains ``MyTrainer`` - its network, loss, optimizer,
+    augmentation - with adversarial noise inside its own ``train_step``.
 
-    Settings come from ``AMAT_*`` environment variables (see docs/nnunet.md); length
-    variants set ``amat_epochs``.
+    Class attributes say what the class trains: ``amat_mode`` (``"amat"``, ``"sat"`` or
+    ``"none"``) and, optionally, ``amat_step`` (Delta), ``amat_eps`` (SAT's noise level),
+    ``amat_epochs``; what they leave open comes from ``AMAT_*`` variables (docs/nnunet.md),
+    and a variable that contradicts them is refused. What the mixin needs from ``MyTrainer``:
+    its ``train_step`` computes the loss as ``self.loss(output, target)`` (nnU-Net's does),
+    its loaders come from nnU-Net's ``get_dataloaders`` (2d: the slice of every sample), and
+    overridden ``save_checkpoint`` / ``load_checkpoint`` / ``on_train_start`` call ``super()``.
     """
 
     amat_mode = "amat"
+    amat_step: float | None = None
+    amat_eps: float | None = None
     amat_epochs: int | None = None
     amat_is_nnunet = True  # lets the plugin recognise its host without importing nnU-Net
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for k in cls.__mro__[1:]:  # the mixin must come before every plain nnU-Net trainer
+            if k is AMATTrainerMixin:
+                break
+            if issubclass(k, nnUNetTrainer) and not issubclass(k, AMATTrainerMixin):
+                raise TypeError(f"{cls.__name__}: put AMATTrainerMixin before {k.__name__} in the bases, "
+                                f"class {cls.__name__}(AMATTrainerMixin, {k.__name__}); after it, {k.__name__}'s "
+                                f"methods would run instead of the adversarial step")
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
+        if not isinstance(self, nnUNetTrainer):
+            raise TypeError(f"{type(self).__name__}: AMATTrainerMixin goes with an nnU-Net trainer, "
+                            f"class {type(self).__name__}(AMATTrainerMixin, nnUNetTrainer)")
         super().__init__(plans, configuration, fold, dataset_json, device)
         with self._amat_errors():  # the training log exists now: a bad setting is written into it
             self.amat_settings = read_settings(self.amat_mode, self.plans_manager.dataset_name,
-                                               trainer_name=type(self).__name__)
-        epochs = self.amat_settings.epochs or self.amat_epochs
-        if epochs:
-            self.num_epochs = epochs
+                                               trainer_name=type(self).__name__,
+                                               fixed={"delta": self.amat_step, "eps": self.amat_eps,
+                                                      "epochs": self.amat_epochs})
+        if self.amat_settings.epochs:
+            self.num_epochs = self.amat_settings.epochs
         if self.amat_settings.iters:
             self.num_iterations_per_epoch = self.amat_settings.iters
         if self.amat_settings.val_iters:
@@ -76,6 +112,7 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
         self.amat_dataset_id = f"{self.plans_manager.dataset_name}/{configuration}"
         self.amat_config: AdvConfig | None = None
         self.amat_latest_epoch: int | None = None  # epochs done when checkpoint_latest.pth was last written
+        self.amat_loaded_from: str | None = None  # the checkpoint --c (or amat eval) loaded
 
     # -- failures ------------------------------------------------------------------------
     def amat_report_failure(self, reason: str) -> None:
@@ -126,9 +163,62 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
         self.amat_config = cfg
 
     def on_train_start(self):
+        with self._amat_errors():  # before nnU-Net writes anything into the output folder
+            self._amat_check_output_folder()
         super().on_train_start()
         self.save_every = save_interval(self.amat_settings, self.num_epochs, self.save_every)
         self.print_to_log_file(self.amat_startup_line())
+
+    # -- one results folder, one setting ---------------------------------------------------
+    def _amat_check_output_folder(self) -> None:
+        """A run that starts from scratch (no ``--c``) into a folder whose checkpoint was
+        trained with other settings would overwrite it silently: refuse, unless AMAT_OVERWRITE=1."""
+        if self.amat_loaded_from is not None or not self.output_folder:
+            return
+        found = next((os.path.join(self.output_folder, f) for f in
+                      ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+                      if os.path.isfile(os.path.join(self.output_folder, f))), None)
+        if found is None:
+            return
+        try:
+            state = torch.load(found, map_location="cpu", weights_only=False).get(CHECKPOINT_KEY)
+        except Exception:  # not a checkpoint we can read: nnU-Net's own business
+            return
+        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+            return  # no AMAT state: a clean run (STD) or another trainer's; nothing to compare
+        saved_settings = ((state.get("host_state") or {}).get("settings") or {})
+        saved = comparable_settings(state["config"], saved_settings.get("seed"))
+        now = comparable_settings(self.amat_settings.config.to_dict(), self.amat_settings.seed)
+        diff = settings_difference(saved, now)
+        if not diff:
+            return
+        was = " ".join(format_setting(k, a) for k, a, _ in diff)
+        new = " ".join(format_setting(k, b) for k, _, b in diff)
+        if overwrite_requested():
+            self.print_to_log_file(f"amat-hooks: AMAT_OVERWRITE=1: replacing the run in {self.output_folder} "
+                                   f"trained with {was} by this run's {new}")
+            return
+        raise AdversarialCheckpointError(
+            f"{self.output_folder} already holds a run trained with {was} ({os.path.basename(found)}); this run "
+            f"has {new} and would overwrite it. Keep both: {self._amat_own_name_hint(diff)}, or set "
+            f"nnUNet_results to another folder; continue the saved run with its settings ({was}) and --c; or set "
+            f"AMAT_OVERWRITE=1 to replace it")
+
+    def _amat_own_name_hint(self, diff: list) -> str:
+        """The ``-tr`` name that gives this run its own folder, where a name can carry the difference."""
+        keys = {k for k, _, _ in diff}
+        spec = None
+        try:
+            spec = parse_trainer_name(type(self).__name__)
+        except AdvConfigError:
+            pass
+        cfg = self.amat_settings.config
+        if spec is not None and keys <= ({"AMAT_STEP"} if cfg.mode == "amat" else {"AMAT_EPS"}):
+            name = trainer_name(spec.base, step=cfg.delta if cfg.mode == "amat" else None,
+                                eps=cfg.eps if cfg.mode == "sat" else None, epochs=spec.epochs)
+            return f"train it under its own name, -tr {name}"
+        return (f"train it under its own trainer name (a subclass of {type(self).__name__}, "
+                f"docs/nnunet.md 'Your own trainer')")
 
     def amat_startup_line(self) -> str:
         """What this run trains, printed once when training starts (not when a model is only
@@ -139,14 +229,17 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
         cfg = self.amat_config
         if self.amat_engine is None or cfg is None:
             return f"amat-hooks: STD baseline (clean nnU-Net training), {budget}"
+        trainer = type(self).__name__
         pgd = (f"{cfg.pgd_steps} L2 PGD steps of "
                + (f"{cfg.pgd_step_size:g}" if cfg.pgd_step_size else f"{cfg.alpha:g} * radius / {cfg.pgd_steps}"))
         if cfg.mode == "sat":
-            return (f"amat-hooks: {cfg.label} training, noise of radius eps {cfg.eps:g} for every sample "
-                    f"({pgd}), {budget}")
+            return (f"amat-hooks: {cfg.label} training ({trainer}), noise of radius eps {cfg.eps:g} for every sample "
+                    f"({pgd}), {cfg.protocol} protocol, {budget}")
         policy = self.amat_engine.policy
         what = ("Algorithm 1, full-radius PGD" if cfg.boundary == "none" else "stop at xi + bisection")
-        return (f"amat-hooks: {cfg.label} training, settings {cfg.to_json()}, {budget}, xi from "
+        delta = delta_note(self.amat_settings, self.plans_manager.dataset_name, trainer)
+        return (f"amat-hooks: {cfg.label} training ({trainer}), {delta}, {cfg.protocol} protocol, settings "
+                f"{cfg.to_json()}, {budget}, xi from "
                 f"{policy.xi_source}, boundary {cfg.boundary} ({what}), {pgd}, margins keyed by (case, slice)")
 
     def amat_log(self, message: str) -> None:
@@ -324,6 +417,7 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
         super().load_checkpoint(filename_or_checkpoint)
+        self.amat_loaded_from = filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else "checkpoint"
         where = "the checkpoint" if isinstance(filename_or_checkpoint, dict) else filename_or_checkpoint
         if isinstance(filename_or_checkpoint, str):
             self._warn_if_best_fallback(filename_or_checkpoint)
@@ -411,11 +505,16 @@ class nnUNetTrainerAdversarial(nnUNetTrainer):
         return {"AMAT_STEP": f"{self.amat_config.delta:g}", "AMAT_BOUNDARY": self.amat_config.boundary}[variable]
 
 
+class nnUNetTrainerAdversarial(AMATTrainerMixin, nnUNetTrainer):
+    """nnU-Net's own trainer with STD/SAT/AMAT training chosen by the subclass (``amat_mode``):
+    the base of every ``-tr`` class amat-hooks gives nnU-Net (:mod:`.trainers`)."""
+
+
 class _AdversarialLossCall:
     """Stands in for ``self.loss`` during one nnU-Net ``train_step``: receives the clean
     output nnU-Net computed and returns the core's ``(L0 + L1) / 2``."""
 
-    def __init__(self, trainer: nnUNetTrainerAdversarial, own_loss, batch: NnUNetBatch) -> None:
+    def __init__(self, trainer: AMATTrainerMixin, own_loss, batch: NnUNetBatch) -> None:
         self.trainer, self.own_loss, self.batch = trainer, own_loss, batch
 
     def __call__(self, output, target):

@@ -56,7 +56,7 @@ def test_read_settings_defaults_and_overrides():
     ("amat", {"AMAT_STEP_SIZE": "0"}, ["AMAT_STEP_SIZE must be > 0", "unset it"]),
     ("amat", {"AMAT_REFINE_STEPS": "-1"}, ["AMAT_REFINE_STEPS must be an integer >= 0", "default 2"]),
     ("amat", {"AMAT_BOUNDARY": "x"}, ["AMAT_BOUNDARY 'x'", "choose one of: none, stop"]),
-    ("amat", {"AMAT_XI_RULE": "median"}, ["AMAT_XI_RULE 'median'", "mean, mean+2std"]),
+    ("amat", {"AMAT_XI_RULE": "median"}, ["AMAT_XI_RULE: unknown xi rule 'median'", "mean, mean+2std"]),
     ("amat", {"AMAT_NORM": "l1"}, ["AMAT_NORM 'l1'", "choose l2 or linf"]),
     ("amat", {"AMAT_XI": "1,2"}, ["AMAT_XI='1,2' holds 2 numbers", "set AMAT_XI to one number"]),
     ("amat", {"AMAT_MAX_MARGIN": "0.5"}, ["AMAT_MAX_MARGIN=0.5 is below the initial margin AMAT_STEP=1",

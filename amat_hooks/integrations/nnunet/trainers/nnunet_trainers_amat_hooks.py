@@ -1,9 +1,17 @@
 """Every ``-tr`` name amat-hooks gives nnU-Net, in the one module nnU-Net imports from this
-folder (it finds a trainer by class name in any module of a ``nnUNet_extTrainer`` folder).
+folder (it finds a trainer by class name in any module of a ``nnUNet_extTrainer`` folder,
+with ``hasattr(module, name)`` / ``getattr(module, name)``).
 
-Like nnU-Net's own ``nnUNetTrainer_Xepochs.py``, the length variants share this file: each
-overrides one idea (how many epochs) of the three trainers.
+The three trainers and their length variants (``_1epoch``, ``_5epochs``, ``_10epochs``,
+``_50epochs``, ``_100epochs``, like nnU-Net's own ``nnUNetTrainer_Xepochs.py``) are defined
+here. Any other name of the grammar in :mod:`amat_hooks.integrations.nnunet.names` -
+``nnUNetTrainerAMAT_step0p5``, ``nnUNetTrainerSAT_eps5_50epochs`` - is made on request by the
+module's ``__getattr__`` (PEP 562), so nnU-Net's lookup, ``nnUNetv2_train`` and
+``nnUNetv2_predict`` all find it, and each setting gets its own results folder.
 """
+import sys
+
+from amat_hooks.integrations.nnunet.names import TrainerNameError, TrainerSpec, parse_trainer_name
 from amat_hooks.integrations.nnunet.trainer import nnUNetTrainerAdversarial
 
 
@@ -27,18 +35,38 @@ class nnUNetTrainerSTD(nnUNetTrainerAdversarial):
     amat_mode = "none"
 
 
-#: Length variants, named as nnU-Net names its own (``nnUNetTrainer_1epoch``, ``_5epochs`` ...).
+_BASE = {"AMAT": nnUNetTrainerAMAT, "SAT": nnUNetTrainerSAT, "STD": nnUNetTrainerSTD}
+#: Length variants defined up front, named as nnU-Net names its own.
 VARIANT_EPOCHS = (1, 5, 10, 50, 100)
 
 
-def _length_variant(base: type, epochs: int) -> type:
-    name = f"{base.__name__}_{epochs}epoch{'' if epochs == 1 else 's'}"
-    return type(name, (base,), {"amat_epochs": epochs, "__module__": __name__, "__qualname__": name,
-                                "__doc__": f"{base.__name__} for {epochs} epoch{'' if epochs == 1 else 's'}."})
+def named_trainer(spec: TrainerSpec) -> type:
+    """The class of a parsed name, made once per process (so pickling by name finds the same object)."""
+    existing = globals().get(spec.name)
+    if existing is not None:
+        return existing
+    cls = type(spec.name, (_BASE[spec.base],), {
+        "amat_step": spec.step, "amat_eps": spec.eps, "amat_epochs": spec.epochs,
+        "__module__": __name__, "__qualname__": spec.name, "__doc__": f"{spec.describe()} (by its name)."})
+    globals()[spec.name] = cls
+    return cls
 
 
-for _base in (nnUNetTrainerAMAT, nnUNetTrainerSAT, nnUNetTrainerSTD):
+for _base in _BASE:
     for _epochs in VARIANT_EPOCHS:
-        _cls = _length_variant(_base, _epochs)
-        globals()[_cls.__name__] = _cls
-del _base, _epochs, _cls
+        named_trainer(TrainerSpec(_base, epochs=_epochs))
+del _base, _epochs
+
+
+def __getattr__(name: str) -> type:
+    """nnU-Net's ``hasattr(module, "-tr name")``: a class for every name of the grammar."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    try:
+        spec = parse_trainer_name(name)
+    except TrainerNameError as e:  # ours, misspelt: say how to spell it (nnU-Net would say "not found")
+        print(f"amat-hooks: error: {e}", file=sys.stderr, flush=True)
+        raise
+    if spec is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return named_trainer(spec)
