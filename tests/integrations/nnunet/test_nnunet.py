@@ -1,7 +1,7 @@
 """nnU-Net v2 integration with real nnU-Net processes (CPU, generated data).
 
 One generated 2D dataset is planned/preprocessed once per session (:func:`prepared_dataset`,
-shared with tests/test_nnunet_*.py, which import these helpers); every training runs the real
+shared with the other test_nnunet_*.py files of this folder, which import these helpers); every training runs the real
 ``nnUNetv2_train`` console script in a subprocess with a few iterations,
 ``nnUNet_def_n_proc=1`` and no data-augmentation workers. Every process runs under the
 umask :data:`UMASK` (not the usual 0022), so the permission test sees what a plain ``open``
@@ -172,6 +172,8 @@ def test_calibration_xi_is_mean_of_clean_slice_losses(nnunet, calibrated):
     # the calibration only loads the clean model: it must not announce a training budget
     out = (nnunet / "calibrate_output.txt").read_text()
     assert "epochs x" not in out and "STD baseline" not in out and "iterations" not in out
+    # no -device given: nnU-Net's default (cuda), or the CPU with a note where there is no CUDA device
+    assert ("note: no CUDA device found: running on the CPU" in out) == (not torch.cuda.is_available())
 
 
 def test_calibration_without_clean_model_says_how_to_train_one(nnunet):
@@ -202,6 +204,10 @@ def test_amat_training_moves_margins_keyed_by_case_and_slice(nnunet, calibrated,
     log = _log(amat_run, "Epoch 0")
     assert log.count("AMAT margins n=") == 2 and "xi from calibration file " + str(calibrated) in log
     assert "amat-hooks: AMAT training" in log and "checkpoint_latest.pth every 1 epoch," in log
+    # Delta from the dataset's name is announced as a guess, with how to set it
+    assert ("amat-hooks: AMAT training (nnUNetTrainerAMAT), Delta 1 is a GUESS from the dataset name "
+            f"{DATASET} (no Heart, Hippocampus or Prostate in the name: the default") in log
+    assert "set it with -tr nnUNetTrainerAMAT_step0p5 for Delta 0.5, or AMAT_STEP" in log
     assert (amat_run / "progress.png").stat().st_size > 0
     logging = torch.load(amat_run / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
     assert len(logging["amat_margin_mean"]) == len(logging["train_losses"]) == 2
