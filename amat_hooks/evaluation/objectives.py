@@ -22,9 +22,16 @@ attack (:func:`amat_hooks.attacks.pgd`, per-sample eps, projection, batched leve
 
 A task opts in by implementing :class:`SegmentationObjectives` (``segmentation_logits``,
 ``segmentation_labels``, optionally ``segmentation_valid``).
+
+Aimed at a detector's metric (mAP), for any task that implements :class:`DetectionObjectives`
+(boxes and log class confidences before NMS, and the true boxes): ``suppress`` (the class
+confidence of the predictions matching each true box pushed down) and ``displace`` (the IoU of
+the confident predictions overlapping it pushed down). A task hands them to the core through
+:meth:`EvalTask.objectives <amat_hooks.evaluation.task.EvalTask.objectives>`; they join ``worst``.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -201,3 +208,101 @@ def segmentation_step_fn(task: Any, objective: str, target: Any, repeats: int,
         return terms, broken(scores)
 
     return step
+
+
+# -- aimed at the metric: detection ------------------------------------------------------------------
+#: a prediction whose IoU with a true box reaches this matches it (the metric's loosest threshold)
+DETECTION_MATCH_IOU = 0.5
+#: log-confidence below which a prediction leaves the validators' NMS output (conf 0.001)
+DETECTION_DROP_LOG_CONF = math.log(1e-3)
+
+
+def box_iou_pairs(a: Tensor, b: Tensor) -> Tensor:
+    """IoU ``[A, G]`` of boxes ``a`` ``[A, 4]`` and ``b`` ``[G, 4]`` (x1, y1, x2, y2), differentiable in both."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp_min(0).prod(-1)
+    area = lambda z: (z[:, 2] - z[:, 0]).clamp_min(0) * (z[:, 3] - z[:, 1]).clamp_min(0)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter).clamp_min(1e-9)
+
+
+def _logit_of_log(log_conf: Tensor) -> Tensor:
+    """logit(p) from log(p), stable where p is near 0 or 1."""
+    lc = log_conf.clamp(max=-1e-7)
+    return lc - torch.log(-torch.expm1(lc))
+
+
+def suppress_terms(boxes: Tensor, log_conf: Tensor, truth: Sequence[tuple[Tensor, Tensor]],
+                   match_iou: float = DETECTION_MATCH_IOU, drop: float = DETECTION_DROP_LOG_CONF) -> Tensor:
+    """Per image ``[N]``: minus the mean over its true boxes of the soft maximum (log-sum-exp)
+    of the class logit of the predictions that match the box (IoU >= ``match_iou``, chosen
+    without gradient), each box's value floored where its confidence leaves the NMS output.
+    Ascending it lowers the confidence of exactly the predictions that are true positives.
+    ``boxes`` ``[N, A, 4]`` xyxy, ``log_conf`` ``[N, A, C]`` (log of the class confidence: for
+    YOLOv5 objectness x class), ``truth[n]`` = (boxes ``[G, 4]`` xyxy in the same space, classes ``[G]``)."""
+    floor = float(_logit_of_log(torch.tensor(drop)))
+    out = []
+    for n, (tb, tc) in enumerate(truth):
+        if tb.shape[0] == 0:
+            out.append(log_conf[n].sum() * 0.0)
+            continue
+        iou = box_iou_pairs(boxes[n].detach(), tb.to(boxes.dtype))               # [A, G]
+        logit = _logit_of_log(log_conf[n][:, tc.long()])                         # [A, G]
+        # a finite stand-in for -inf: an unmatched box floors with a zero (not NaN) gradient
+        score = torch.where(iou >= match_iou, logit, torch.full_like(logit, -1e4)).logsumexp(0)
+        out.append(-score.clamp_min(floor).mean() + log_conf[n].sum() * 0.0)
+    return torch.stack(out)
+
+
+def displace_terms(boxes: Tensor, log_conf: Tensor, truth: Sequence[tuple[Tensor, Tensor]],
+                   sharpness: float = 10.0, drop: float = DETECTION_DROP_LOG_CONF) -> Tensor:
+    """Per image ``[N]``: minus the mean over its true boxes of the IoU of the predictions of
+    that class that the metric would match first, i.e. weighted (without gradient) by
+    ``softmax(log conf + sharpness * IoU)`` over the predictions still in the NMS output that
+    overlap it. Ascending it moves the confident, overlapping boxes off their objects."""
+    out = []
+    for n, (tb, tc) in enumerate(truth):
+        if tb.shape[0] == 0:
+            out.append(boxes[n].sum() * 0.0)
+            continue
+        iou = box_iou_pairs(boxes[n], tb.to(boxes.dtype))                        # [A, G]
+        lc = log_conf[n][:, tc.long()].detach()
+        keep = (iou.detach() > 0) & (lc >= drop)
+        w = torch.where(keep, lc + sharpness * iou.detach(), torch.full_like(lc, -math.inf))
+        has = keep.any(0)
+        w = torch.where(has[None, :], w, torch.zeros_like(w)).softmax(0) * has[None, :]
+        out.append(-(w * iou).sum(0).mean() + boxes[n].sum() * 0.0)
+    return torch.stack(out)
+
+
+DETECTION_TERMS: dict[str, Callable[..., Tensor]] = {"suppress": suppress_terms, "displace": displace_terms}
+_DETECTION_ABOUT = {
+    "suppress": "the class confidence of the predictions matching each true box (IoU >= 0.5) pushed down",
+    "displace": "the confident predictions overlapping each true box moved off it (their IoU pushed down)",
+}
+
+
+class DetectionObjectives:
+    """What a detection :class:`~amat_hooks.evaluation.EvalTask` implements to be attacked with
+    ``suppress`` and ``displace`` (objectives aimed at the detections mAP scores; part of
+    ``worst``): raw predictions with gradient, and the true boxes in the same pixel space."""
+
+    def detection_predictions(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(boxes [N, A, 4] x1y1x2y2 in input pixels, log class confidence [N, A, C])`` before NMS."""
+        raise NotImplementedError
+
+    def detection_truth(self, target: Any, repeats: int) -> list[tuple[Tensor, Tensor]]:
+        """Per row of ``repeats*B`` (level-major): (true boxes ``[G, 4]`` xyxy in input pixels, classes ``[G]``)."""
+        raise NotImplementedError
+
+    def objectives(self) -> dict[str, Any]:
+        from amat_hooks.evaluation.task import Objective
+
+        def make(name: str):
+            def terms(x: Tensor, target: Any, repeats: int) -> Tensor:
+                boxes, log_conf = self.detection_predictions(x)
+                return DETECTION_TERMS[name](boxes, log_conf, self.detection_truth(target, repeats))
+            return terms
+
+        return {name: Objective(make(name), _DETECTION_ABOUT[name], short=name[:3].upper())
+                for name in DETECTION_TERMS}

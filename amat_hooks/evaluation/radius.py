@@ -1,5 +1,6 @@
 """Each sample's robust radius: the smallest L2 noise that breaks it, from one minimal-norm
-attack (:func:`min_norm`), under the task's training loss or a segmentation objective."""
+attack (:func:`min_norm`), under the task's training loss, a segmentation objective or one of
+the task's objectives aimed at its metric (:meth:`EvalTask.objectives`)."""
 from __future__ import annotations
 
 import math
@@ -15,6 +16,7 @@ from amat_hooks.evaluation.result import DEFAULT_RADIUS_THRESHOLD, _broken
 from amat_hooks.evaluation.task import AttackNotSupported, EvalTask, not_segmentation, score_rows
 
 #: objectives of the radius run: ``loss`` = the task's training loss, or a segmentation objective
+#: (plus, per task, the names of its aimed objectives)
 RADIUS_OBJECTIVES = ("loss", *SEGMENTATION_OBJECTIVES)
 
 
@@ -25,8 +27,9 @@ class RadiusSpec:
     ``threshold`` 0.5 with ``relative``: broken when the sample's metric falls below half
     its clean value (lower-is-better metrics: above twice); ``relative=False``: below
     ``threshold`` itself. ``objectives``: ``loss`` (the task's training loss), ``segpgd``,
-    ``cospgd`` or ``mce``; ``auto`` = ``mce`` for segmentation tasks, else ``loss``; several
-    = the per-sample minimum. ``max_radius`` (default twice the largest level) bounds the
+    ``cospgd``, ``mce`` or a name of the task's aimed objectives (landmarks: ``heatmap``,
+    ``vote``; detection: ``suppress``, ``displace``); ``auto`` = ``mce`` for segmentation tasks,
+    else ``loss``; several = the per-sample minimum. ``max_radius`` (default twice the largest level) bounds the
     search: a sample not broken within it has radius ``inf``.
     """
 
@@ -38,10 +41,11 @@ class RadiusSpec:
 
     def resolved(self, task: "EvalTask", levels: Sequence[float]) -> "RadiusSpec":
         objs = []
+        known = (*RADIUS_OBJECTIVES, *_aimed(task))
         for o in self.objectives:
             o = ("mce" if supports_segmentation(task) else "loss") if o == "auto" else o
-            if o not in RADIUS_OBJECTIVES:
-                raise ValueError(f"unknown radius objective {o!r}; choose from {('auto', *RADIUS_OBJECTIVES)}")
+            if o not in known:
+                raise ValueError(f"unknown radius objective {o!r}; choose from {('auto', *known)}")
             if o in SEGMENTATION_OBJECTIVES and not supports_segmentation(task):
                 raise AttackNotSupported(not_segmentation(task, f"radius objective {o}"))
             if o not in objs:
@@ -66,9 +70,16 @@ class RadiusSpec:
         return d
 
 
-def _radius(task: EvalTask, x: Tensor, target: Any, clean_stats: list, spec: RadiusSpec) -> tuple[dict, dict]:
+def _aimed(task: Any) -> dict:
+    fn = getattr(task, "objectives", None)
+    return dict(fn()) if fn is not None else {}
+
+
+def _radius(task: EvalTask, x: Tensor, target: Any, clean_stats: list, spec: RadiusSpec,
+            aimed: dict | None = None) -> tuple[dict, dict]:
     """Per objective, each sample's radius (None = not broken within ``max_radius``) and its
     score at the breaking point (measured again through ``task.measure``)."""
+    aimed = _aimed(task) if aimed is None else aimed
     clean = torch.tensor(score_rows(task, clean_stats), dtype=torch.float64, device=x.device)
     floor = task.floor()
 
@@ -78,9 +89,11 @@ def _radius(task: EvalTask, x: Tensor, target: Any, clean_stats: list, spec: Rad
 
     radii, scores = {}, {}
     for obj in spec.objectives:
-        if obj == "loss":
-            def step(z, it, steps):
-                t = task.loss_terms(z, target, 1)
+        if obj == "loss" or obj in aimed:
+            fn = (lambda z, t: task.loss_terms(z, t, 1)) if obj == "loss" else (lambda z, t, f=aimed[obj].terms: f(z, t, 1))
+
+            def step(z, it, steps, fn=fn):
+                t = fn(z, target)
                 with torch.no_grad():
                     s = torch.tensor(score_rows(task, task.measure(z.detach(), target)), dtype=torch.float64)
                 return t, broken(s)  # measure() is the task's: one extra no-grad forward per step

@@ -27,12 +27,14 @@ def _attacks(results: Mapping[str, EvalResult]) -> list[str]:
     for name, r in results.items():
         if r.levels != first.levels:
             raise ValueError(f"model {name} was evaluated at levels {r.levels}, others at {first.levels}")
-    common = [a for a in _ORDER if all(a in r.noisy for r in results.values())]
+    order = [a for a in _ORDER if a != "worst"] + [a for a in first.noisy if a not in _ORDER] + ["worst"]
+    common = [a for a in order if all(a in r.noisy for r in results.values())]
     return common
 
 
-def _short(a: str) -> str:
-    return _SHORT.get(a, a.upper())
+def _short(a: str, r: EvalResult | None = None) -> str:
+    aimed = (r.objectives.get(a) or {}).get("short") if r is not None else None
+    return aimed or _SHORT.get(a, a.upper())
 
 
 def _describe(attack: str, r: EvalResult) -> str:
@@ -40,7 +42,28 @@ def _describe(attack: str, r: EvalResult) -> str:
         over = ", ".join(r.worst_of) if r.worst_of else "the attacks listed"
         return f"worst case per sample over {over}"
     n = r.steps.get(attack)
-    return f"{n}-step " + _LONG.get(attack, attack) if n else _LONG.get(attack, attack)
+    aimed = r.objectives.get(attack)
+    what = f"PGD aimed at the metric ({attack}): {aimed['about']}" if aimed else _LONG.get(attack, attack)
+    return f"{n}-step " + what if n else what
+
+
+def worst_source_rows(results: Mapping[str, EvalResult]) -> tuple[list[str], list[list[str]]]:
+    """Per model and level, how many samples' worst value each attack gave (``per_sample.worst_from``)."""
+    from amat_hooks.evaluation.checks import worst_sources
+
+    have = {k: r for k, r in results.items() if "worst" in r.noisy and r.per_sample.get("worst_from")}
+    if not have:
+        return [], []
+    levels = next(iter(have.values())).levels
+    head = ["Method"] + [f"W.{lv:g} from" for lv in levels]
+    rows = []
+    for name, r in have.items():
+        cells = []
+        for lv in levels:
+            src = worst_sources(r, lv)
+            cells.append(", ".join(f"{_short(a, r)} {k}" for a, k in sorted(src.items(), key=lambda kv: -kv[1])))
+        rows.append([name] + cells)
+    return head, rows
 
 
 def _paper_block(results: Mapping[str, EvalResult], m: str, paper: list[str]) -> tuple[list[str], list[list]]:
@@ -77,7 +100,8 @@ def table_rows(results: Mapping[str, EvalResult], metric: str | None = None) -> 
         rows = [[name, r.clean[m]] + ([r.auc_robust(attacks[0], m)] if attacks else [])
                 for name, r in results.items()]
     for a in extra:
-        head += [f"{_short(a)}.{lv:g}" for lv in first.levels] + [f"{_short(a)}.Avg.", f"{_short(a)}.AUC_robust"]
+        k = _short(a, first)
+        head += [f"{k}.{lv:g}" for lv in first.levels] + [f"{k}.Avg.", f"{k}.AUC_robust"]
     for row, r in zip(rows, results.values()):
         for a in extra:
             c = r.curve(a, m)
@@ -137,15 +161,20 @@ def to_markdown(results: Mapping[str, EvalResult], metric: str | None = None, di
         out.append("")
         out.append(f"Best per column in bold ({note})" + (f"; {steps}, L2." if steps else ".") + what)
     for a in extra:
-        head = ["Method", m] + [f"{_short(a)}.{lv:g}" for lv in first.levels] + ["Avg.", "AUC_robust"]
+        head = ["Method", m] + [f"{_short(a, first)}.{lv:g}" for lv in first.levels] + ["Avg.", "AUC_robust"]
         rows = []
         for name, r in results.items():
             c = r.curve(a, m)
             rows.append([name, r.clean[m]] + c + [sum(c) / len(c), r.auc_robust(a, m)])
-        title = f"{_short(a)}: {_describe(a, first)}, L2"
+        title = f"{_short(a, first)}: {_describe(a, first)}, L2"
         if a == "worst":
             title += " - a sample counts as broken if any attack breaks it; the number to quote"
         out += ["", f"**{title}** ({note})", ""] + _md_table(head, rows, higher, digits)
+        src_head, src_rows = worst_source_rows(results) if a == "worst" else ([], [])
+        if src_rows:
+            out += ["", "Where each sample's worst value came from (samples per attack):", "",
+                    "| " + " | ".join(src_head) + " |", "|" + "---|" * len(src_head)]
+            out += ["| " + " | ".join(row) + " |" for row in src_rows]
     return "\n".join(out).lstrip("\n")
 
 

@@ -41,6 +41,9 @@ class EvalResult:
     per_sample: dict[str, Any] = field(default_factory=dict)
     #: the evaluation protocol's settings (``amat eval --protocol``; rows 12-14 of docs/protocols.md)
     protocol: dict[str, Any] = field(default_factory=lambda: {"protocol": "paper"})
+    floor_from: str = ""   # the trivial prediction that scores ``floor`` ("" = the metric's own floor)
+    #: the task's attacks aimed at its metric that ran: name -> {"about": words, "short": column prefix}
+    objectives: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def attacks(self) -> list[str]:
@@ -119,7 +122,7 @@ class EvalResult:
                 "noisy": {a: {str(lv): v for lv, v in d.items()} for a, d in self.noisy.items()},
                 "random": {str(lv): v for lv, v in self.random.items()}, "floor": self.floor,
                 "worst_of": self.worst_of, "radius": self.radius, "per_sample": self.per_sample,
-                "protocol": self.protocol}
+                "protocol": self.protocol, "floor_from": self.floor_from, "objectives": self.objectives}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EvalResult":
@@ -131,7 +134,8 @@ class EvalResult:
                    random={float(lv): v for lv, v in (d.get("random") or {}).items()},
                    floor=d.get("floor", 0.0 if d["higher_is_better"] else None),
                    worst_of=list(d.get("worst_of") or []), radius=d.get("radius"),
-                   per_sample=d.get("per_sample") or {}, protocol=d.get("protocol") or {"protocol": "paper"})
+                   per_sample=d.get("per_sample") or {}, protocol=d.get("protocol") or {"protocol": "paper"},
+                   floor_from=d.get("floor_from") or "", objectives=d.get("objectives") or {})
 
 
 def _lv_key(level: float) -> str:

@@ -1,6 +1,7 @@
-"""Robustness evaluation (paper 3.3, plus the attacks that do not flatter a segmentation
-model): L2 PGD on the training loss, IFGSM, SegPGD, CosPGD and masked CE at several noise
-levels, the per-sample worst case over them, a gradient-free random-noise baseline, and
+"""Robustness evaluation (paper 3.3, plus the attacks that do not flatter a model): L2 PGD on
+the training loss, IFGSM, SegPGD, CosPGD and masked CE, and the attacks a task aims at its own
+metric (:meth:`EvalTask.objectives`: landmarks, detection) at several noise levels, the
+per-sample worst case over them, a gradient-free random-noise baseline, and
 optionally each sample's robust radius from one minimal-norm attack. All levels of a
 batch run in ONE attack call (the batch repeated per level, one eps per row); every
 attack is :func:`amat_hooks.attacks.pgd` with another objective. Resumable: per-batch
@@ -29,25 +30,42 @@ from amat_hooks.evaluation.progress import progress as show_progress
 from amat_hooks.evaluation.objectives import SEGMENTATION_OBJECTIVES, ObjectiveLoss, supports_segmentation
 from amat_hooks.evaluation.radius import RadiusSpec, _radius
 from amat_hooks.evaluation.result import EvalResult, _lv_key
-from amat_hooks.evaluation.task import AttackNotSupported, EvalBatch, EvalTask, not_segmentation, score_rows
+from amat_hooks.evaluation.task import (AttackNotSupported, EvalBatch, EvalTask, Objective, not_segmentation,
+                                        score_rows)
 from amat_hooks.protocols import eval_settings
 
 #: the default attacks of :func:`robustness_eval` (the paper's)
 ATTACKS = ("pgd", "ifgsm")
-#: every attack ``--attacks`` knows; ``worst`` is the per-sample worst case over the others listed
+#: every attack ``--attacks`` knows for every task (plus each task's :meth:`EvalTask.objectives`);
+#: ``worst`` is the per-sample worst case over the others listed
 KNOWN_ATTACKS = ("pgd", "ifgsm", *SEGMENTATION_OBJECTIVES, "worst")
 _STATE_VERSION = "eval-2"
 
 
+def task_objectives(task: "EvalTask") -> dict[str, Objective]:
+    """The task's attack objectives aimed at its metric (:meth:`EvalTask.objectives`), checked:
+    their names must not be the core's."""
+    fn = getattr(task, "objectives", None)
+    objs = dict(fn()) if fn is not None else {}
+    clash = [n for n in objs if n in KNOWN_ATTACKS or n in ("clean", "random", "none")]
+    if clash:
+        raise ValueError(f"{type(task).__name__}.objectives() names {clash}: these are the core's; rename them")
+    return objs
+
+
 def check_attacks(task: "EvalTask", attacks: Sequence[str], radius: RadiusSpec | None = None) -> tuple[str, ...]:
-    """The attacks in the order given, checked against what the task supports."""
+    """The attacks in the order given, checked against what the task supports. With ``worst``,
+    the task's objectives aimed at its metric (``in_worst``) that are not listed run too, just
+    before it: the worst case is then over the training loss AND the metric's own attacks."""
+    aimed = task_objectives(task)
+    known = (*KNOWN_ATTACKS[:-1], *aimed, "worst")
     out: list[str] = []
     for a in attacks:
         a = a.strip().lower()
         if not a:
             continue
-        if a not in KNOWN_ATTACKS:
-            raise ValueError(f"unknown attack {a!r}; choose from {KNOWN_ATTACKS}")
+        if a not in known:
+            raise ValueError(f"unknown attack {a!r}; choose from {known}")
         if a in out:
             raise ValueError(f"attack {a!r} listed twice")
         if a in SEGMENTATION_OBJECTIVES and not supports_segmentation(task):
@@ -58,6 +76,9 @@ def check_attacks(task: "EvalTask", attacks: Sequence[str], radius: RadiusSpec |
                          "list at least one more (e.g. --attacks pgd,segpgd,worst)")
     if not out and radius is None:
         raise ValueError("give at least one attack (--attacks) or a radius run (--radius)")
+    if "worst" in out:
+        i = out.index("worst")
+        out[i:i] = [n for n, o in aimed.items() if o.in_worst and n not in out]
     return tuple(out)
 
 
@@ -138,9 +159,12 @@ def robustness_eval(task: EvalTask, levels: Sequence[float], *, attacks: Sequenc
 
     ``attacks``: ``pgd`` (the training loss, ``pgd_steps``, random start), ``ifgsm``
     (``ifgsm_steps``, no random start), ``segpgd``/``cospgd``/``mce`` (PGD with
-    ``pgd_steps`` on that objective; segmentation tasks only) and ``worst`` (per sample
-    and level, the listed attack that scores worst; a sample counts as broken if any
-    attack breaks it). Every attack of a batch starts from the same seed.
+    ``pgd_steps`` on that objective; segmentation tasks only), the task's aimed objectives
+    (PGD with ``pgd_steps``; with ``worst`` they run even when not listed) and ``worst`` (per
+    sample and level, the listed attack that scores worst; a sample counts as broken if any
+    attack breaks it). Every attack of a batch starts from the same seed. The masking check's
+    floor is the best of the task's trivial predictions (:meth:`EvalTask.trivial_stats`) where
+    it has them.
 
     With ``state_path``, each finished batch is appended there; ``resume=True`` skips the
     batches already in it (an interrupted evaluation continues where it stopped and gives
@@ -151,7 +175,13 @@ def robustness_eval(task: EvalTask, levels: Sequence[float], *, attacks: Sequenc
     which samples are scored is the task's, from the same settings).
     """
     levels = check_levels(levels)
+    given = [a.strip().lower() for a in attacks]
     attacks = check_attacks(task, attacks, radius)
+    objectives = task_objectives(task)
+    added = [a for a in attacks if a not in given]
+    if added:
+        print(f"note: worst also runs the attacks aimed at this task's {task.metric}: {', '.join(added)} "
+              f"(list them in --attacks to place them yourself)", file=sys.stderr)
     radius = radius.resolved(task, levels) if radius is not None else None
     settings = protocol_for(task, protocol)
     fp = _fingerprint(task, levels, attacks, pgd_steps, ifgsm_steps, seed, radius, protocol)
@@ -177,7 +207,7 @@ def robustness_eval(task: EvalTask, levels: Sequence[float], *, attacks: Sequenc
             if batch.key in done:
                 records.append(done[batch.key])
                 continue
-            rec = _eval_batch(task, batch, levels, attacks, pgd_steps, ifgsm_steps, seed, radius, settings)
+            rec = _eval_batch(task, batch, levels, attacks, pgd_steps, ifgsm_steps, seed, radius, settings, objectives)
             rec.update(key=batch.key, fingerprint=fp)
             records.append(rec)
             if path is not None:
@@ -209,12 +239,26 @@ def robustness_eval(task: EvalTask, levels: Sequence[float], *, attacks: Sequenc
                     for i in range(len(next(iter(values.values()))))]
         rad = {**radius.to_dict(), "values": values, "radius": combined,
                "scores": {o: [v for r in records for v in r["radius_scores"][o]] for o in radius.objectives}}
+    floor, floor_from = _trivial_floor(task, records)
+    aimed = {a: {"about": objectives[a].about, "short": objectives[a].short} for a in attacks if a in objectives}
     return EvalResult(task=task.name, metric=task.metric, higher_is_better=task.higher_is_better,
                       levels=levels, clean=clean, noisy=noisy, batches=len(records),
                       seconds=time.perf_counter() - t0, steps=steps,
                       fingerprint=fp, samples=samples, scored=task.describe_scored(samples),
-                      random=random_, floor=task.floor(), worst_of=worst_of, radius=rad,
-                      per_sample=per_sample, protocol=settings)
+                      random=random_, floor=floor, floor_from=floor_from, worst_of=worst_of, radius=rad,
+                      per_sample=per_sample, protocol=settings, objectives=aimed)
+
+
+def _trivial_floor(task: EvalTask, records: list[dict]) -> tuple[float | None, str]:
+    """The best score of the task's trivial predictions over every batch (and its name), else
+    the task's :meth:`~EvalTask.floor`. Batches recorded before trivial predictions were kept
+    (a resumed evaluation) leave it at the latter."""
+    trivial = [r.get("trivial") for r in records]
+    if not trivial or any(not t for t in trivial) or any(set(t) != set(trivial[0]) for t in trivial):
+        return task.floor(), ""
+    scores = {name: float(task.reduce([t[name] for t in trivial])[task.metric]) for name in trivial[0]}
+    best = (max if task.higher_is_better else min)(scores, key=scores.get)
+    return scores[best], best
 
 
 def _per_sample_results(task: EvalTask, records: list[dict], levels, attacks, need_scores: bool) -> dict:
@@ -242,11 +286,16 @@ def _per_sample_results(task: EvalTask, records: list[dict], levels, attacks, ne
 
 
 def _eval_batch(task: EvalTask, batch: EvalBatch, levels, attacks, pgd_steps, ifgsm_steps, seed,
-                radius: RadiusSpec | None = None, settings: dict | None = None) -> dict:
+                radius: RadiusSpec | None = None, settings: dict | None = None,
+                objectives: dict[str, Objective] | None = None) -> dict:
     x, target = batch.x, batch.target
     b = x.shape[0]
+    objectives = task_objectives(task) if objectives is None else objectives
     with torch.no_grad():
         rec: dict[str, Any] = {"clean": task.measure(x, target), "n": int(b)}
+        trivial = task.trivial_stats(target)
+        if trivial:
+            rec["trivial"] = trivial
     if ("worst" in attacks or radius is not None) and not (isinstance(rec["clean"], list) and len(rec["clean"]) == b):
         raise ValueError(f"'worst' and the radius need {type(task).__name__}.measure to return a list with one "
                          f"entry per sample ({b}), got {type(rec['clean']).__name__}")
@@ -271,6 +320,10 @@ def _eval_batch(task: EvalTask, batch: EvalBatch, levels, attacks, pgd_steps, if
         elif a == "ifgsm":
             res = ifgsm(terms, xr, eps, steps=ifgsm_steps, step_size=ifgsm_step, bounds=task.bounds,
                         model=task.model)
+        elif a in objectives:  # aimed at the task's metric: the same PGD, another objective
+            aimed = (lambda fn: lambda z: fn(z, target, n_levels))(objectives[a].terms)
+            res = pgd(aimed, xr, eps, steps=pgd_steps, step_size=pgd_step, bounds=task.bounds, model=task.model,
+                      generator=g, random_start=settings["pgd_start"])
         else:
             res = pgd(ObjectiveLoss(task, a, target, n_levels), xr, eps, steps=pgd_steps, step_size=pgd_step,
                       bounds=task.bounds, model=task.model, generator=g, random_start=settings["pgd_start"])
@@ -279,7 +332,7 @@ def _eval_batch(task: EvalTask, batch: EvalBatch, levels, attacks, pgd_steps, if
     if "worst" in attacks:
         rec["worst"], rec["worst_from"] = _worst(task, rec, [a for a in attacks if a != "worst"], n_levels, b)
     if radius is not None:
-        rec["radius"], rec["radius_scores"] = _radius(task, x, target, rec["clean"], radius)
+        rec["radius"], rec["radius_scores"] = _radius(task, x, target, rec["clean"], radius, objectives)
     return rec
 
 

@@ -60,6 +60,18 @@ class SegmentationEvalTask(SegmentationObjectives, EvalTask):
             pred, y = pred * valid, y * valid
         return dice_counts(pred, y, labels=self.labels).tolist()
 
+    def trivial_stats(self, target):
+        """Constant masks (background, each label): the masking check's floor is the best of them."""
+        from amat_hooks.evaluation.metrics import dice_counts
+
+        y, valid = target["y"], target.get("valid")
+        out = {}
+        for c in (0, *self.labels):
+            pred = torch.full_like(y, c)
+            pred, yy = (pred * valid, y * valid) if valid is not None else (pred, y)
+            out[f"constant mask of label {c}"] = dice_counts(pred, yy, labels=self.labels).tolist()
+        return out
+
     def reduce(self, stats):
         from amat_hooks.evaluation.metrics import adi, tvdi
 

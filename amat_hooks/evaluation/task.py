@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from torch import Tensor, nn
 
@@ -12,6 +12,24 @@ from amat_hooks.adapter import BatchAdapter
 
 class AttackNotSupported(ValueError):
     """An attack the task cannot run (a segmentation objective on a detection task)."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """An attack objective a task aims at its own metric (a landmark's predicted location, the
+    detections mAP scores), run by the core through the one :func:`amat_hooks.attacks.pgd`.
+
+    ``terms(x, target, repeats)`` returns per-sample terms ``[repeats*B]`` or ``[repeats*B, K]``
+    to ascend, for inputs that hold the batch ``repeats`` times (level-major, as
+    :meth:`EvalTask.loss_terms`). ``about``: what it does, in words (the report's caption);
+    ``short``: the table's column prefix; ``in_worst``: part of ``worst`` without being listed
+    (the training loss stops tracking the metric at larger noise, so the quoted worst case needs it).
+    """
+
+    terms: Callable[[Tensor, Any, int], Tensor]
+    about: str
+    short: str = ""
+    in_worst: bool = True
 
 
 @dataclass
@@ -61,12 +79,24 @@ class EvalTask(ABC):
         """Number of batches, for the progress display (None if unknown)."""
         return None
 
+    def objectives(self) -> dict[str, Objective]:
+        """Attack objectives aimed at this task's metric, by ``--attacks`` name (none by default)."""
+        return {}
+
+    def trivial_stats(self, target: Any) -> dict[str, Any] | None:
+        """:meth:`measure`'s statistics of the task's trivial predictions on this batch, by
+        name (a constant mask, no detection): what a model that ignores its input scores.
+        The best of them is the gradient-masking check's floor; None: not known (then
+        :attr:`metric_floor`)."""
+        return None
+
     def describe_scored(self, samples: int) -> str:
         """What was scored, for the table caption (e.g. "412 slices of 8 cases")."""
         return f"{samples} samples"
 
     #: the worst value the primary metric can take (Dice: 0); None where it has none (MRE).
-    #: The gradient-masking check asks whether the largest level gets near it.
+    #: The gradient-masking check asks whether the largest level gets near it, unless the
+    #: task's trivial predictions (:meth:`trivial_stats`) give a floor.
     metric_floor: float | None = None
 
     def floor(self) -> float | None:
@@ -82,9 +112,12 @@ class EvalTask(ABC):
 
 
 def not_segmentation(task: "EvalTask", what: str) -> str:
+    aimed = list(task.objectives())
+    attacks = ",".join(["pgd", "ifgsm", *aimed, "worst"])
+    radius = ", ".join(["loss", *aimed])
     return (f"{what} needs a segmentation task (one that implements segmentation_logits and "
             f"segmentation_labels, see amat_hooks.evaluation.objectives.SegmentationObjectives); the {task.name} "
-            f"task supports --attacks pgd,ifgsm,worst and --radius-objective loss")
+            f"task supports --attacks {attacks} and --radius-objective {radius}")
 
 
 def score_rows(task: EvalTask, rows: list) -> list[float]:

@@ -4,8 +4,9 @@ Checkpoints load as scripts save them (:func:`load_model`: nested state dicts,
 DataParallel's ``module.``, unused keys such as torchvision's ``vgg.classifier.*`` named and
 ignored); the input size and heatmap term come from the checkpoint's ``amat run`` sidecar
 where the flags do not give them. Data: either layout of :mod:`.data`. Evaluation: MRE (mm, original resolution) and SDR
-under L2 PGD / IFGSM on the three loss terms (paper Table 6). The grid trains the user's
-script once per Delta through ``amat run``.
+under L2 PGD / IFGSM on the three loss terms (paper Table 6) and under the attacks aimed at the
+voted location (``heatmap``, ``vote``: :mod:`.objectives`, part of ``worst``). The grid trains the
+user's script once per Delta through ``amat run``.
 """
 from __future__ import annotations
 
@@ -154,6 +155,23 @@ class LandmarkEvalTask(EvalTask):
             cols = [torch.stack([it[k] for it in items]) for k in range(6)]
             key = ",".join(self.dataset.names[i] for i in idx)
             yield EvalBatch(key=key, x=cols[0], target=tuple(cols))
+
+    def objectives(self) -> dict[str, Any]:
+        """``heatmap`` and ``vote``: attacks aimed at the voted location (:mod:`.objectives`), in ``worst``."""
+        from amat_hooks.adapter import repeat_rows
+        from amat_hooks.evaluation.task import Objective
+        from amat_hooks.integrations.multitask_unet.objectives import ABOUT, heatmap_terms, vote_terms
+
+        radius = float(self.dataset.radius)
+
+        def aimed(fn):
+            def terms(x: Tensor, target: Any, repeats: int) -> Tensor:
+                lm = target[5]
+                return fn(self.model(x), repeat_rows(lm, lm.shape[0], repeats), radius)
+            return terms
+
+        return {"heatmap": Objective(aimed(heatmap_terms), ABOUT["heatmap"], short="HM"),
+                "vote": Objective(aimed(vote_terms), ABOUT["vote"], short="VOTE")}
 
     def measure(self, x: Tensor, target: Any) -> list[list[float]]:
         from amat_hooks.evaluation.metrics import radial_errors_mm
