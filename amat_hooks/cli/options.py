@@ -104,8 +104,10 @@ def add_eval_arguments(p: argparse.ArgumentParser, default_levels: str, default_
                         f"(default {default_levels})")
     g.add_argument("--attacks", default="pgd,ifgsm",
                    help="comma-separated (default pgd,ifgsm): pgd, ifgsm (the training loss), segpgd, cospgd, "
-                        "mce (segmentation tasks: SegPGD, CosPGD, masked CE, as L2 PGD), worst (per sample and "
-                        "level the worst of the others listed: the number to quote); 'none' with --radius")
+                        "mce (segmentation tasks: SegPGD, CosPGD, masked CE, as L2 PGD), the task's attacks aimed "
+                        "at its metric (landmark: heatmap, vote; yolo, yolov5: suppress, displace), worst (per "
+                        "sample and level the worst of the others listed, the aimed attacks always included: the "
+                        "number to quote); 'none' with --radius")
     g.add_argument("--protocol", choices=("paper", "authors"), default="paper",
                    help="paper: PGD steps of 2.5 eps / steps, IFGSM eps / steps, eval mode (default); authors: "
                         "the authors' evaluation scripts (PGD 0.05 eps, IFGSM 0.5 eps, nnU-Net 0.05 eps; landmark "

@@ -6,8 +6,9 @@ NMS, matching and AP are its own (``create_dataloader``, ``non_max_suppression``
 ``scale_boxes``, ``process_batch``, ``ap_per_class``: what ``val.py`` runs). A sample is one
 image letterboxed as ``val.py`` does (``rect=True``, ``pad=0.5``); the noise lives on the
 ``[0, 1]`` image; the attack objective is the sum of the per-image box / obj / cls terms of
-the adapter. Metrics: mAP50-95 (paper Table 7), mAP50 and the paper's average IoU of all
-detected objects (Table 12: best confident same-class box per ground truth, 0 if missed).
+the adapter, and ``suppress`` / ``displace`` aim at the detections mAP scores (in ``worst``).
+Metrics: mAP50-95 (paper Table 7), mAP50 and the paper's average IoU of all detected objects
+(Table 12: best confident same-class box per ground truth, 0 if missed).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from torch import Tensor
 
 from amat_hooks.evaluation import EvalBatch, EvalTask
 from amat_hooks.evaluation.metrics import decode_tp, encode_tp, object_ious
+from amat_hooks.evaluation.objectives import DetectionObjectives
 from amat_hooks.integrations.yolov5.adapter import YoloV5Adapter
 from amat_hooks.tasks import CalibrationSet, Task, TaskError, TrainRun, amat_executable
 
@@ -50,8 +52,10 @@ def find_checkout(given: str | None) -> Path:
     return Path(path).resolve()
 
 
-class YoloV5EvalTask(EvalTask):
-    """One ``train.py`` checkpoint on one split of a data YAML (see the module docstring)."""
+class YoloV5EvalTask(DetectionObjectives, EvalTask):
+    """One ``train.py`` checkpoint on one split of a data YAML (see the module docstring). The
+    attacks aimed at mAP (``suppress``, ``displace``, in ``worst``) read the Detect head's raw
+    objectness and class logits and its decoded boxes; the masking check's floor is no detection."""
 
     higher_is_better = True
     bounds = (0.0, 1.0)
@@ -117,6 +121,39 @@ class YoloV5EvalTask(EvalTask):
                         "conf": pred[:, 4].tolist(), "pred_cls": pred[:, 5].tolist(), "target_cls": labels[:, 0].tolist(),
                         "iou": object_ious(tbox, labels[:, 0], predn[:, :4], predn[:, 5], pred[:, 4], self.det_conf)})
         return out
+
+    def trivial_stats(self, target: Any) -> dict[str, Any]:
+        """No detection on any image, recorded as :meth:`measure` records a prediction-free image."""
+        _, targets, paths, _ = target
+        out = []
+        for si in range(len(paths)):
+            labels = targets[targets[:, 0] == si, 1:]
+            out.append({"im": Path(paths[si]).name, "tp": encode_tp(np.zeros((0, 10), dtype=bool)), "conf": [],
+                        "pred_cls": [], "target_cls": labels[:, 0].tolist(), "iou": [0.0] * len(labels)})
+        return {"no detection": out}
+
+    def detection_predictions(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Boxes ``[N, A, 4]`` (xyxy, input pixels) and log(objectness x class) ``[N, A, C]``
+        before NMS (what val.py's NMS thresholds), from the Detect head's eval output."""
+        import torch.nn.functional as F
+
+        out = self.model.eval()(x)
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], list)):
+            raise TaskError("the attacks aimed at mAP need the Detect head's (decoded, raw) eval output")
+        decoded, raw = out
+        raw = torch.cat([r.reshape(r.shape[0], -1, r.shape[-1]) for r in raw], 1).float()
+        xywh = decoded[..., :4].float()
+        boxes = torch.cat([xywh[..., :2] - xywh[..., 2:] / 2, xywh[..., :2] + xywh[..., 2:] / 2], -1)
+        return boxes, F.logsigmoid(raw[..., 4:5]) + F.logsigmoid(raw[..., 5:])
+
+    def detection_truth(self, target: Any, repeats: int) -> list[tuple[Tensor, Tensor]]:
+        imgs, targets = target[0], target[1]
+        h, w = imgs.shape[2:]
+        t = targets.float()
+        xywh = t[:, 2:6] * torch.tensor([w, h, w, h], dtype=torch.float32)
+        xyxy = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
+        per = [(xyxy[t[:, 0] == i], t[t[:, 0] == i, 1].long()) for i in range(imgs.shape[0])]
+        return per * repeats
 
     def reduce(self, stats: list[list[dict[str, Any]]]) -> dict[str, float]:
         images = [im for batch in stats for im in batch]
