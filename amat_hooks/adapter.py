@@ -72,6 +72,11 @@ def as_terms(terms: Any, rows: int | None = None) -> Tensor:
     return terms
 
 
+#: torch.nn losses whose per-sample value cannot be negative (their xi must be above 0)
+NON_NEGATIVE_LOSSES: tuple[type, ...] = (nn.CrossEntropyLoss, nn.BCELoss, nn.BCEWithLogitsLoss, nn.L1Loss,
+                                         nn.MSELoss, nn.SmoothL1Loss, nn.HuberLoss)
+
+
 class BatchAdapter:
     """How one trainer's batches look (see the module docstring). Subclasses override
     ``inputs``, ``with_inputs`` and ``output_terms`` (or ``bind_loss``), and ``ids`` where
@@ -80,6 +85,9 @@ class BatchAdapter:
     #: shown once per run in the host's log (``adapter: <describe()>``)
     name: str = "batch adapter"
     term_names: Sequence[str] = ("loss",)
+    #: whether ``term_names`` is the number of terms the loss returns (False: only its first
+    #: output says, e.g. a user's loss function that may return ``[B, K]``)
+    terms_known: bool = True
     #: the least value each term can take (0 for CE, BCE, L1; None: no bound, e.g. CE - Dice);
     #: an xi below it can never be met, so it is refused
     term_floors: Sequence[float | None] | None = None
@@ -195,11 +203,18 @@ class TupleAdapter(BatchAdapter):
     dicts, scored by a per-sample loss function ``loss_fn(output, target)`` -> ``[B]`` or ``[B, K]``."""
 
     name = "generic (x, y[, ids])"
+    terms_known = False
 
     def __init__(self, loss_fn: Callable[[Any, Any], Tensor], term_names: Sequence[str] | None = None) -> None:
         self.loss_fn = loss_fn
         if term_names is not None:
             self.term_names = tuple(term_names)
+            self.terms_known = True
+
+    @property
+    def term_floors(self) -> Sequence[float | None] | None:  # type: ignore[override]
+        """A loss that knows its least values (:func:`per_sample_mean` of a non-negative nn loss) says so."""
+        return getattr(self.loss_fn, "term_floors", None)
 
     def _key(self, batch: dict, keys: Sequence[str], what: str) -> str:
         k = find_key(batch, keys)
@@ -227,7 +242,9 @@ class TupleAdapter(BatchAdapter):
         else:
             k = find_key(batch, ID_KEYS)
             ids = batch[k] if k is not None else None
-        return None if ids is None else ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        if ids is None or isinstance(ids, (str, bytes)):  # one string is no list of ids: check_ids says so
+            return ids
+        return ids.tolist() if isinstance(ids, Tensor) else list(ids)
 
     def with_inputs(self, batch: Any, x: Tensor) -> Any:
         b = self.inputs(batch).shape[0]

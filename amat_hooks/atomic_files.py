@@ -8,11 +8,60 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+
+def atomic_write_with(path: str | os.PathLike, write) -> Path:
+    """``write(file_object)`` into a temporary file beside ``path``, then rename over it
+    (the patched ``torch.save`` of ``amat run`` saves the script's checkpoints this way)."""
+    return _atomic(path, write)
+
+
+#: the temporary files of :func:`_atomic` (``mkstemp``: ``.NAME.<8 random>.tmp``)
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete what an interrupted atomic write left in ``folder`` (a kill -9 mid-save): the
+    temporary files of amat-hooks' own state files, and of any file that exists beside them
+    (an interrupted overwrite). Called when a run starts, before anything writes there."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TEMP.match(p.name)
+        if not m or not p.is_file():
+            continue
+        name = m.group("name")
+        if name == "amat_state.json" or name.endswith(".amat.json") or (p.parent / name).exists():
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
+
+
+def writable_folder_problem(folder: str | os.PathLike) -> str | None:
+    """None if files can be written into ``folder`` (created where missing), else why not."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".amat-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"cannot write into {folder} ({e.strerror})"
+    return None
 
 
 def _atomic(path: str | os.PathLike, write) -> Path:

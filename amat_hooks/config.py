@@ -128,6 +128,9 @@ class AdvConfig:
         """These settings with every one left at None taken from the protocol for a trainer of
         ``kind`` (default: the kind resolved before, else ``generic``); explicit ones win."""
         kind = kind or self.kind or "generic"
+        if self.protocol not in PROTOCOLS:
+            raise AdvConfigError(f"unknown --adv-protocol {self.protocol!r} (AMAT_PROTOCOL); choose one of: "
+                                 f"{', '.join(PROTOCOLS)}")
         fill = {k: v for k, v in protocol_settings(self.protocol, kind).items() if getattr(self, k) is None}
         cfg = replace(self, **fill, kind=kind)
         if cfg.max_margin is None and cfg.max_margin_deltas and cfg.delta:

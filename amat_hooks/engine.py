@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from amat_hooks.adapter import AdapterError, BatchAdapter, BoundLoss, as_terms, check_ids
 from amat_hooks.attacks import AttackResult, preserved_state
 from amat_hooks.policies import Policy, StepOutput
+from amat_hooks.thresholds import check_xi_reachable
 
 
 class AdversarialEngine:
@@ -34,6 +35,7 @@ class AdversarialEngine:
         self.policy, self.adapter, self.host = policy, adapter, host
         self._pm = pm
         self._ids_checked = False
+        self._xi_checked = False
 
     @property
     def pm(self) -> pluggy.PluginManager:
@@ -42,6 +44,34 @@ class AdversarialEngine:
 
             self._pm = get_plugin_manager()
         return self._pm
+
+    def _check_xi(self, model: nn.Module, x: Tensor, bl: BoundLoss) -> None:
+        """Once, before the first attack: a fixed xi with another number of values than the
+        loss has terms, or one the terms can never go below, is refused (the first would fail
+        inside the step, the second make AMAT a SAT at Delta without a word). Where the adapter
+        cannot say how many terms its loss returns, one no-grad forward of the first batch does."""
+        if self._xi_checked:
+            return
+        self._xi_checked = True
+        xi = getattr(self.policy, "xi_fixed", None)
+        if xi is None:
+            return
+        where = _xi_where(getattr(self.policy, "xi_source", None))
+        names = list(self.adapter.term_names)
+        if self.adapter.terms_known:
+            k = len(names)
+        else:
+            with torch.no_grad(), preserved_state(model):
+                k = as_terms(bl.terms(x), x.shape[0]).shape[1]
+        if xi.numel() != k:
+            raise AdapterError(f"{where} has {xi.numel()} value(s) {[round(v, 6) for v in xi.tolist()]}, the loss has "
+                               f"{k} term{'s' if k != 1 else ''} per sample" + (f" ({', '.join(names)})" if
+                                                                              self.adapter.terms_known else "")
+                               + "; give one xi per term, or recalibrate for this loss (amat calibrate <task>)")
+        try:
+            check_xi_reachable(xi.tolist(), self.adapter.term_floors, names, where=where)
+        except ValueError as e:
+            raise AdapterError(str(e)) from None
 
     def _ids(self, batch: Any, ids: Sequence[Hashable] | None, rows: int) -> list[Hashable] | None:
         """The batch's sample ids (the host's, else the adapter's), checked; AMAT needs them."""
@@ -59,7 +89,10 @@ class AdversarialEngine:
     # -- hosts that own the loss call -----------------------------------------------------------
     def step(self, model: nn.Module, batch: Any, ids: Sequence[Hashable] | None = None) -> StepOutput:
         x = self.adapter.inputs(batch)
-        return self.policy.step(model, x, self._ids(batch, ids, x.shape[0]), self.adapter.bind_loss(batch, model))
+        ids = self._ids(batch, ids, x.shape[0])
+        bl = self.adapter.bind_loss(batch, model)
+        self._check_xi(model, x, bl)
+        return self.policy.step(model, x, ids, bl)
 
     # -- hosts that only see batches ------------------------------------------------------------
     def attack(self, model: nn.Module, batch: Any, ids: Sequence[Hashable] | None = None,
@@ -73,6 +106,7 @@ class AdversarialEngine:
         x = self.adapter.inputs(batch)
         ids = self._ids(batch, ids, x.shape[0])
         bl = bound_loss if bound_loss is not None else self.adapter.bind_loss(batch, model)
+        self._check_xi(model, x, bl)
         clean_terms = None
         if self.policy.needs_clean_terms_before_attack:
             with torch.no_grad(), preserved_state(model):
@@ -117,6 +151,10 @@ class AdversarialEngine:
         if not isinstance(state, dict) or not isinstance(state.get("policy"), dict):
             raise ValueError("not an adversarial state: it has no 'policy' entry (was it written by amat-hooks?)")
         self.policy.load_state_dict(state["policy"], force=force)
+
+
+def _xi_where(source: str | None) -> str:
+    return "AdvConfig(xi=...)" if source in (None, "given") else f"xi from {source}"
 
 
 @dataclass

@@ -9,7 +9,8 @@ from typing import Any, Callable
 
 from torch import Tensor, nn
 
-from amat_hooks.adapter import AdapterError, BatchAdapter, TupleAdapter, describe_batch, is_generic_batch
+from amat_hooks.adapter import (NON_NEGATIVE_LOSSES, AdapterError, BatchAdapter, TupleAdapter, describe_batch,
+                                is_generic_batch)
 from amat_hooks.config import AdvConfig
 from amat_hooks.engine import AdversarialEngine
 from amat_hooks.hookspecs import hookimpl
@@ -24,6 +25,7 @@ def per_sample_mean(loss_fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Te
             raise AdapterError("the loss returned one number for the whole batch; create it with "
                                "reduction='none' (e.g. nn.CrossEntropyLoss(reduction='none'))")
         return v.reshape(v.shape[0], -1).mean(1)
+    wrapped.term_floors = (0.0,) if isinstance(loss_fn, NON_NEGATIVE_LOSSES) else None  # type: ignore[attr-defined]
     return wrapped
 
 

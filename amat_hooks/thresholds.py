@@ -7,7 +7,7 @@ Rules (a statistic of the clean per-sample training terms, per term): ``mean`` a
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -172,6 +172,19 @@ class OnlineThreshold:
         self.rule, self.momentum, self.count = state["rule"], state["momentum"], int(state["count"])
         self.mean = None if state["mean"] is None else torch.tensor(state["mean"], dtype=torch.float64)
         self.m2 = None if state["m2"] is None else torch.tensor(state["m2"], dtype=torch.float64)
+
+
+def check_xi_reachable(xi: Sequence[float], floors: Sequence[float | None] | None,
+                       names: Sequence[str] | None = None, where: str = "xi") -> None:
+    """Refuse an xi no sample can meet: eq. 2 accepts when every term is BELOW xi, so an xi
+    at or below a term's least value (0 for CE, BCE, L1) would quietly turn AMAT into SAT at
+    Delta. ``floors``: the adapter's ``term_floors`` (None entries: no bound known)."""
+    for k, (v, f) in enumerate(zip(xi, floors or ())):
+        if f is not None and float(v) <= f:
+            name = names[k] if names is not None and k < len(names) else f"term {k}"
+            raise ValueError(f"{where}: xi {float(v):g} for {name} is at or below {f:g}, the least value that term "
+                             f"can take, so no sample would ever pass and AMAT would train as SAT at Delta; give an "
+                             f"xi above it (amat calibrate <task> computes one from a clean model)")
 
 
 def check_xi(xi: Any, n_terms: int | None = None) -> Tensor:

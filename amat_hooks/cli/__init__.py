@@ -18,7 +18,7 @@ from typing import Sequence
 from amat_hooks import __version__
 from amat_hooks.offline import apply_offline_env
 from amat_hooks.tasks import COMMANDS, Task, TaskError
-from amat_hooks.cli.options import add_eval_arguments
+from amat_hooks.cli.options import OneLineArgumentParser, add_eval_arguments, command_parser
 
 #: What the shared commands do, for ``amat --help``.
 SHARED_COMMANDS = {
@@ -55,7 +55,7 @@ def build_parser(pm=None) -> argparse.ArgumentParser:
     from amat_hooks.plugins import get_plugin_manager
 
     pm = pm or get_plugin_manager()
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="amat", description="Adaptive-margin adversarial training (AMAT) for existing trainers.")
     parser.add_argument("--version", action="version", version=f"amat-hooks {__version__}")
     # not "command": a subcommand's own positional of that name would overwrite it
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     if extra and not getattr(args, "accepts_extra", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     prog = " ".join(w for w in ("amat", args.amat_command, getattr(args, "task", None)) if w)
     try:
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RuntimeError) as e:
         if os.environ.get("AMAT_DEBUG"):
             raise
-        print(f"{prog}: error: {e}\n(set AMAT_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"{prog}: error: {e} (AMAT_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
 
 

@@ -21,6 +21,15 @@ from amat_hooks.cli.options import checked_levels, parse_attacks, parse_model_sp
 def run_eval(task: Task, args: argparse.Namespace) -> int:
     """The whole command: parse and check ``--models``, evaluate, report."""
     checked_levels(args.levels)
+    attacks = parse_attacks(args.attacks)
+    from amat_hooks.evaluation.run import KNOWN_ATTACKS
+
+    unknown = [a for a in attacks if a not in KNOWN_ATTACKS]
+    if unknown:  # before any model loads (what a task supports: once its model is built)
+        raise TaskError(f"--attacks: unknown attack {unknown[0]!r}; choose from {', '.join(KNOWN_ATTACKS)}")
+    if "worst" in attacks and len(attacks) < 2:
+        raise TaskError("--attacks worst is the per-sample worst case over the other attacks listed: list at "
+                        "least one more (e.g. --attacks pgd,ifgsm,worst)")
     task.check(args, "eval")
     models = parse_model_specs(args.models, task.default_model_name)
     for name, spec in models.items():

@@ -8,6 +8,44 @@ from typing import Callable
 
 from amat_hooks.tasks import TaskError
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors as one line (what is wrong, the closest spelling of an
+    unknown option, where the help is), not the whole usage text; subparsers inherit it."""
+
+    def error(self, message: str):  # type: ignore[override]
+        if message.startswith("unrecognized arguments:"):
+            hints = [m for w in message.split(":", 1)[1].split() if w.startswith("-")
+                     and (m := _closest(w, self._all_options()))]
+            if hints:
+                message += f" (did you mean {' '.join(hints)}?)"
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+    def _all_options(self) -> list[str]:
+        out = list(self._option_string_actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for p in action.choices.values():
+                    out += p._all_options() if isinstance(p, OneLineArgumentParser) else list(p._option_string_actions)
+        return out
+
+
+def command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the command ``args`` was parsed for (``amat run``, ``amat eval yolo``)."""
+    for name in (getattr(args, "amat_command", None), getattr(args, "task", None)):
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if name is None or sub is None or name not in sub.choices:
+            break
+        parser = sub.choices[name]
+    return parser
+
+
+def _closest(word: str, options: list[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(word.split("=", 1)[0], sorted(set(options)), n=1, cutoff=0.75)
+    return found[0] if found else None
+
+
 #: The paper's evaluation noise levels (L2) per task, section 3 / Tables 1-7.
 PAPER_LEVELS = {
     "heart": (5.0, 10.0, 15.0),

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from amat_hooks.adapter import AdapterError, TupleAdapter
+from amat_hooks.adapter import NON_NEGATIVE_LOSSES, AdapterError, TupleAdapter
 
 
 class RunnerError(RuntimeError):
@@ -30,9 +30,7 @@ class CriterionAdapter(TupleAdapter):
     called on its training output."""
 
     name = "generic (x, y)"
-    #: nn losses whose per-element value cannot be negative (an xi below 0 is never met)
-    NON_NEGATIVE = (nn.CrossEntropyLoss, nn.NLLLoss, nn.BCELoss, nn.BCEWithLogitsLoss, nn.L1Loss, nn.MSELoss,
-                    nn.SmoothL1Loss, nn.HuberLoss, nn.KLDivLoss)
+    terms_known = True  # an nn loss module scores one term per sample
 
     def __init__(self, criterion: nn.Module | None) -> None:
         super().__init__(self._per_sample)
@@ -40,7 +38,7 @@ class CriterionAdapter(TupleAdapter):
 
     @property
     def term_floors(self):
-        return (0.0,) if isinstance(self.criterion, self.NON_NEGATIVE) else None
+        return (0.0,) if isinstance(self.criterion, NON_NEGATIVE_LOSSES) else None
 
     def describe(self) -> str:
         what = type(self.criterion).__name__ if self.criterion is not None else "(none found)"

@@ -225,7 +225,10 @@ class Runner:
                     data = _move(data, dev)
                     x = adapter.inputs(data)
                 own = adapter.ids(data)  # the adapter's ids (e.g. YOLOv5's primary image) win over the loader's
-                pert = self.engine.attack(self.model, data, ids=own if own is not None else ids)
+                try:  # the engine's refusals (ids, xi) name their problem themselves
+                    pert = self.engine.attack(self.model, data, ids=own if own is not None else ids)
+                except AdapterError as e:
+                    raise RunnerError(str(e)) from None
                 both = torch.cat([x, pert.x_adv.to(dtype=x.dtype, device=x.device)], dim=0)
                 out = adapter.with_inputs(data, both)
                 if moved:  # hand the script its batch where it was
@@ -345,8 +348,16 @@ class Runner:
         if xi_file and self.policy.name == "amat":
             from amat_hooks.state import XiFileError, read_xi_file
 
+            kind = self.adapter.protocol_kind
             try:
-                read_xi_file(xi_file).check_identity(self.adapter.identity())
+                xf = read_xi_file(xi_file)
+                if kind in ("landmark", "yolov5"):  # the amat run adapters that have a calibrate task
+                    xf.check_task(kind, fix=f"write one with `amat calibrate {kind}`")
+                elif xf.task is not None:
+                    raise XiFileError(f"{xi_file} holds xi of a {xf.task} model, but this script's batches go "
+                                      f"through the {self.adapter.name} adapter, which has no calibrate task; pass "
+                                      f"the thresholds with --adv-xi")
+                xf.check_identity(self.adapter.identity())
             except XiFileError as e:
                 raise RunnerError(f"--adv-xi-file: {e}") from None
         self.loss_calls.clear()
@@ -485,10 +496,25 @@ class Runner:
         """Epochs finished, counting a pass whose last batch trained but whose epoch line is due."""
         return self.epoch + (1 if self._pass_done else 0)
 
+    def clean_stale_temps(self, folder: Path) -> None:
+        """Remove the temporary files an interrupted write left in ``folder`` (say so)."""
+        from amat_hooks.atomic_files import remove_stale_temps
+
+        removed = remove_stale_temps(folder)
+        if removed:
+            self.amat_log(f"removed {len(removed)} temporary file(s) an interrupted write left in {folder}: "
+                          + ", ".join(p.name for p in removed))
+
+    last_state_path: Path | None = None   # the last state written (what a Ctrl-C leaves to resume from)
+    saved_epochs: int = 0                 # epochs finished when it was written
+
     def write_state(self, path: Path) -> Path:
         from amat_hooks.state import write_state
 
-        return write_state(path, self.state())
+        out = write_state(path, self.state())
+        if Path(path).name == STATE_NAME:
+            self.last_state_path, self.saved_epochs = out, self.epochs_done
+        return out
 
     def load_state(self, path: str | Path, force: bool = False) -> None:
         from amat_hooks.state import StateError, read_state
@@ -507,6 +533,8 @@ class Runner:
             probe = self.policy if not saved_kind else \
                 self.config.resolved(saved_kind).build_policy(log=lambda message: None)
             probe.load_state_dict(state["policy"], force=force)
+            if probe is not self.policy:  # checked above; the kind's own policy loads it again at batch 1
+                self.policy.load_state_dict(state["policy"], force=True)
         except (StateError, ValueError) as e:
             raise RunnerError(f"--adv-resume: {e}") from None
         self._resume_state, self._resume_force = state["policy"], force
@@ -538,13 +566,15 @@ class Runner:
         """Called after the script's torch.save: write the sidecar next to the checkpoint."""
         if not isinstance(f, (str, os.PathLike)):
             return
-        p = Path(f)
+        p = Path(f).absolute()  # the state names its checkpoint wherever a resume starts from
         if p.name.endswith(SIDECAR_SUFFIX) or p.name == STATE_NAME:
             return
         if self._pass_done and not _distributed():
             self.end_of_pass()  # the pass's epoch line and history before its checkpoint (one process only:
             # under DDP only rank 0 saves, and the epoch's margin merge is a collective of every rank)
         self.flush(final=False)  # margins of every batch trained so far belong with these weights
+        if self.checkpoint_dir != p.parent:
+            self.clean_stale_temps(p.parent)
         self.checkpoint_dir = p.parent
         self.last_checkpoint = str(p)
         self.checkpoint_epochs = self.epochs_done

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import runpy
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -54,11 +56,19 @@ def run_script(runner: Runner, command: Sequence[str]) -> int:
         print(f"amat run: script not found: {target} (working directory {os.getcwd()})", file=sys.stderr)
         return EXIT_USAGE
     runner.script = target
+    runner.clean_stale_temps(Path(runner.out_dir or Path.cwd()))
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     before = set(sys.modules)
     code: int = 0
     patches = Patches(runner)
     t0 = time.perf_counter()
+
+    def on_sigint(signum, frame):  # marked before the KeyboardInterrupt unwinds the script's loops
+        runner.interrupted = True
+        raise KeyboardInterrupt
+
+    old_sigint = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         patches.install()
         sys.argv = [target, *script_args]
@@ -83,6 +93,8 @@ def run_script(runner: Runner, command: Sequence[str]) -> int:
         code = 1
     finally:
         patches.remove()
+        if old_sigint is not None:
+            signal.signal(signal.SIGINT, old_sigint)
         sys.argv, sys.path[:] = saved_argv, saved_path
         script_dir = str(Path(target).resolve().parent) if kind == "path" else None
         for name in set(sys.modules) - before:  # the script's own modules (network, data_loader)
@@ -93,6 +105,14 @@ def run_script(runner: Runner, command: Sequence[str]) -> int:
         if code != EXIT_REFUSED:  # the script caught the refusal itself
             print(f"amat run: refused: {runner.refused}", file=sys.stderr)
         return EXIT_REFUSED
+    if runner.interrupted:  # the partial pass is no epoch: the state on disk stays the last finished one's
+        last = runner.last_state_path
+        print(f"amat run: interrupted (Ctrl-C) in epoch {runner.epoch}; the partial pass is not counted; "
+              + (f"the state of the last finished save is {last} (epoch {runner.saved_epochs}"
+                 + (f", with {runner.last_checkpoint})" if runner.last_checkpoint else ")")
+                 + f"; continue with --adv-resume {last}" if last else "no state was written (no epoch finished)"),
+              file=sys.stderr)
+        return code
     if code == 0 and runner.policy.name != "none" and runner.batches_seen == 0 and runner.steps == 0:
         print("amat run: warning: the script finished without a single training step from a DataLoader; "
               "nothing was trained", file=sys.stderr)

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterator
 
 import torch
@@ -84,7 +85,13 @@ class Patches:
         orig_save = torch.save
 
         def save(obj, f, *args, **kwargs):
-            out = orig_save(obj, f, *args, **kwargs)
+            if isinstance(f, (str, os.PathLike)):  # atomic: a kill mid-save leaves the old file, not half a new one
+                from amat_hooks.atomic_files import atomic_write_with
+
+                atomic_write_with(f, lambda handle: orig_save(obj, handle, *args, **kwargs))
+                out = None
+            else:
+                out = orig_save(obj, f, *args, **kwargs)
             runner.after_save(f)
             return out
 

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from amat_hooks.adapter import BatchAdapter, is_generic_batch
+from amat_hooks.atomic_files import writable_folder_problem
 from amat_hooks.hookspecs import hookimpl
 from amat_hooks.run.adapter import CriterionAdapter, RunnerError
 from amat_hooks.run.host import SIDECAR_SUFFIX, STATE_NAME, Runner
@@ -63,6 +64,8 @@ def run_command(args: argparse.Namespace) -> int:
 
     try:
         cfg = AdvConfig.from_args(args)
+        if args.adv_out and (problem := writable_folder_problem(args.adv_out)):
+            raise RunnerError(f"--adv-out: {problem}; give a folder amat run can write {STATE_NAME} into")
         runner = Runner(cfg, options=args, out_dir=args.adv_out, batch_mode=args.adv_batch)
         if args.adv_resume:
             runner.load_state(args.adv_resume, force=args.adv_force_resume or force_resume_requested())

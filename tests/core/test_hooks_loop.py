@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 import amat_hooks
-from amat_hooks import (AdapterError, AdvConfig, AdversarialEngine, AdversarialLoop, BatchAdapter, BoundLoss,
-                        TupleAdapter, hookimpl, new_plugin_manager, per_sample_mean)
+from amat_hooks import (AdapterError, AdvConfig, AdversarialEngine, AdversarialLoop, BatchAdapter, TupleAdapter, hookimpl, new_plugin_manager, per_sample_mean)
 from amat_hooks.attacks import preserved_state
 from amat_hooks.offline import NetworkAccessError, no_network
 

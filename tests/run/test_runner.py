@@ -3,9 +3,7 @@ console script in subprocesses, plus the sample-id plumbing on real DataLoaders.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from amat_hooks.config import AdvConfig
 from amat_hooks.run import (
     IndexCollate, IndexedBatch, IndexedDataset, Patches, Runner, parse_command, RunnerError)
 
-from support import REPO, amat_cmd, run  # noqa: E402
+from support import amat_cmd, run  # noqa: E402
 
 TINY = r'''
 import argparse, os, sys, torch

@@ -452,7 +452,7 @@ def test_adapter_infers_bce_from_the_scripts_module_and_confirms_it():
     sl.check_first_step(SimpleNamespace(loss_calls=[], amat_log=logs.append))
     assert sl.kind == "dice" and len(logs) == 1 and "heatmap term: dice, not bce" in logs[0]
     assert sl.state() == {"name": "Multi-Task U-Net", "term_names": ["heatmap", "offset_x", "offset_y"],
-                          "heatmap_loss": "dice"}
+                          "heatmap_loss": "dice", "terms": "trainer"}
     # the user's flag contradicted by the script: refused
     sl = LandmarkAdapter("dice", [bce])
     with pytest.raises(AdapterError, match="pass --heatmap-loss bce"):

@@ -36,5 +36,5 @@ def test_authors_protocol_per_epoch_updates_and_refine_floor(data, tmp_path, xi,
         ("authors", "yolo", "epoch", "floor", "all", "sphere", "input", 2, 5.0)
     m = side["policy"]["margins"]
     assert m["update"] == "epoch" and m["pending"] == [] and len(m["ids"]) == 12
-    assert m["updates"] == 2 * 12  # once per image per epoch
+    assert m["updates"] == 2 * 12  # one visit per image per epoch, recorded
     assert m["values"] == pytest.approx([expected] * 12)
