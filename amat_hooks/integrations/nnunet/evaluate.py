@@ -177,7 +177,7 @@ class NnUNetSliceEvalTask(EvalTask):
     bounds = None  # z-scored inputs: no clamp
 
     def __init__(self, trainer, split: str = "val", batch_size: int | None = None, include_empty: bool = False,
-                 max_cases: int | None = None, max_slices: int | None = None) -> None:
+                 max_cases: int | None = None, max_slices: int | None = None, every_class: bool = False) -> None:
         patch = tuple(int(p) for p in trainer.configuration_manager.patch_size)
         if len(patch) not in (2, 3):
             raise NnUNetEvalError(f"amat eval nnunet evaluates 2d and 3d configurations; "
@@ -188,6 +188,9 @@ class NnUNetSliceEvalTask(EvalTask):
             batch_size = 16 if len(patch) == 2 else int(trainer.configuration_manager.batch_size)
         self.split, self.batch_size, self.include_empty = split, batch_size, include_empty
         self.max_cases, self.max_slices = max_cases, max_slices
+        #: the authors' ADI sample set (docs/protocols.md row 14): only the slices that hold every
+        #: foreground class present in their case
+        self.every_class = every_class
         lm = trainer.label_manager
         if lm.has_regions:
             raise NnUNetEvalError("region-based nnU-Net models are not supported by amat eval nnunet yet")
@@ -200,22 +203,33 @@ class NnUNetSliceEvalTask(EvalTask):
         cases = split_cases(self.trainer, self.split)
         if self.max_cases is not None:
             cases = itertools.islice(cases, self.max_cases)
+        by_case: dict[str, list] = {}
         for case, z, image, segs, valid in prepared_samples(self.trainer, cases):
             if not self.include_empty and not bool(((segs[0][0] > 0) & valid).any()):
                 continue
-            out.append((f"{case}:{z}" if self.unit == "slice" else f"{case}:patch", image, segs, valid))
+            row = (f"{case}:{z}" if self.unit == "slice" else f"{case}:patch", image, segs, valid)
+            by_case.setdefault(case, []).append(row)
+        for rows in by_case.values():
+            out += self._every_class(rows) if self.every_class else rows
         if self.max_slices is not None:
             out = out[:self.max_slices]
         if not out:
             raise NnUNetEvalError(f"the {self.split} split has no {self.unit} with foreground to evaluate")
         return out
 
+    def _every_class(self, rows: list) -> list:
+        """The rows of one case that hold every foreground label present in the case."""
+        present = [{lab for lab in self.labels if bool(((r[2][0][0] == lab) & r[3].bool()).any())} for r in rows]
+        case = set().union(*present) if present else set()
+        return [r for r, p in zip(rows, present) if case and case <= p]
+
     def size(self) -> int:
         return -(-len(self._slices) // self.batch_size)
 
     def describe_scored(self, samples: int) -> str:
         cases = len({key.rsplit(":", 1)[0] for key, *_ in self._slices[:samples]})
-        empty = "" if self.include_empty else " with foreground"
+        empty = " holding every foreground class of their case" if self.every_class else \
+            "" if self.include_empty else " with foreground"
         if self.unit == "case":
             return f"{samples} {self.split} case{'' if samples == 1 else 's'}{empty} (one 3d patch each)"
         return (f"{samples} {self.split} slice{'' if samples == 1 else 's'}{empty} of {cases} "

@@ -143,7 +143,8 @@ class NnUNetTask(Task):
                                    args.checkpoint, args.device)
         return NnUNetSliceEvalTask(trainer, split=args.split, batch_size=args.batch_size,
                                    include_empty=args.include_empty, max_cases=args.max_cases,
-                                   max_slices=args.max_slices)
+                                   max_slices=args.max_slices,
+                                   every_class=getattr(args, "protocol", "paper") == "authors")
 
     def adversarial_state(self, spec: str, args: argparse.Namespace) -> Path | None:
         from amat_hooks.integrations.nnunet.evaluate import checkpoint_path

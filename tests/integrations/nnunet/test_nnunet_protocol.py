@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("nnunetv2")
 
-from test_nnunet import _amat_state, _fold, _log, _margins, _train, prepared_dataset  # noqa: E402
+from test_nnunet import BIN, DATASET_ID, _amat_state, _env, _fold, _log, _margins, _run, _train, prepared_dataset  # noqa: E402,E501
 
 pytestmark = pytest.mark.slow
 
@@ -51,3 +51,13 @@ def test_authors_protocol_dice_acceptance_and_per_epoch_updates(root, tmp_path, 
     else:
         assert all(v == pytest.approx(0.5, rel=1e-6) for v in margins.values()), margins
     assert "authors protocol" in _log(fold, "Epoch 0")
+    if accepted:  # rows 12-14: the authors' evaluation of this model through amat eval nnunet
+        out = tmp_path / "eval"
+        p = _run([str(BIN / "amat"), "eval", "nnunet", str(DATASET_ID), "2d", "0", "--models", f"AMAT={AMAT}",
+                  "--levels", "1", "--pgd-steps", "2", "--ifgsm-steps", "2", "--protocol", "authors", "--no-progress",
+                  "--out", str(out)], _env(root, nnUNet_results=str(results)))
+        res = json.loads((out / "robustness.json").read_text())["AMAT"]
+        assert res["protocol"] == {"protocol": "authors", "pgd_step": 0.05, "ifgsm_step": 0.05, "pgd_start": "sphere",
+                                   "model_mode": "eval", "samples": "every_class"}
+        assert "holding every foreground class of their case" in res["scored"]
+        assert "Protocol authors: PGD step 0.05 eps, IFGSM step 0.05 eps" in p.stdout

@@ -344,3 +344,26 @@ def test_amat_seed_is_read_checked_and_seeds_every_generator():
     assert draws[0] == draws[1]
     _seed_everything(8)
     assert torch.rand(3).tolist() != draws[0][0]
+
+
+def test_authors_adi_sample_set_keeps_slices_holding_every_class_of_their_case():
+    """Row 14 of docs/protocols.md: a case with labels {1, 2} keeps only its slices holding
+    both; a case with label 1 only keeps every slice with 1; padding (valid False) is not seen."""
+    from types import SimpleNamespace
+
+    from amat_hooks.integrations.nnunet.evaluate import NnUNetSliceEvalTask
+
+    def row(key, labels, pad=None):
+        seg = torch.zeros(1, 4, 4, dtype=torch.int16)
+        for i, lab in enumerate(labels):
+            seg[0, i, 0] = lab
+        valid = torch.ones(4, 4, dtype=torch.bool)
+        if pad is not None:
+            valid[pad, 0] = False
+        return (key, None, [seg], valid)
+
+    task = SimpleNamespace(labels=[1, 2])
+    a = [row("a:0", [1]), row("a:1", [1, 2]), row("a:2", [2]), row("a:3", [1, 2], pad=1)]  # a:3's 2 is padding
+    b = [row("b:0", [1]), row("b:1", [1, 1])]
+    keep = NnUNetSliceEvalTask._every_class(task, a) + NnUNetSliceEvalTask._every_class(task, b)
+    assert [r[0] for r in keep] == ["a:1", "b:0", "b:1"]
