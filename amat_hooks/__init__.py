@@ -16,7 +16,8 @@ from amat_hooks.hookspecs import Host, hookimpl, hookspec
 from amat_hooks.loop import AdversarialLoop, per_sample_mean
 from amat_hooks.margins import MarginMismatchError, MarginStore
 from amat_hooks.plugins import get_plugin_manager, new_plugin_manager
-from amat_hooks.policies import AMAT, SAT, STD, AttackSettings, Policy, SemanticsMismatchError, StepOutput
+from amat_hooks.policies import AMAT, SAT, STD, Policy
+from amat_hooks.policy_types import AttackSettings, SemanticsMismatchError, StepOutput
 from amat_hooks.tasks import CalibrationSet, Task, TaskError, TrainRun
 from amat_hooks.thresholds import OnlineThreshold, accepted, xi_from_losses
 

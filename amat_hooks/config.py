@@ -14,7 +14,8 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from amat_hooks.policies import AMAT, BOUNDARY_MODES, MODES, SAT, STD, TRAIN_REFINE_STEPS, AttackSettings, Policy
+from amat_hooks.policies import AMAT, SAT, STD, Policy
+from amat_hooks.policy_types import BOUNDARY_MODES, MODES, TRAIN_REFINE_STEPS, AttackSettings
 from amat_hooks.protocols import CHOICES, PROTOCOLS, XI_PRESETS, protocol_settings
 from amat_hooks.thresholds import check_rule
 

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from amat_hooks.adapter import AdapterError, BatchAdapter, BoundLoss, as_terms, check_ids
 from amat_hooks.attacks import AttackResult, preserved_state
-from amat_hooks.policies import Policy, StepOutput
+from amat_hooks.policies import Policy
+from amat_hooks.policy_types import StepOutput
 from amat_hooks.thresholds import check_xi_reachable
 
 

@@ -14,7 +14,7 @@ from amat_hooks.adapter import (NON_NEGATIVE_LOSSES, AdapterError, BatchAdapter,
 from amat_hooks.config import AdvConfig
 from amat_hooks.engine import AdversarialEngine
 from amat_hooks.hookspecs import hookimpl
-from amat_hooks.policies import StepOutput
+from amat_hooks.policy_types import StepOutput
 
 
 def per_sample_mean(loss_fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:

@@ -32,7 +32,7 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
     from amat_hooks.adapter import AdapterError
     from amat_hooks.config import AdvConfigError
     from amat_hooks.margins import MarginMismatchError
-    from amat_hooks.policies import SemanticsMismatchError
+    from amat_hooks.policy_types import SemanticsMismatchError
     from amat_hooks.state import StateError, XiFileError
 
     return (TaskError, AdvConfigError, XiFileError, StateError, MarginMismatchError, SemanticsMismatchError,

@@ -63,7 +63,7 @@ def _demo_loop(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from amat_hooks.demo.loop import DemoSettings, pattern_verdict, plot_methods, run_loop_demo
+    from amat_hooks.demo.loop import DemoSettings, pattern_verdict, run_loop_demo
     from amat_hooks.evaluation.report import to_markdown, write_report
 
     t0 = time.perf_counter()
@@ -95,8 +95,6 @@ def _demo_loop(args: argparse.Namespace) -> int:
         f"xi = [{', '.join(f'{v:.4g}' for v in out.xi)}] from calibration from the demo's STD model"]
     title = f"amat demo (generated data, plain PyTorch loop, seed {args.seed})"
     paths = write_report(results, Path(args.out), name="demo", title=title, margins=out.margins, notes=notes)
-    paths["methods_png"] = plot_methods(results, Path(args.out) / "demo_methods.png", trivial=out.trivial,
-                                        title=title)
     print(f"\nreport: {', '.join(str(p) for p in paths.values())}")
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0

@@ -301,46 +301,6 @@ def _run(s: DemoSettings, seed: int, log: Log, t_all: float) -> DemoOutcome:
                        trivial=trivial_adi(yte))
 
 
-# -- plot ------------------------------------------------------------------------------------
-def plot_methods(results: dict[str, EvalResult], path, trivial: float | None = None, title: str = ""):
-    """The paper's figure: ADI vs L2 noise level, one panel per attack (PGD, IFGSM), one line
-    per method on a shared 0-1 axis (the report's own plot has one panel per model); the
-    constant mask's ADI dotted. Returns the path (PNG)."""
-    import os
-    from pathlib import Path
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    first = next(iter(results.values()))
-    attacks = [a for a in ("pgd", "ifgsm") if a in first.noisy]
-    fig, axes = plt.subplots(1, len(attacks), figsize=(5.2 * len(attacks), 3.9), squeeze=False, sharey=True)
-    for ax, a in zip(axes[0], attacks):
-        for name, r in results.items():
-            ax.plot([0.0] + r.levels, [r.clean[r.metric]] + r.curve(a), marker="o", label=name)
-        if trivial is not None:
-            ax.axhline(trivial, ls=":", color="grey", label="constant mask")
-        steps = first.steps.get(a)
-        ax.set_title(f"{steps}-step {'PGD' if a == 'pgd' else 'IFGSM'} (L2)" if steps else a)
-        ax.set_xlabel("L2 noise level")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(first.metric)
-    axes[0][0].legend(fontsize=8, loc="lower left")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
 # -- verdict -----------------------------------------------------------------------------------
 #: Differences smaller than this (ADI) are called noise: 1 point, the paper's own resolution.
 NOISE = 0.01

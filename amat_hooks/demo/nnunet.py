@@ -109,7 +109,7 @@ def run_nnunet_demo(args: argparse.Namespace) -> int:
     bindir = Path(sys.executable).parent
     env = _env(root)
     epochs = args.epochs or 8
-    from amat_hooks.policies import TRAIN_REFINE_STEPS
+    from amat_hooks.policy_types import TRAIN_REFINE_STEPS
 
     iters, steps, refine, sat_eps, delta = 20, 5, TRAIN_REFINE_STEPS, 4.0, 1.0
     levels = [2.0, 4.0, 8.0]

@@ -157,6 +157,8 @@ def curves_figure(results: Mapping[str, EvalResult], metric: str | None = None, 
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.5 * rows + 0.5), squeeze=False, sharey=True)
     xs = [0.0] + list(first.levels)
+    same_floor = m == first.metric and all(r.floor == first.floor for r in results.values())
+    floor = first.floor if same_floor else None
     for k, attack in enumerate(attacks):
         ax = axes[k // cols][k % cols]
         ax.set_gid(f"panel-{_slug(attack)}")
@@ -171,6 +173,8 @@ def curves_figure(results: Mapping[str, EvalResult], metric: str | None = None, 
                 band = ax.fill_between(xs, [a - b for a, b in zip(mean, sd)], [a + b for a, b in zip(mean, sd)],
                                        color=style["color"], alpha=BAND_ALPHA, lw=0, zorder=2)
                 band.set_gid("band-" + curve_gid(attack, method)[len("curve-"):])
+        if floor is not None:  # the task's trivial prediction (constant mask, no detection), dotted
+            ax.axhline(floor, ls=":", color="grey", lw=1, label=f"trivial prediction ({floor:.3g})", zorder=1)
         ax.set_title(_panel_title(attack, first, report), fontsize=9)
         ax.set_xlabel("L2 noise level")
         if k % cols == 0:

@@ -26,7 +26,8 @@ Multi-Task U-Net's (its batches, its three loss terms, BCE vs Dice) lives in
 from __future__ import annotations
 
 from amat_hooks.run.adapter import CriterionAdapter, RunnerError
-from amat_hooks.run.host import SIDECAR_SUFFIX, STATE_NAME, PendingBatch, Runner
+from amat_hooks.run.host import PendingBatch, Runner
+from amat_hooks.run.resume import SIDECAR_SUFFIX, STATE_NAME
 from amat_hooks.run.ids import IndexCollate, IndexedBatch, IndexedDataset
 from amat_hooks.run.launcher import EXIT_REFUSED, EXIT_USAGE, parse_command, run_script
 from amat_hooks.run.patches import Patches

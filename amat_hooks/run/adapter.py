@@ -71,3 +71,10 @@ class CriterionAdapter(TupleAdapter):
             self.criterion = called[0]
             host.amat_log(f"adapter: the script trains with its {type(self.criterion).__name__}; "
                           f"per-sample loss from that module from now on")
+
+
+def unknown_structure(detail: str) -> str:
+    return (f"cannot patch this script: the training batch has a structure no adapter knows ({detail}). "
+            f"Built-in adapters: Multi-Task U-Net tuples (image, mask, heatmap, offset_y, offset_x, ...) and "
+            f"generic (x, y) / dict batches with a torch.nn loss module; add one through the 'amat_hooks' "
+            f"entry-point group (see docs/runner.md)")

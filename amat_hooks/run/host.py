@@ -1,27 +1,16 @@
-"""The host of ``amat run``: what happens to each training batch of the script.
-
-For every batch a patched DataLoader fetches while the model trains (:mod:`.patches`):
-
-1. the first time, the plugins say which :class:`~amat_hooks.adapter.BatchAdapter` fits the script's batches
-   (hook ``amat_adapter``), and after ``--adv-resume`` the model's weights are compared with
-   the checkpoint next to the resumed state;
-2. the core attacks the B clean rows (``AdversarialEngine.attack``: margins E(i), or SAT's
-   eps, -> L2 PGD, no margin update yet) and the script receives ONE batch of 2B rows,
-   clean rows then noisy rows, targets repeated, so its own loss code computes
-   ``(L_clean + L_noisy) / 2``;
-3. when the script forwards those rows, :mod:`.split` runs them as two forward passes
-   (default) or one, and keeps both outputs;
-4. before the script's optimizer step (or at the next batch / the end of the pass) the
-   per-sample terms of those outputs (``adapter.output_terms``) go to the policy (``AdversarialEngine.observe``:
-   Algorithm 1 lines 9-12 on the noisy forward the script trained on; no extra forward).
-
-The runner implements the :class:`~amat_hooks.hookspecs.Host` protocol (``amat_log``,
-``amat_history``) and writes ``amat_state.json`` / ``CKPT.amat.json``.
+"""The host of ``amat run``: what happens to each training batch of the script that a
+patched DataLoader fetches while the model trains (:mod:`.patches`). The first time, the
+plugins say which :class:`~amat_hooks.adapter.BatchAdapter` fits (hook ``amat_adapter``);
+then the core attacks the B clean rows (``AdversarialEngine.attack``) and the script gets
+ONE batch of 2B rows, clean then noisy, targets repeated, so its own loss computes
+``(L_clean + L_noisy) / 2``; :mod:`.split` runs them as two forward passes (or one) and keeps
+both outputs; before the script's optimizer step their per-sample terms
+(``adapter.output_terms``) go to ``AdversarialEngine.observe`` (Algorithm 1 lines 9-12, no
+extra forward). Saving and resuming: :mod:`.resume`; the model and loss: :mod:`.discovery`.
 """
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import weakref
 from pathlib import Path
@@ -32,26 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from amat_hooks.adapter import AdapterError, BatchAdapter
-from amat_hooks.run.adapter import RunnerError
+from amat_hooks.run.adapter import RunnerError, unknown_structure
 from amat_hooks.run.ids import batch_rows
-from amat_hooks.run.split import BATCH_MODES, ForwardHooks, detach, map_tensors
+from amat_hooks.run.discovery import ScriptModels
+from amat_hooks.run.resume import STATE_NAME, RunnerState
+from amat_hooks.run.split import BATCH_MODES, ForwardHooks, PendingBatch, model_device, move_to
 
-STATE_NAME = "amat_state.json"
-SIDECAR_SUFFIX = ".amat.json"
-
-
-class PendingBatch:
-    """A batch handed to the script, waiting for its forward and its margin test."""
-
-    __slots__ = ("data", "perturbation", "rows", "shape", "forwarded", "clean_out", "noisy_out")
-
-    def __init__(self, data: Any, perturbation: Any, rows: int, shape: tuple) -> None:
-        self.data, self.perturbation, self.rows, self.shape = data, perturbation, rows, shape
-        self.forwarded = False
-        self.clean_out = self.noisy_out = None
-
-    def set_outputs(self, clean: Any, noisy: Any) -> None:
-        self.clean_out, self.noisy_out = detach(clean), detach(noisy)
 
 
 class _Counts:
@@ -62,7 +37,7 @@ class _Counts:
         self.noise_sum = 0.0
 
 
-class Runner:
+class Runner(ScriptModels, RunnerState):
     """Host object for adapters during ``amat run`` (adapters recognise it by type).
 
     ``options``: the parsed ``amat run`` flags (adapters read their own, e.g. the landmark
@@ -103,7 +78,6 @@ class Runner:
         self._confirmed = False
         self.pending: list[PendingBatch] = []
         self.input_shape: list[int] | None = None
-        # progress
         self.epoch = 0
         self.total = _Counts()
         self.this_epoch = _Counts()
@@ -144,43 +118,6 @@ class Runner:
     def steps(self) -> int:
         return self.total.steps
 
-    # -- model / loss discovery ---------------------------------------------------------------
-    def note_module(self, module: nn.Module) -> None:
-        """Every ``nn.Module`` the script creates (patched ``nn.Module.__init__``)."""
-        if isinstance(module, nn.modules.loss._Loss):
-            self.loss_modules.append(module)
-        else:
-            self._modules.add(module)
-
-    def find_model(self) -> nn.Module | None:
-        """The outermost module owning the most parameters given to an optimizer."""
-        if self.model is not None:
-            return self.model
-        params = {id(p) for opt in list(self._optimizers) for g in opt.param_groups for p in g["params"]}
-        if not params:
-            return None
-        best, best_key = None, None
-        for m in list(self._modules):
-            n = sum(1 for p in m.parameters() if id(p) in params)
-            if n == 0:
-                continue
-            key = (n, sum(1 for _ in m.modules()))
-            if best_key is None or key > best_key:
-                best, best_key = m, key
-        self.model = best
-        if best is not None:
-            self.amat_log(f"model: {type(best).__name__} ({sum(p.numel() for p in best.parameters()):,} parameters)")
-        return best
-
-    @property
-    def criterion(self) -> nn.Module | None:
-        """The script's first ``torch.nn`` loss module (generic adapters' default)."""
-        return self.loss_modules[0] if self.loss_modules else None
-
-    def training_batch(self) -> bool:
-        model = self.find_model()
-        return model is not None and model.training and torch.is_grad_enabled()
-
     @contextlib.contextmanager
     def running_model(self) -> Iterator[None]:
         """The runner's own forwards (attack, terms): not the script's, not split, not counted."""
@@ -219,10 +156,10 @@ class Runner:
         try:
             with torch.enable_grad(), self.running_model():
                 x = adapter.inputs(data)
-                src, dev = x.device, _model_device(self.model)
+                src, dev = x.device, model_device(self.model)
                 moved = dev is not None and dev != src  # the script moves batches later (img.cuda())
                 if moved:
-                    data = _move(data, dev)
+                    data = move_to(data, dev)
                     x = adapter.inputs(data)
                 own = adapter.ids(data)  # the adapter's ids (e.g. YOLOv5's primary image) win over the loader's
                 try:  # the engine's refusals (ids, xi) name their problem themselves
@@ -232,9 +169,9 @@ class Runner:
                 both = torch.cat([x, pert.x_adv.to(dtype=x.dtype, device=x.device)], dim=0)
                 out = adapter.with_inputs(data, both)
                 if moved:  # hand the script its batch where it was
-                    out = _move(out, src)
+                    out = move_to(out, src)
         except AdapterError as e:
-            raise RunnerError(_unknown_structure(f"{adapter.describe()}: {e}")) from None
+            raise RunnerError(unknown_structure(f"{adapter.describe()}: {e}")) from None
         b = int(x.shape[0])
         self.pending.append(PendingBatch(data, pert, b, tuple(both.shape)))
         if pert.attack is not None:
@@ -261,7 +198,7 @@ class Runner:
             self.adapter = self.pm.hook.amat_adapter(batch=data, host=self)
         if self.adapter is None:
             if self.policy.name != "none":
-                raise RunnerError(_unknown_structure("no adapter answered amat_adapter for it"))
+                raise RunnerError(unknown_structure("no adapter answered amat_adapter for it"))
             self.hooks.remove()  # --adv none: nothing to observe
         else:
             try:
@@ -269,7 +206,7 @@ class Runner:
                 self.input_shape = [int(v) for v in x.shape[1:]]
             except AdapterError as e:
                 if self.policy.name != "none":
-                    raise RunnerError(_unknown_structure(f"{self.adapter.describe()}: {e}")) from None
+                    raise RunnerError(unknown_structure(f"{self.adapter.describe()}: {e}")) from None
             self._resolve_protocol()
             self.engine = AdversarialEngine(self.policy, self.adapter, host=self, pm=self.pm)
             self.recording_losses = True
@@ -445,154 +382,10 @@ class Runner:
             parts.append(f"NaN samples {pol.nan_samples}")
         return ", ".join(parts)
 
-    # -- resume --------------------------------------------------------------------------------------
-    def _check_resumed_weights(self) -> None:
-        """After ``--adv-resume``: are the model's weights at the first step those of the
-        checkpoint the resumed margins belong to? (The runner restores margins, xi and the
-        epoch counter; the weights are the script's to load.)"""
-        from amat_hooks.run.checkpoints import CheckpointError, compare_state_dicts, read_state_dict
-
-        pol = self.policy
-        what = f"{len(pol.margins)} margins" if pol.name == "amat" else "the adversarial state"
-        ckpt = self._resume_checkpoint
-        if not ckpt:
-            self.warn(f"--adv-resume restored {what} from {self.resumed_from}, which names no checkpoint, so the "
-                      f"model's weights cannot be checked against it; make sure the script loaded the weights "
-                      f"these margins were trained with", key="resume")
-            return
-        try:
-            saved = read_state_dict(ckpt, trusted=True)
-        except CheckpointError as e:
-            self.warn(f"--adv-resume: cannot check the model's weights against the checkpoint next to "
-                      f"{self.resumed_from}: {e}", key="resume")
-            return
-        n, differ = compare_state_dicts(self.model.state_dict(), saved)
-        if not differ:
-            self.amat_log(f"resume: the model's weights at the first step equal {ckpt} ({n} tensors)")
-            return
-        example = ", ".join(differ[:2])
-        self.warn(f"--adv-resume restored {what} from {self.resumed_from}, but the model's weights at the first "
-                  f"training step differ from {ckpt} ({len(differ)} of {max(n, len(differ))} tensors, e.g. "
-                  f"{example}): the script did not load them, so the margins belong to another model; load that "
-                  f"checkpoint in the script (e.g. its --init/--resume option) or start without --adv-resume",
-                  key="resume")
-
-    # -- state ----------------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """The state envelope (:func:`amat_hooks.state.state_envelope`) of this run so far."""
-        from amat_hooks.state import state_envelope
-
-        t = self.total
-        return state_envelope(
-            "runner", self.config, self.policy, self.adapter, epochs=self.epochs_done, checkpoint=self.last_checkpoint,
-            history=self.amat_history,
-            host_state={"script": self.script, "resumed_from": self.resumed_from, "batch": self.batch_mode,
-                        "input_shape": self.input_shape, "checkpoint_epochs": self.checkpoint_epochs,
-                        "stats": {"steps": t.steps, "batches": t.batches, "rows_fed": t.rows,
-                                  "mean_noise_norm": t.noise_sum / t.noise_rows if t.noise_rows else None}})
-
-    @property
-    def epochs_done(self) -> int:
-        """Epochs finished, counting a pass whose last batch trained but whose epoch line is due."""
-        return self.epoch + (1 if self._pass_done else 0)
-
-    def clean_stale_temps(self, folder: Path) -> None:
-        """Remove the temporary files an interrupted write left in ``folder`` (say so)."""
-        from amat_hooks.atomic_files import remove_stale_temps
-
-        removed = remove_stale_temps(folder)
-        if removed:
-            self.amat_log(f"removed {len(removed)} temporary file(s) an interrupted write left in {folder}: "
-                          + ", ".join(p.name for p in removed))
-
-    last_state_path: Path | None = None   # the last state written (what a Ctrl-C leaves to resume from)
-    saved_epochs: int = 0                 # epochs finished when it was written
-
-    def write_state(self, path: Path) -> Path:
-        from amat_hooks.state import write_state
-
-        out = write_state(path, self.state())
-        if Path(path).name == STATE_NAME:
-            self.last_state_path, self.saved_epochs = out, self.epochs_done
-        return out
-
-    def load_state(self, path: str | Path, force: bool = False) -> None:
-        from amat_hooks.state import StateError, read_state
-
-        path = Path(path)
-        if not path.is_file():
-            raise RunnerError(f"--adv-resume: {path} does not exist; point it at a {STATE_NAME} or "
-                              f"*{SIDECAR_SUFFIX} written by amat run")
-        try:
-            state = read_state(path)
-            if state.get("host") != "runner":
-                raise StateError(f"{path} was written by the {state.get('host')} integration, not by amat run")
-            # settings that depend on the kind of trainer (known at the first batch) are checked
-            # here under the kind the state was trained with, and again once the adapter says it
-            saved_kind = (state.get("config") or {}).get("kind")
-            probe = self.policy if not saved_kind else \
-                self.config.resolved(saved_kind).build_policy(log=lambda message: None)
-            probe.load_state_dict(state["policy"], force=force)
-            if probe is not self.policy:  # checked above; the kind's own policy loads it again at batch 1
-                self.policy.load_state_dict(state["policy"], force=True)
-        except (StateError, ValueError) as e:
-            raise RunnerError(f"--adv-resume: {e}") from None
-        self._resume_state, self._resume_force = state["policy"], force
-        hs = state.get("host_state") or {}
-        saved_with = hs.get("checkpoint_epochs")
-        if (not path.name.endswith(SIDECAR_SUFFIX) and state.get("checkpoint") and saved_with is not None
-                and saved_with != state.get("epochs") and not force):
-            raise RunnerError(f"--adv-resume: {path} holds the margins after epoch {state.get('epochs')}, but its "
-                              f"checkpoint {state['checkpoint']} was saved after epoch {saved_with} (the run stopped "
-                              f"before its next save): resume with {state['checkpoint']}{SIDECAR_SUFFIX}, the state "
-                              f"saved with those weights")
-        self.epoch = int(state.get("epochs", 0))
-        self.resumed_from = str(path)
-        stats = hs.get("stats") or {}
-        self.total.steps = int(stats.get("steps") or 0)
-        self.total.batches = int(stats.get("batches") or 0)
-        self.total.rows = int(stats.get("rows_fed") or 0)
-        self.amat_history = [dict(h) for h in state["history"]]
-        if path.name.endswith(SIDECAR_SUFFIX):
-            self._resume_checkpoint = str(path.with_name(path.name[:-len(SIDECAR_SUFFIX)]))
-        else:
-            self._resume_checkpoint = state.get("checkpoint")
-        table = (f"{len(self.policy.margins)} margins (digest {self.policy.margins.digest()})"
-                 if self.policy.name == "amat" else "no margins")
-        self.amat_log(f"resumed from {path}: epoch {self.epoch}, {table}; weights: the script's to load, "
-                      f"checked at the first step")
-
-    def after_save(self, f: Any) -> None:
-        """Called after the script's torch.save: write the sidecar next to the checkpoint."""
-        if not isinstance(f, (str, os.PathLike)):
-            return
-        p = Path(f).absolute()  # the state names its checkpoint wherever a resume starts from
-        if p.name.endswith(SIDECAR_SUFFIX) or p.name == STATE_NAME:
-            return
-        if self._pass_done and not _distributed():
-            self.end_of_pass()  # the pass's epoch line and history before its checkpoint (one process only:
-            # under DDP only rank 0 saves, and the epoch's margin merge is a collective of every rank)
-        self.flush(final=False)  # margins of every batch trained so far belong with these weights
-        if self.checkpoint_dir != p.parent:
-            self.clean_stale_temps(p.parent)
-        self.checkpoint_dir = p.parent
-        self.last_checkpoint = str(p)
-        self.checkpoint_epochs = self.epochs_done
-        self.write_state(p.with_name(p.name + SIDECAR_SUFFIX))
-        self.write_state(p.parent / STATE_NAME)
-
-
 _BATCH_TEXT = {"split": "clean and noisy rows as two forward passes (BatchNorm sees each separately; "
                         "--adv-batch joint: one pass of 2B rows)",
                "joint": "clean and noisy rows as one forward pass of 2B rows (--adv-batch joint: BatchNorm "
                         "statistics over both)"}
-
-
-def _unknown_structure(detail: str) -> str:
-    return (f"cannot patch this script: the training batch has a structure no adapter knows ({detail}). "
-            f"Built-in adapters: Multi-Task U-Net tuples (image, mask, heatmap, offset_y, offset_x, ...) and "
-            f"generic (x, y) / dict batches with a torch.nn loss module; add one through the 'amat_hooks' "
-            f"entry-point group (see docs/runner.md)")
 
 
 def _emit(text: str, stream: Any) -> None:
@@ -605,19 +398,3 @@ def _emit(text: str, stream: Any) -> None:
         stream.flush()
     else:
         print(text, file=stream, flush=True)
-
-
-def _distributed() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _model_device(model: nn.Module | None) -> torch.device | None:
-    p = next(model.parameters(), None) if model is not None else None
-    return None if p is None else p.device
-
-
-def _move(v: Any, device: torch.device) -> Any:
-    """Tensors (also nested in tuples/lists/dicts) to ``device``."""
-    return map_tensors(lambda t: t.to(device), v)

@@ -12,7 +12,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
-from amat_hooks.run.host import STATE_NAME, Runner
+from amat_hooks.run.host import Runner
+from amat_hooks.run.resume import STATE_NAME
 from amat_hooks.run.adapter import RunnerError
 from amat_hooks.run.patches import Patches
 

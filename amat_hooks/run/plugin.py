@@ -16,7 +16,8 @@ from amat_hooks.adapter import BatchAdapter, is_generic_batch
 from amat_hooks.atomic_files import writable_folder_problem
 from amat_hooks.hookspecs import hookimpl
 from amat_hooks.run.adapter import CriterionAdapter, RunnerError
-from amat_hooks.run.host import SIDECAR_SUFFIX, STATE_NAME, Runner
+from amat_hooks.run.host import Runner
+from amat_hooks.run.resume import SIDECAR_SUFFIX, STATE_NAME
 from amat_hooks.run.launcher import EXIT_USAGE, run_script
 from amat_hooks.run.split import BATCH_MODES
 

@@ -164,3 +164,27 @@ def half_gradient(v: Any) -> Any:
 def detach(v: Any) -> Any:
     """The output with every tensor detached (kept for the margin test only)."""
     return map_tensors(Tensor.detach, v)
+
+
+class PendingBatch:
+    """A batch handed to the script, waiting for its forward and its margin test."""
+
+    __slots__ = ("data", "perturbation", "rows", "shape", "forwarded", "clean_out", "noisy_out")
+
+    def __init__(self, data: Any, perturbation: Any, rows: int, shape: tuple) -> None:
+        self.data, self.perturbation, self.rows, self.shape = data, perturbation, rows, shape
+        self.forwarded = False
+        self.clean_out = self.noisy_out = None
+
+    def set_outputs(self, clean: Any, noisy: Any) -> None:
+        self.clean_out, self.noisy_out = detach(clean), detach(noisy)
+
+
+def model_device(model: nn.Module | None) -> torch.device | None:
+    p = next(model.parameters(), None) if model is not None else None
+    return None if p is None else p.device
+
+
+def move_to(v: Any, device: torch.device) -> Any:
+    """Tensors (also nested in tuples/lists/dicts) to ``device``."""
+    return map_tensors(lambda t: t.to(device), v)

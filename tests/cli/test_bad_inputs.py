@@ -40,7 +40,7 @@ def _files(tmp: Path, write_xi_files: bool = True) -> dict[str, str]:
     inp.mkdir()
     (inp / "script.py").write_text(SCRIPT)
     from amat_hooks.state import write_xi_file, xi_record
-    from amat_hooks.zoo.isbi import write_generated_isbi
+    from amat_hooks.zoo.isbi_writers import write_generated_isbi
 
     write_xi_file(inp / "nnunet_xi.json", xi_record("nnunet", torch.tensor([[0.1], [0.3]]), ["loss"], "mean",
                                                     identity={"dataset": "Dataset004_Hippocampus"}))

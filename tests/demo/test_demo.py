@@ -118,9 +118,10 @@ def test_cli_demo_defaults_to_the_loop_backend(tmp_path, capsys):
     assert [r["label"] for r in rows] == ["STD"] + [c.label for c in DemoSettings().methods()]
     assert "| Method | ADI |" in text and "verdict (the paper's pattern on this run):" in text
     assert len(re.findall(r"\[[ x]\] .*: (holds|does not hold) - ", text)) == 3
-    for name in ("demo.md", "demo.png", "demo_methods.png"):
+    for name in ("demo.md", "demo.png", "demo.svg"):  # the figure: methods side by side per attack
         assert (tmp_path / "demo" / name).is_file()
-    assert (tmp_path / "demo" / "demo_methods.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "demo" / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "trivial prediction" in (tmp_path / "demo" / "demo.svg").read_text()  # the constant mask, dotted
     assert re.search(r"total \d+ s", text)
 
 

@@ -48,7 +48,7 @@ def amat_add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _make_data(args: argparse.Namespace) -> int:
-    from amat_hooks.zoo.isbi import write_generated_isbi
+    from amat_hooks.zoo.isbi_writers import write_generated_isbi
 
     root = write_generated_isbi(args.out, n=args.n, height=args.height, width=args.width,
                                 num_landmarks=args.landmarks, seed=args.seed, layout=args.layout)

@@ -328,7 +328,8 @@ class LandmarkTask(Task):
         return cmd[1:] if cmd and cmd[0] == "--" else cmd
 
     def _dataset(self, args: argparse.Namespace, model: nn.Module, size: tuple[int, int]):
-        from amat_hooks.zoo.isbi import LandmarkDataError, LandmarkDataset
+        from amat_hooks.zoo.isbi import LandmarkDataError
+        from amat_hooks.zoo.isbi_dataset import LandmarkDataset
 
         channels = int(model.vgg.features[0].in_channels)
         key = (args.data, args.split, tuple(size), args.annotation, model.num_landmarks, channels, args.max_images)

@@ -175,3 +175,26 @@ class NnUNetAdapter(BatchAdapter):
 
         return BoundLoss(terms=lambda x: self.output_terms(batch, attack_net(x)), training=training,
                          term_names=list(self.term_names))
+
+
+def replace_non_finite_rows(data: Tensor, target) -> tuple[Tensor, Any, Tensor]:
+    """Rows with NaN/inf input get a copy of the first finite row (so batch size and DDP
+    collectives are unchanged); returns the bool mask of replaced rows."""
+    bad = ~torch.isfinite(data.flatten(1)).all(dim=1)
+    if not bool(bad.any()):
+        return data, target, bad
+    good = (~bad).nonzero()[:, 0]
+    data = data.clone()
+    if good.numel() == 0:
+        data[bad] = 0.0
+        return data, target, bad
+    src = int(good[0])
+    data[bad] = data[src].clone()
+    if isinstance(target, list):
+        target = [t.clone() for t in target]
+        for t in target:
+            t[bad] = t[src].clone()
+    else:
+        target = target.clone()
+        target[bad] = target[src].clone()
+    return data, target, bad

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from amat_hooks.config import ENV_NAMES, AdvConfig, AdvConfigError, env_wording
 from amat_hooks.integrations.nnunet.names import parse_trainer_name
 from amat_hooks.integrations.nnunet.names import trainer_name as trainer_name_for
-from amat_hooks.policies import MODES
+from amat_hooks.policy_types import MODES
 
 #: Paper table (section 3.3): AMAT step size Delta per nnU-Net dataset.
 PAPER_STEP = {"heart": 5.0, "hippocampus": 0.5, "prostate": 3.0}

@@ -267,7 +267,7 @@ def _yolo_command(args: argparse.Namespace) -> int:
     try:
         task, mode, kv = _parse_yolo_words(words)
         prepare_offline()
-        from amat_hooks.integrations.ultralytics.trainer import CONFIG_ENV, ValAttack, settings_env_value, unsupported_task
+        from amat_hooks.integrations.ultralytics.settings import CONFIG_ENV, ValAttack, settings_env_value, unsupported_task
 
         val = ValAttack(levels=list(args.adv_val_eps or []), attack=args.adv_val_attack,
                         steps=args.adv_val_steps or 10).validate()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from amat_hooks.zoo.isbi import write_generated_isbi
+from amat_hooks.zoo.isbi_writers import write_generated_isbi
 
 from support import amat_cmd, run
 

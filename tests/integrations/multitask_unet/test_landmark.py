@@ -13,9 +13,9 @@ import torch
 
 from amat_hooks.integrations.multitask_unet import plugin as lm_plugin
 from amat_hooks.integrations.multitask_unet.adapter import LandmarkAdapter
-from amat_hooks.zoo.isbi import (
-    LandmarkDataError, LandmarkDataset, generate_landmark_images, image_size, read_points_csv,
-    read_senior_csv, write_generated_isbi)
+from amat_hooks.zoo.isbi import LandmarkDataError, image_size, read_points_csv, read_senior_csv
+from amat_hooks.zoo.isbi_dataset import LandmarkDataset
+from amat_hooks.zoo.isbi_writers import generate_landmark_images, write_generated_isbi
 from amat_hooks.integrations.multitask_unet.adapter import dice_loss, landmark_terms, masked_l1
 from amat_hooks.zoo.landmark_maps import landmark_targets, radius_for
 from amat_hooks.zoo.landmark_maps import voting
@@ -489,7 +489,7 @@ def test_isbi2015_reader_on_the_real_data():
 def test_challenge_layout_reader_on_the_real_data_converted(tmp_path):
     """../shared/data/isbi2015_ceph converted to the challenge layout (BMP images, points.csv
     as 400_junior, senior_csv as 400_senior) reads exactly as the CSV layout does."""
-    from amat_hooks.zoo.isbi import write_isbi2015_layout
+    from amat_hooks.zoo.isbi_writers import write_isbi2015_layout
 
     if not (ISBI / "dataset" / "benchmark" / "points.csv").is_file():
         pytest.skip(f"ISBI 2015 data not found at {ISBI} (opt-in real-data test)")

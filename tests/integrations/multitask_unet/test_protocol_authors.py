@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from amat_hooks.zoo.isbi import write_generated_isbi
+from amat_hooks.zoo.isbi_writers import write_generated_isbi
 
 from support import amat_cmd, run
 
@@ -77,7 +77,7 @@ def test_calibrate_authors_is_huber_plus_3_scales_in_train_mode_batch_1(data, tm
     import torch
 
     from amat_hooks.integrations.multitask_unet.adapter import landmark_terms
-    from amat_hooks.zoo.isbi import LandmarkDataset
+    from amat_hooks.zoo.isbi_dataset import LandmarkDataset
     from amat_hooks.zoo.multitask_unet import MultiTaskUNet
 
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from amat_hooks.zoo.isbi import write_generated_isbi
+from amat_hooks.zoo.isbi_writers import write_generated_isbi
 
 from support import amat_cmd, run
 
@@ -117,7 +117,7 @@ def test_real_isbi_smoke_through_amat_run(tmp_path):
 def test_calibrate_and_eval_landmark_commands(data, tmp_path):
     """xi = mean + 2 std of the per-sample terms of a clean model; eval's clean MRE equals
     voting + radial error computed here."""
-    from amat_hooks.zoo.isbi import LandmarkDataset
+    from amat_hooks.zoo.isbi_dataset import LandmarkDataset
     from amat_hooks.integrations.multitask_unet.adapter import landmark_terms
     from amat_hooks.zoo.multitask_unet import MultiTaskUNet
     from amat_hooks.zoo.landmark_maps import voting

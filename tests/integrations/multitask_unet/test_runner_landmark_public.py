@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from amat_hooks.zoo.isbi import LandmarkDataset, write_generated_isbi
+from amat_hooks.zoo.isbi_dataset import LandmarkDataset
+from amat_hooks.zoo.isbi_writers import write_generated_isbi
 
 from support import amat_cmd, run
 
