@@ -221,10 +221,19 @@ def xi_record(task: str, terms: torch.Tensor, term_names: Sequence[str], rule: s
     if not bool(finite.any()):
         raise XiFileError(f"every clean loss was NaN/inf ({t.shape[0]} samples); is the model trained?")
     f = t[finite]
+    xi: dict[str, list[float] | None] = {}
+    failed: dict[str, str] = {}
+    for r in dict.fromkeys((rule, *RULES)):  # the chosen rule must work; the others are written where they do
+        try:
+            xi[r] = xi_from_losses(f, r).tolist()
+        except ValueError as e:
+            if r == rule:
+                raise XiFileError(f"--rule {rule}: {e}; choose another statistic (e.g. --xi-stat mean+2std)") from None
+            xi[r], failed[r] = None, str(e)
     return {
         "kind": XI_KIND, "version": XI_VERSION, "task": task, "term_names": list(term_names), "rule": rule,
-        # a sample with a NaN term is left out whole
-        "xi": {r: xi_from_losses(f, r).tolist() for r in dict.fromkeys((*RULES, rule))},
+        # a sample with a NaN term is left out whole; a statistic that cannot be computed is None
+        "xi": xi, **({"not_computed": failed} if failed else {}),
         "stats": {"mean": f.mean(0).tolist(), "std": f.std(0, unbiased=False).tolist(),
                   "min": f.min(0).values.tolist(), "max": f.max(0).values.tolist()},
         "n_samples": int(t.shape[0]), "n_nonfinite": int((~finite).sum()),

@@ -200,3 +200,25 @@ def test_a_resume_under_another_protocol_is_refused_like_another_delta():
     again.load_state_dict(state)  # the same protocol resumes
     assert again.margins.state_dict()["pending"] == state["margins"]["pending"]
     paper.load_state_dict(state, force=True)  # --adv-force-resume
+
+
+def test_a_statistic_that_cannot_be_computed_is_left_out_unless_it_is_the_chosen_one(monkeypatch):
+    """Huber's iteration may not converge (statsmodels raises too): calibrate still writes the
+    other statistics, and refuses only when Huber is the rule asked for."""
+    import amat_hooks.state as state
+    from amat_hooks.state import XiFileError, xi_record
+
+    real = state.xi_from_losses
+
+    def no_huber(t, rule):
+        if rule.startswith("huber"):
+            raise ValueError("Huber's location and scale did not converge in 30 iterations")
+        return real(t, rule)
+
+    monkeypatch.setattr(state, "xi_from_losses", no_huber)
+    terms = torch.tensor([[0.1], [0.2], [0.4]], dtype=torch.float64)
+    rec = xi_record("landmark", terms, ["heatmap"], "mean+2std")
+    assert rec["xi"]["huber+3"] is None and "did not converge" in rec["not_computed"]["huber+3"]
+    assert rec["xi"]["mean"] == pytest.approx([0.7 / 3])
+    with pytest.raises(XiFileError, match=r"--rule huber\+3: Huber's location .* choose another statistic"):
+        xi_record("landmark", terms, ["heatmap"], "huber+3")

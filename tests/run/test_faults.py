@@ -115,6 +115,7 @@ def test_kill_during_validation_then_resume_from_the_state_saved_with_the_weight
 def test_ctrl_c_prints_where_the_last_state_is_and_does_not_count_the_partial_pass(tmp_path, script):
     r = _amat(tmp_path, script, "--fault", "sigint")
     assert r.returncode == 130
+    assert r.stdout.count("[amat] adapter: generic (x, y) with the script's loss CrossEntropyLoss") == 1
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert lines == [f"amat run: interrupted (Ctrl-C) in epoch 1; the partial pass is not counted; the state of the "
                      f"last finished save is {tmp_path / 'amat_state.json'} (epoch 1, with "

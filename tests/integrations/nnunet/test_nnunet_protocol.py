@@ -50,7 +50,10 @@ def test_authors_protocol_dice_acceptance_and_per_epoch_updates(root, tmp_path, 
         assert all(v == pytest.approx(1.0) for v in margins.values()), margins  # 0.5 + Delta, once
     else:
         assert all(v == pytest.approx(0.5, rel=1e-6) for v in margins.values()), margins
-    assert "authors protocol" in _log(fold, "Epoch 0")
+    log = _log(fold, "Epoch 0")
+    assert "authors protocol" in log
+    # the batches went through the trainer's one adapter object, named once per run
+    assert log.count("adapter: nnU-Net (case, slice) batches, the trainer's own loss per sample") == 1
     if accepted:  # rows 12-14: the authors' evaluation of this model through amat eval nnunet
         out = tmp_path / "eval"
         p = _run([str(BIN / "amat"), "eval", "nnunet", str(DATASET_ID), "2d", "0", "--models", f"AMAT={AMAT}",

@@ -29,6 +29,7 @@ def test_authors_protocol_per_epoch_updates_and_refine_floor(data, tmp_path, xi,
                     "--adv", "amat", "--adv-step", "0.5", "--adv-steps", "2", "--adv-protocol", "authors",
                     "--adv-xi", xi], tmp_path, guard=tmp_path / "net.txt")
     assert not (tmp_path / "net.txt").exists()
+    assert out.count("amat-hooks: adapter: Ultralytics detection batches, the model's own v8 criterion") == 1
     side = _sidecar(run)
     cfg = side["config"]
     assert (cfg["protocol"], cfg["kind"], cfg["update"], cfg["refine"], cfg["accept_iterates"], cfg["start"],
