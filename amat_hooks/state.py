@@ -259,5 +259,6 @@ def read_xi_file(path: str | os.PathLike, fix: str = "") -> XiFile:
     if not isinstance(data, dict) or data.get("kind") != XI_KIND:
         raise XiFileError(f"{path} is not an xi file written by amat calibrate{hint}")
     return XiFile(path=path, task=data.get("task"), term_names=list(data.get("term_names") or []),
-                  xi={k: list(v) for k, v in (data.get("xi") or {}).items()}, rule=data.get("rule"),
+                  xi={k: None if v is None else list(v) for k, v in (data.get("xi") or {}).items()},
+                  rule=data.get("rule"),
                   identity=dict(data.get("identity") or {}), source=dict(data.get("source") or {}))

@@ -440,6 +440,62 @@ def claims(methods: dict[str, list[EvalResult]], seconds: dict[str, float | None
     return lines
 
 
+#: The paired rule: a claim holds when the paired t-test over seeds gives p below this and
+#: the mean paired difference has the claim's sign (every method of a seed starts from that
+#: seed's clean model, so the pretrain's spread cancels in the differences).
+PAIRED_ALPHA = 0.05
+
+
+def paired_differences(seeds: dict[str, dict[str, EvalResult]], which: str, other: str, attack: str) -> list[float]:
+    """Per seed where both exist: ``which``'s average over the levels minus ``other``'s, in the
+    better direction (positive: ``which`` is more robust)."""
+    out = []
+    for results in seeds.values():
+        if which in results and other in results:
+            a, b = results[which], results[other]
+            d = a.average(attack) - b.average(attack)
+            out.append(d if a.higher_is_better else -d)
+    return out
+
+
+def paired_p(diffs: list[float]) -> float | None:
+    """Two-sided p-value of the paired t-test (mean difference 0), None below 2 seeds."""
+    if len(diffs) < 2:
+        return None
+    m, sd = _ms(diffs)
+    if sd == 0:
+        return 0.0 if m != 0 else 1.0
+    from scipy import stats
+
+    t = m / (sd / math.sqrt(len(diffs)))
+    return float(2 * stats.t.sf(abs(t), df=len(diffs) - 1))
+
+
+def paired_lines(seeds: dict[str, dict[str, EvalResult]], which: str = "AMAT") -> list[str]:
+    """The paired table: per attack, every other method's per-seed difference to ``which``."""
+    methods = per_method(seeds)
+    if which not in methods:
+        return []
+    attacks = list(methods[which][0].noisy)
+    others = [k for k in methods if k != which]
+    L = [f"| attack | {which} minus | per seed | mean ± sd | paired t-test p | verdict |", "|---|---|---|---|---|---|"]
+    for attack in attacks:
+        for o in others:
+            d = paired_differences(seeds, which, o, attack)
+            if not d:
+                continue
+            p = paired_p(d)
+            if p is None:
+                v = NOT_JUDGED
+            elif p < PAIRED_ALPHA:
+                v = "holds" if statistics.fmean(d) > 0 else "does not hold"
+            else:
+                v = "within noise"
+            L.append(f"| {ATTACK_NAMES.get(attack, attack)} | {o} | {', '.join(f'{x:+.4f}' for x in d)} | "
+                     f"{_pm(d)} | {'-' if p is None else f'{p:.3f}'} | {v} |")
+    return L
+
+
 def _median_after_first(values: list[float]) -> float | None:
     """Median epoch time, the first epoch left out where there are more (start-up; the
     landmark script decodes and caches its images in the first epoch)."""
@@ -629,6 +685,12 @@ def write(dataset: str, runs: Path, report_dir: Path) -> Path:
         L.append(f"| {method} | {n} | {_fmt(t, 2)} | {_fmt(t / seconds['STD'] if t and seconds.get('STD') else None, 2)}"
                  f" | {_fmt(t / sat_mean if t and sat_mean else None, 2)} | {paper.seconds[col]} |")
     L += ["", "## The paper's claims on this run", ""] + [f"- {c}" for c in claims(methods, seconds)]
+    paired = paired_lines(seeds)
+    if paired:
+        L += ["", f"Paired over seeds (each seed's methods start from that seed's clean model): AMAT's average over "
+              f"the levels minus each other method's, positive = AMAT more robust; a claim holds where the paired "
+              f"t-test gives p < {PAIRED_ALPHA:g} with the sign of the claim. With {len(seeds)} seeds the test is "
+              f"weak: within noise here is no evidence of a tie.", ""] + paired
     if "AMAT-stop" in methods:
         L += [f"- AMAT-stop: {c}" for c in claims(methods, seconds, "AMAT-stop")]
     L += ["", "## Commands", "", "Run in this order by the script (`$OUT` is its output folder); each is a stage "
@@ -641,6 +703,7 @@ def write(dataset: str, runs: Path, report_dir: Path) -> Path:
     atomic_write_text(path, "\n".join(L) + "\n")
     atomic_write_json(assets / "summary.json", {
         "delta": delta, "seeds": list(seeds), "seconds_per_epoch": seconds, "stages_minutes": total / 60,
+        "paired": paired,
         "claims": claims(methods, seconds) + ([f"AMAT-stop: {c}" for c in claims(methods, seconds, "AMAT-stop")]
                                               if "AMAT-stop" in methods else []),
         "methods": {k: {"clean": [r.clean[r.metric] for r in rs],

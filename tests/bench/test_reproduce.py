@@ -279,3 +279,20 @@ def test_evaluation_subset_is_stated():
     assert report._subset({"MAX_CASES": "8", "SPLIT": "208,17,35"}) == "; a subset: MAX_CASES=8 of the 35 test cases"
     assert report._subset({"MAX_CASES": "0", "SPLIT": "208,17,35"}) == ""
     assert report._subset({"EPOCHS": "3"}) == ""
+
+
+def test_paired_verdicts_by_hand():
+    """Issue 29: per-seed differences to AMAT and the paired t-test. Differences 1, 2, 3:
+    mean 2, sd 1, t = 2 / (1 / sqrt 3) = 3.4641 with 2 degrees of freedom, two-sided p = 0.0742
+    (scipy's ttest_rel on the same pairs agrees)."""
+    import math
+
+    from scipy import stats
+
+    rr = _load_report_module()
+
+    assert rr.paired_p([1.0, 2.0, 3.0]) == pytest.approx(0.07418, abs=1e-4)
+    a, b = [3.0, 5.0, 7.5], [2.0, 3.0, 4.5]
+    assert rr.paired_p([x - y for x, y in zip(a, b)]) == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-9)
+    assert rr.paired_p([0.5]) is None and rr.paired_p([0.2, 0.2]) == 0.0
+    assert math.isclose(rr.paired_p([0.0, 0.0]), 1.0)

@@ -2,6 +2,8 @@
 against a hand-computed expectation (docs/protocols.md)."""
 import math
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -220,5 +222,12 @@ def test_a_statistic_that_cannot_be_computed_is_left_out_unless_it_is_the_chosen
     rec = xi_record("landmark", terms, ["heatmap"], "mean+2std")
     assert rec["xi"]["huber+3"] is None and "did not converge" in rec["not_computed"]["huber+3"]
     assert rec["xi"]["mean"] == pytest.approx([0.7 / 3])
+    from amat_hooks.state import read_xi_file, write_xi_file
+
+    import tempfile
+    path = write_xi_file(Path(tempfile.mkdtemp()) / "xi.json", rec)  # a file with a None statistic reads back
+    assert read_xi_file(path).thresholds("mean") == pytest.approx([0.7 / 3])
+    with pytest.raises(XiFileError, match="no thresholds for rule 'huber\\+3'"):
+        read_xi_file(path).thresholds("huber+3")
     with pytest.raises(XiFileError, match=r"--rule huber\+3: Huber's location .* choose another statistic"):
         xi_record("landmark", terms, ["heatmap"], "huber+3")

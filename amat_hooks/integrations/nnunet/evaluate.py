@@ -124,6 +124,8 @@ def _saved_settings(dataset, configuration, fold, trainer_name, plans, checkpoin
     for key, value in ((state or {}).get("config") or {}).items():
         if key in _ENV_OF and value is not None:
             env[_ENV_OF[key]] = str(value)
+    if (state or {}).get("xi") is not None:  # the thresholds it trained with (the authors' Dice ones have no file)
+        env["AMAT_XI"] = ",".join(repr(float(v)) for v in state["xi"])
     for k in saved:
         os.environ.pop(k)
     os.environ.update(env)
