@@ -164,4 +164,5 @@ def test_default_demo_report_has_no_masking_warning(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     report = (tmp_path / "demo" / "demo.md").read_text()
     assert "WARNING" not in r.stdout + r.stderr and "WARNING" not in report
-    assert "gradient-masking check" in r.stdout  # the check ran
+    assert "**Gradient-masking check**" in report  # the check ran, per model
+    assert report.count("masking check: the pgd") >= 4 and "levels: the pgd drives ADI" in report
