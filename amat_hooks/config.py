@@ -33,7 +33,8 @@ ENV_NAMES = {"mode": "AMAT_MODE", "delta": "AMAT_STEP", "eps": "AMAT_EPS", "pgd_
              "refine_steps": "AMAT_REFINE_STEPS", "max_margin": "AMAT_MAX_MARGIN", "protocol": "AMAT_PROTOCOL",
              "start": "AMAT_START", "accept_iterates": "AMAT_ACCEPT_ITERATES", "update": "AMAT_UPDATE",
              "refine": "AMAT_REFINE", "max_margin_deltas": "AMAT_MAX_MARGIN_DELTAS", "sat_loss": "AMAT_SAT_LOSS",
-             "clamp": "AMAT_CLAMP", "attack_bn": "AMAT_ATTACK_BN", "terms": "AMAT_TERMS"}
+             "clamp": "AMAT_CLAMP", "attack_bn": "AMAT_ATTACK_BN", "terms": "AMAT_TERMS",
+             "margin_init": "AMAT_MARGIN_INIT"}
 
 
 @dataclass
@@ -69,6 +70,7 @@ class AdvConfig:
     attack_bn: str | None = None
     terms: str | None = None
     kind: str | None = None            # the trainer kind the protocol was resolved for
+    margin_init: str | None = None     # initial-margin file (amat calibrate --margins-out); None: E starts at Delta
 
     def __post_init__(self) -> None:
         self.mode = _ALIASES.get(str(self.mode).lower(), str(self.mode).lower())
@@ -89,6 +91,11 @@ class AdvConfig:
                 raise AdvConfigError(f"unknown --adv-{name.replace('_', '-')} {value!r}; choose one of: "
                                      f"{', '.join(choices)}")
         _number("--adv-max-margin-deltas", self.max_margin_deltas, "> 0, the cap is this many Delta")
+        if self.margin_init is not None:
+            if self.mode != "amat":
+                raise AdvConfigError(f"--adv-margin-init is for --adv amat (margins), not --adv {self.mode}; "
+                                     f"leave it out")
+            self.initial_margins()  # the file read and checked now, before any training
         if self.mode == "sat" and self.eps is None:
             raise AdvConfigError("--adv sat needs a noise level: add --adv-eps EPS (e.g. --adv-eps 5)")
         if self.mode == "amat" and self.delta is None:
@@ -149,6 +156,22 @@ class AdvConfig:
         values, source = XI_PRESETS[name]
         return replace(self, xi=list(values), xi_source=f"preset {name} ({source})")
 
+    def initial_margins(self) -> Any:
+        """The ``--adv-margin-init`` file, read once (:class:`~amat_hooks.initial_margins.InitialMargins`)."""
+        from amat_hooks.initial_margins import InitialMarginsError, read_initial_margins
+
+        if self.margin_init is None:
+            return None
+        cached = getattr(self, "_initial", None)
+        if cached is not None and str(cached.path) == str(self.margin_init):
+            return cached
+        try:
+            found = read_initial_margins(self.margin_init)
+        except InitialMarginsError as e:
+            raise AdvConfigError(f"--adv-margin-init: {e}") from None
+        object.__setattr__(self, "_initial", found)
+        return found
+
     def attack_settings(self) -> AttackSettings:
         c = self if self.kind is not None else self.resolved()
         return AttackSettings(steps=c.pgd_steps, step_size=c.pgd_step_size, norm=c.norm, bounds=c.bounds,
@@ -164,11 +187,15 @@ class AdvConfig:
             return STD(c.attack_settings())
         if c.mode == "sat":
             return SAT(c.eps, c.attack_settings(), loss=c.sat_loss)
+        init = c.initial_margins()
+        if init is not None and log is not None:
+            log(init.describe())
         return AMAT(c.delta, xi=c.xi, xi_rule=c.xi_rule, attack=c.attack_settings(),
                     max_margin=c.max_margin, dataset_id=dataset_id, xi_momentum=c.xi_momentum,
                     boundary=c.boundary, xi_source=c.xi_source,
                     calibrate_hint=calibrate_hint or "amat calibrate <task>", log=log, refine=c.refine,
-                    update=c.update, accept_iterates=c.accept_iterates)
+                    update=c.update, accept_iterates=c.accept_iterates,
+                    **({} if init is None else {"initial": init.values, "initial_digest": init.digest}))
 
     @property
     def label(self) -> str:
@@ -226,6 +253,9 @@ class AdvConfig:
         g.add_argument("--adv-refine-steps", type=int, default=TRAIN_REFINE_STEPS,
                        help=f"--adv-boundary stop: bisection steps at the boundary (default {TRAIN_REFINE_STEPS})")
         g.add_argument("--adv-max-margin", type=float, help="cap on AMAT margins")
+        g.add_argument("--adv-margin-init", default=None, metavar="FILE",
+                       help="start each margin at the clean model's radius from `amat calibrate <task> --margins-out "
+                            "FILE` (floored at Delta) instead of at Delta")
         g.add_argument("--adv-xi-momentum", type=float, default=0.01,
                        help="online xi only (no --adv-xi/--adv-xi-file): EMA momentum of the clean-loss statistics")
         p = parser.add_argument_group("protocol settings (default: the --adv-protocol's; docs/protocols.md)")
@@ -254,7 +284,7 @@ class AdvConfig:
                   xi_rule=rule or "mean", refine_steps=ns.adv_refine_steps,
                   max_margin=ns.adv_max_margin, boundary=ns.adv_boundary, alpha=ns.adv_alpha,
                   xi_momentum=getattr(ns, "adv_xi_momentum", 0.01), xi_source=source,
-                  protocol=getattr(ns, "adv_protocol", "paper"),
+                  protocol=getattr(ns, "adv_protocol", "paper"), margin_init=getattr(ns, "adv_margin_init", None),
                   **{k: getattr(ns, f"adv_{k}", None) for k in CHOICES if k not in ("pgd_steps", "alpha")})
         return cfg.validate()
 

@@ -80,6 +80,12 @@ class AdversarialEngine:
         if self.policy.name != "amat":
             return None if ids is None else list(ids.tolist() if isinstance(ids, Tensor) else ids)
         ids = check_ids(ids, rows)
+        margins = getattr(self.policy, "margins", None)
+        if margins is not None and margins.initial:
+            try:
+                margins.check_initial(ids)
+            except ValueError as e:
+                raise AdapterError(str(e)) from None
         if not self._ids_checked:
             self._ids_checked = True
             if rows > 1 and len(set(ids)) == 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -27,7 +27,8 @@ UPDATES = ("visit", "epoch")
 class MarginStore:
     """The table E of Algorithm 1: one margin per training sample.
 
-    Unknown ids start at ``init`` (the paper: E(i) = Delta). ``update`` applies line 10
+    Unknown ids start at ``init`` (the paper: E(i) = Delta), or at their ``initial`` margin
+    (``--adv-margin-init``: the radius the clean model measured, floored at ``init``). ``update`` applies line 10
     (accepted: ``E += delta``, capped by ``max_margin``) or line 12 (refine, :data:`REFINES`).
     With ``update="epoch"`` the visits are kept and applied by :meth:`end_epoch`: a sample
     grows by Delta once if any visit passed, else takes the epoch's refine (the pairwise
@@ -37,7 +38,8 @@ class MarginStore:
     """
 
     def __init__(self, init: float, delta: float, max_margin: float | None = None,
-                 dataset_id: str | None = None, refine: str = "half", update: str = "visit") -> None:
+                 dataset_id: str | None = None, refine: str = "half", update: str = "visit",
+                 initial: Mapping[Hashable, float] | None = None, initial_digest: str | None = None) -> None:
         if refine not in REFINES or update not in UPDATES:
             raise ValueError(f"refine must be one of {REFINES} and update one of {UPDATES}, got {refine!r}, {update!r}")
         self.refine, self.update_mode = refine, update
@@ -52,12 +54,35 @@ class MarginStore:
         self.delta = float(delta)
         self.max_margin = None if max_margin is None else float(max_margin)
         self.dataset_id = dataset_id
+        # per-sample starting margins (``--adv-margin-init``: the clean model's radius), floored at
+        # ``init`` and capped at ``max_margin``; ids not in it start at ``init``
+        self.initial = {} if initial is None else {i: self._floored(float(v)) for i, v in initial.items()}
+        self.initial_digest = initial_digest if initial else None
         self._index: dict[Hashable, int] = {}
         self._ids: list[Hashable] = []
         self._values = torch.empty(0, dtype=torch.float64)
         self._updates = 0
         self._pending: list[tuple[Hashable, bool, float]] = []
         self._base: dict[Hashable, float | None] = {}
+
+    def _floored(self, v: float) -> float:
+        v = max(v, self.init)
+        return v if self.max_margin is None else min(v, self.max_margin)
+
+    def start(self, sample_id: Hashable) -> float:
+        """The margin a sample starts with: its initial margin, else ``init``."""
+        return self.initial.get(sample_id, self.init)
+
+    def check_initial(self, ids: Sequence[Hashable]) -> None:
+        """Every trained sample must have an initial margin: ids of another split or keying
+        would silently start at Delta."""
+        for i in ids:
+            if i not in self.initial:
+                example = next(iter(self.initial))
+                raise MarginMismatchError(
+                    f"sample id {i!r} has no initial margin in the --adv-margin-init file ({len(self.initial)} ids, "
+                    f"e.g. {example!r}); write the file with `amat calibrate <task> --margins-out FILE` on this "
+                    f"run's training split, or leave --adv-margin-init out")
 
     # -- table access -------------------------------------------------------------------
     def __len__(self) -> int:
@@ -68,7 +93,7 @@ class MarginStore:
 
     def _rows(self, ids: Sequence[Hashable], create: bool) -> list[int]:
         rows = []
-        new = 0
+        new: list[float] = []
         for i in ids:
             r = self._index.get(i)
             if r is None:
@@ -78,18 +103,20 @@ class MarginStore:
                 r = len(self._ids)
                 self._index[i] = r
                 self._ids.append(i)
-                new += 1
+                new.append(self.start(i))
             rows.append(r)
         if new:
-            self._values = torch.cat([self._values, torch.full((new,), self.init, dtype=torch.float64)])
+            self._values = torch.cat([self._values, torch.tensor(new, dtype=torch.float64)])
         return rows
 
     def get(self, ids: Sequence[Hashable], device: torch.device | str | None = None) -> Tensor:
-        """Margins for a batch, float32 ``[B]``; unknown ids read as ``init`` (not stored)."""
+        """Margins for a batch, float32 ``[B]``; unknown ids read as their start (not stored)."""
         _check_ids(ids)
+        if self.initial:
+            self.check_initial(ids)
         rows = self._rows(ids, create=False)
         idx = torch.tensor(rows, dtype=torch.long)
-        out = torch.full((len(rows),), self.init, dtype=torch.float64)
+        out = torch.tensor([self.start(i) for i in ids], dtype=torch.float64)
         known = idx >= 0
         out[known] = self._values[idx[known]]
         return out.to(dtype=torch.float32, device=device)
@@ -183,7 +210,7 @@ class MarginStore:
             return
         for i, value in self._base.items():  # roll back own updates
             r = self._index[i]
-            self._values[r] = self.init if value is None else value
+            self._values[r] = self.start(i) if value is None else value
         self._pending = []
         self._base = {}
         for log in logs:
@@ -208,6 +235,7 @@ class MarginStore:
             "updates": self._updates,
             "refine": self.refine,
             "update": self.update_mode,
+            "initial": None if not self.initial else {"digest": self.initial_digest, "n": len(self.initial)},
             "pending": [[list(i) if isinstance(i, tuple) else i, a, n] for i, a, n in self._pending]
             if self.update_mode == "epoch" else [],
         }
@@ -230,6 +258,10 @@ class MarginStore:
         for key, mine in (("refine", self.refine), ("update", self.update_mode)):
             if state.get(key, mine) != mine:
                 problems.append(f"{key} {state[key]} != {mine} (--adv-{key})")
+        mine_init = self.initial_digest if self.initial else None
+        theirs = (state.get("initial") or {}).get("digest")
+        if theirs != mine_init:
+            problems.append(f"initial margins {theirs or 'Delta'} != {mine_init or 'Delta'} (--adv-margin-init)")
         if (self.dataset_id is not None and state.get("dataset_id") is not None
                 and state["dataset_id"] != self.dataset_id):
             problems.append(f"dataset {state['dataset_id']!r} != {self.dataset_id!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -190,7 +190,8 @@ class AMAT(Policy):
                  xi_momentum: float | None = 0.01, boundary: str = "none",
                  xi_source: str | None = None, calibrate_hint: str = "amat calibrate <task>",
                  log: Callable[[str], None] | None = None, refine: str = "half", update: str = "visit",
-                 accept_iterates: str = "last") -> None:
+                 accept_iterates: str = "last", initial: Mapping[Hashable, float] | None = None,
+                 initial_digest: str | None = None) -> None:
         if not (isinstance(delta, (int, float)) and not isinstance(delta, bool) and math.isfinite(delta) and delta > 0):
             raise ValueError(f"AMAT needs a step size Delta > 0, got {delta!r}; pass e.g. --adv-step 0.5")
         if boundary not in BOUNDARY_MODES:
@@ -202,7 +203,8 @@ class AMAT(Policy):
         self.boundary_mode = boundary
         self.accept_iterates = accept_iterates
         self.margins = MarginStore(init=float(delta if init is None else init), delta=float(delta),
-                                   max_margin=max_margin, dataset_id=dataset_id, refine=refine, update=update)
+                                   max_margin=max_margin, dataset_id=dataset_id, refine=refine, update=update,
+                                   initial=initial, initial_digest=initial_digest)
         self.xi_fixed = None if xi is None else check_xi(xi)
         self.online = None if xi is not None else OnlineThreshold(rule=xi_rule, momentum=xi_momentum)
         self.xi_rule = xi_rule

@@ -95,6 +95,14 @@ def add_task_parser(targets: argparse._SubParsersAction, task: Task, command: st
                        help="authors: score as the authors' calibration scripts do (landmark: Huber + 3 scales, "
                             "train mode, batch 1, their 0.5 x Dice term; YOLO: the per-term maximum); "
                             "docs/protocols.md row 10")
+        m = p.add_argument_group("initial margins (train with --adv-margin-init FILE)")
+        m.add_argument("--margins-out", default=None, metavar="FILE",
+                       help="also write, per training sample, the smallest L2 noise at which a loss term crosses xi "
+                            "(the --rule thresholds) on this clean model: AMAT's margins can start there")
+        m.add_argument("--margin-steps", type=int, default=100, help="minimal-norm attack steps (default 100)")
+        m.add_argument("--margin-max", type=float, default=None,
+                       help="largest radius searched (default: twice the largest default --levels); samples not "
+                            "broken within it start there")
         run = run_calibrate
     elif command == "eval":
         p.add_argument("--models", default=task.default_models, required=task.default_models is None,

@@ -14,6 +14,7 @@ from amat_hooks.attacks import _bcast, _check_steps_and_bounds, _check_terms, _c
 from amat_hooks.evaluation.objectives import SEGMENTATION_OBJECTIVES, segmentation_step_fn, supports_segmentation
 from amat_hooks.evaluation.result import DEFAULT_RADIUS_THRESHOLD, _broken
 from amat_hooks.evaluation.task import AttackNotSupported, EvalTask, not_segmentation, score_rows
+from amat_hooks.thresholds import accepted
 
 #: objectives of the radius run: ``loss`` = the task's training loss, or a segmentation objective
 #: (plus, per task, the names of its aimed objectives)
@@ -106,6 +107,22 @@ def _radius(task: EvalTask, x: Tensor, target: Any, clean_stats: list, spec: Rad
         radii[obj] = [float(r) if bool(f) else None for r, f in zip(res.radius.tolist(), res.found.tolist())]
         scores[obj] = at
     return radii, scores
+
+
+def xi_radii(task: EvalTask, x: Tensor, target: Any, xi: Sequence[float], *, max_radius: float,
+             steps: int = 100) -> list[float | None]:
+    """Per sample, the smallest L2 noise at which one of its training-loss terms is no longer
+    below xi (eq. 2 fails): the paper's margin, measured on the clean model. 0 where the clean
+    sample already fails; None where no noise within ``max_radius`` fails it. An upper bound of
+    the true radius, within the search's final precision (0.5 %)."""
+    xi_t = torch.as_tensor([float(v) for v in xi], dtype=torch.float32, device=x.device)
+
+    def step(z: Tensor, it: int, n: int) -> tuple[Tensor, Tensor]:
+        terms = task.loss_terms(z, target, 1)
+        return terms, ~accepted(terms, xi_t.to(terms.dtype))
+
+    res = min_norm(step, x, max_radius=max_radius, steps=steps, bounds=task.bounds, model=task.model)
+    return [float(r) if bool(f) else None for r, f in zip(res.radius.tolist(), res.found.tolist())]
 
 
 class MinNormResult:

@@ -35,11 +35,14 @@ class Objective:
 @dataclass
 class EvalBatch:
     """One evaluation batch: ``key`` identifies it for resume (stable across runs); ``x`` the
-    input the attack perturbs; ``target`` the trainer's own batch (as the task's adapter reads it)."""
+    input the attack perturbs; ``target`` the trainer's own batch (as the task's adapter reads it);
+    ``ids``: the samples' training ids, as the trainer keys their margins (calibration batches,
+    for ``amat calibrate --margins-out``), None where the task cannot say."""
 
     key: str
     x: Tensor
     target: Any
+    ids: list | None = None
 
 
 class EvalTask(ABC):

@@ -154,7 +154,8 @@ class LandmarkEvalTask(EvalTask):
             items = [self.dataset[i] for i in idx]
             cols = [torch.stack([it[k] for it in items]) for k in range(6)]
             key = ",".join(self.dataset.names[i] for i in idx)
-            yield EvalBatch(key=key, x=cols[0], target=tuple(cols))
+            # the dataset index: what `amat run` keys a margin by (the training DataLoader's index)
+            yield EvalBatch(key=key, x=cols[0], target=tuple(cols), ids=list(idx))
 
     def objectives(self) -> dict[str, Any]:
         """``heatmap`` and ``vote``: attacks aimed at the voted location (:mod:`.objectives`), in ``worst``."""

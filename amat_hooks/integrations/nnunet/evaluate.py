@@ -246,7 +246,8 @@ class NnUNetSliceEvalTask(EvalTask):
             valid = torch.stack([c[3] for c in chunk]).to(dev)
             target = segs if self.adapter.deep_supervision else segs[0]
             yield EvalBatch(key=chunk[0][0], x=x, target=NnUNetBatch(data=x, target=target, valid=valid,
-                                                                    ids=[c[0] for c in chunk]))
+                                                                    ids=[c[0] for c in chunk]),
+                            ids=[training_id(c[0]) for c in chunk])
 
     def measure(self, x: Tensor, target: NnUNetBatch) -> list[list[float]]:
         segs, valid = _segs(target), target.valid
@@ -279,6 +280,12 @@ class NnUNetSliceEvalTask(EvalTask):
     def reduce(self, stats) -> dict[str, float]:
         counts = torch.tensor([row for s in stats for row in s], dtype=torch.float64)
         return {"ADI": adi(counts), "TVDI": tvdi(counts)}
+
+
+def training_id(key: str) -> tuple[str, int]:
+    """``"case:z"`` -> ``(case, z)``, the id nnUNetTrainerAMAT keys a slice's margin by (3d: ``(case, 0)``)."""
+    case, _, z = key.rpartition(":")
+    return (case, 0 if z == "patch" else int(z))
 
 
 def _segs(batch: NnUNetBatch) -> list[Tensor]:
