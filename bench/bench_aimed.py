@@ -3,7 +3,7 @@ the section "Attacks aimed at the metric: landmarks" of docs/evaluation.md.
 
 1. Data: ``--data isbi`` (default where present): the ISBI 2015 radiographs of
    ``../shared/data/isbi2015_ceph`` (the issue's data; train 1-150, test from 201), or
-   ``--data generated``: ISBI-like radiographs (``zoo.isbi.write_generated_isbi``: 240x192, 19
+   ``--data generated``: ISBI-like radiographs (``zoo.isbi_writers.write_generated_isbi``: 240x192, 19
    landmarks; train 1-48, test from 65; easy: a model barely moves at these levels).
 2. Model: one STD Multi-Task U-Net trained by the unmodified example script through
    ``amat run --adv none -- python examples/landmark/train.py`` (skipped when its checkpoint exists).
@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from amat_hooks.evaluation import robustness_eval  # noqa: E402
 from amat_hooks.integrations.multitask_unet.task import LandmarkEvalTask, load_model  # noqa: E402
-from amat_hooks.zoo.isbi import LandmarkDataset, write_generated_isbi  # noqa: E402
+from amat_hooks.zoo.isbi_dataset import LandmarkDataset
+from amat_hooks.zoo.isbi_writers import write_generated_isbi  # noqa: E402
 
 ISBI = ROOT.parent / "shared" / "data" / "isbi2015_ceph"
 BEGIN, END = "<!-- bench_aimed: begin -->", "<!-- bench_aimed: end -->"
@@ -172,7 +173,7 @@ def render(a, rec) -> str:
         for v in lv) + " |\n"
     h, w = rec["size"]
     what = ("the ISBI 2015 radiographs of ../shared/data/isbi2015_ceph, images 1-150" if rec["data"] == "isbi"
-            else "generated radiographs (zoo.isbi.write_generated_isbi), images 1-48")
+            else "generated radiographs (zoo.isbi_writers.write_generated_isbi), images 1-48")
     return (f"{BEGIN}\nMeasured by `python bench/bench_aimed.py --data {rec['data']}`: one STD Multi-Task U-Net "
             f"trained {rec['epochs']} epochs by `amat run --adv none -- python examples/landmark/train.py` on {what}, "
             f"at {h}x{w}; the first {rec['images']} test images; clean MRE {rec['clean']:.2f} mm; inputs in [-1, 1]; "

@@ -1,12 +1,16 @@
-"""Seconds per training iteration of Ultralytics YOLO under STD, SAT and AMAT, same data,
-one process, modes interleaved round by round (so CPU contention hits all alike).
+"""CPU seconds per training iteration of Ultralytics YOLO under STD, SAT and AMAT, with the
+paper's protocol (the default) and the authors' (``--adv-protocol authors``), same data,
+one process, contenders alternating round by round (the order reversed every other round).
 
 One iteration = what Ultralytics' ``_do_train`` does per batch: ``model(batch)`` (clean
 forward + our criterion wrapper: attack, noisy forward, combined loss), backward,
-optimizer step (+EMA). Also times the per-image loss terms against Ultralytics' plain
-criterion call on the same predictions.
+optimizer step (+EMA), timed in CPU seconds of the process (``time.process_time``, one
+torch thread). SAT and AMAT of one protocol run the same PGD steps (paper 10, authors 20).
+Targets: AMAT / SAT <= 1.03 (paper, issue 26), AMAT-authors / SAT-authors <= 1.05 (issue 27),
+medians of per-round paired ratios. Also times the per-image loss terms against
+Ultralytics' plain criterion call on the same predictions.
 
-    python bench/bench_yolo.py                       # generated data, yolov5n, imgsz 128, batch 8
+    OMP_NUM_THREADS=1 python bench/bench_yolo.py --out docs/perf_yolo.md   # generated data, yolov5n, imgsz 128, batch 8
     python bench/bench_yolo.py --data ../shared/data/bccd_yolo/bccd.yaml --imgsz 320 --model yolov5s.yaml
     python bench/bench_yolo.py --eval                # amat eval yolo: batched levels vs one call per level
 """
@@ -22,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,17 +36,18 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="yolov5n.yaml")
     ap.add_argument("--imgsz", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=4, help="rounds; each times --iters iterations per mode")
+    ap.add_argument("--rounds", type=int, default=7, help="rounds; each times --iters iterations per contender")
     ap.add_argument("--iters", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=10, help="PGD steps for SAT and AMAT")
-    ap.add_argument("--boundary", default="none,stop",
-                    help="AMAT training semantics to time, comma-separated (first = 'AMAT'): none = Algorithm 1 "
-                         "(full radius), stop = the boundary-stop variant")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="PGD steps for every SAT and AMAT (default: each protocol's, paper 10, authors 20)")
+    ap.add_argument("--stop", action="store_true", help="also time AMAT-stop (the boundary-stop variant)")
     ap.add_argument("--refine-steps", type=int, default=2, help="bisection steps of the stop variant")
     ap.add_argument("--sat-eps", type=float, default=10.0)
     ap.add_argument("--amat-step", type=float, default=3.5)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the numbers here")
+    ap.add_argument("--out", default=None, help="write the markdown report here")
     ap.add_argument("--eval", action="store_true",
                     help="instead: time `amat eval yolo`'s evaluation, all levels of a batch in one attack call "
                          "vs one evaluation per level (3 levels x PGD + IFGSM)")
@@ -52,24 +60,30 @@ def main(argv=None) -> int:
     if args.eval:
         return bench_eval(args)
 
+    t_start, c_start, load0 = time.time(), time.process_time(), os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="bench_yolo_"))
     os.environ.setdefault("YOLO_CONFIG_DIR", str(tmp / "cfg"))
     import torch
 
-    from amat_hooks.zoo.detection_data import make_dataset
     from amat_hooks.integrations.ultralytics.adapter import criterion_with_terms
     from amat_hooks.integrations.ultralytics.trainer import AMATDetectionTrainer
+    from amat_hooks.zoo.detection_data import make_dataset
+    from bench.common import machine, order, paired, spread, verdict
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     data = args.data or str(make_dataset(tmp / "ds", n_train=4 * args.batch, n_val=4, size=args.imgsz, seed=0))
+    steps = {"pgd_steps": args.steps} if args.steps else {}
+    sat = dict(mode="sat", eps=args.sat_eps, **steps)
+    amat = dict(mode="amat", delta=args.amat_step, **steps)
     modes = {
         "STD": dict(mode="none"),
-        f"SAT{args.sat_eps:g}": dict(mode="sat", eps=args.sat_eps, pgd_steps=args.steps),
+        "SAT": sat,
+        "AMAT": amat,
+        "SAT-authors": dict(sat, protocol="authors"),
+        "AMAT-authors": dict(amat, protocol="authors"),
     }
-    variants = [v.strip() for v in str(args.boundary).split(",") if v.strip()]
-    for j, b in enumerate(variants):
-        modes["AMAT" if j == 0 else f"AMAT-{b}"] = dict(mode="amat", delta=args.amat_step, pgd_steps=args.steps,
-                                                        boundary=b, refine_steps=args.refine_steps)
+    if args.stop:
+        modes["AMAT-stop"] = dict(amat, boundary="stop", refine_steps=args.refine_steps)
     trainers = {}
     for name, adv in modes.items():
         tr = AMATDetectionTrainer.with_config(**adv)(overrides=dict(
@@ -79,6 +93,7 @@ def main(argv=None) -> int:
         tr.model = tr.get_model(cfg=args.model, verbose=False)
         tr._setup_train()
         trainers[name] = tr
+    settings = {name: tr.adv.to_dict() for name, tr in trainers.items() if tr.adv is not None}
     first = next(iter(trainers.values()))
     it = iter(first.train_loader)
     batches = [first.preprocess_batch(next(it)) for _ in range(min(len(first.train_loader), 4))]
@@ -92,14 +107,19 @@ def main(argv=None) -> int:
     for name, tr in trainers.items():  # warm-up (also makes AMAT's online xi ready)
         iteration(tr, copy.copy(batches[0]))
     k = 0
-    for _ in range(args.rounds):
-        for name, tr in trainers.items():
-            t0 = time.perf_counter()
+    for r in range(args.rounds):
+        for name in order(list(trainers), r):
+            tr = trainers[name]
+            c0 = time.process_time()
             for j in range(args.iters):
                 iteration(tr, copy.copy(batches[(k + j) % len(batches)]))
-            times[name].append((time.perf_counter() - t0) / args.iters)
+            times[name].append((time.process_time() - c0) / args.iters)
         k += args.iters
-    amat = trainers["AMAT"].amat_last
+        print(f"round {r}: " + ", ".join(f"{n} {times[n][-1]:.3f}" for n in trainers), flush=True)
+    last = {n: trainers[n].amat_last for n in ("AMAT", "AMAT-authors")}
+    c0 = time.process_time()
+    trainers["AMAT-authors"].amat_engine.policy.margins.end_epoch()  # the authors' once-per-epoch update
+    t_epoch_update = time.process_time() - c0
 
     # per-image terms vs the plain criterion, same predictions
     tr = trainers["STD"]
@@ -108,48 +128,106 @@ def main(argv=None) -> int:
     b = batches[0]
     crit = model.init_criterion()
     n = 10
-    t0 = time.perf_counter()
+    c0 = time.process_time()
     for _ in range(n):
         preds = model(b["img"])
-    t_fwd = (time.perf_counter() - t0) / n
-    t0 = time.perf_counter()
+    t_fwd = (time.process_time() - c0) / n
+    c0 = time.process_time()
     for _ in range(n):
         crit(preds, b)
-    t_plain = (time.perf_counter() - t0) / n
-    t0 = time.perf_counter()
+    t_plain = (time.process_time() - c0) / n
+    c0 = time.process_time()
     for _ in range(n):
         criterion_with_terms(crit, preds, b)
-    t_terms = (time.perf_counter() - t0) / n
+    t_terms = (time.process_time() - c0) / n
 
     med = {n_: statistics.median(v) for n_, v in times.items()}
-    sat = next(k_ for k_ in med if k_.startswith("SAT"))
+    p_paper, r_paper = paired(times["AMAT"], times["SAT"])
+    p_auth, r_auth = paired(times["AMAT-authors"], times["SAT-authors"])
     res = {"model": args.model, "imgsz": args.imgsz, "batch": args.batch, "device": args.device,
-           "threads": torch.get_num_threads(), "steps": args.steps, "boundary": variants,
-           "refine_steps": args.refine_steps, "load_before": os.getloadavg()[0],
-           "s_per_iter_median": med, "s_per_iter_all": times,
-           "ratio_SAT_STD": med[sat] / med["STD"], "ratio_AMAT_STD": med["AMAT"] / med["STD"],
-           "ratio_AMAT_SAT": med["AMAT"] / med[sat],
-           "ratio_variants_SAT": {k_: v / med[sat] for k_, v in med.items() if k_.startswith("AMAT")},
-           "amat_last_batch": {"pgd_steps_run": amat.attack.steps_run,
-                               "crossed": float(amat.attack.crossed.float().mean()),
-                               "eps_mean": float(amat.eps.mean())},
+           "threads": torch.get_num_threads(), "rounds": args.rounds, "iters": args.iters, "load_before": load0,
+           "settings": settings, "cpu_s_per_iter_median": med, "cpu_s_per_iter_rounds": times,
+           "paired_AMAT_SAT": p_paper, "paired_AMAT_SAT_rounds": r_paper,
+           "paired_AMAT_SAT_authors": p_auth, "paired_AMAT_SAT_authors_rounds": r_auth,
+           "authors_epoch_update_ms": 1e3 * t_epoch_update,
+           "amat_last_batch": {n_: {"pgd_steps_run": o.attack.steps_run, "eps_mean": float(o.eps.mean()),
+                                    "accepted": None if o.accepted is None else float(o.accepted.float().mean())}
+                               for n_, o in last.items()},
            "terms_ms": {"forward": 1e3 * t_fwd, "criterion": 1e3 * t_plain, "criterion_with_terms": 1e3 * t_terms,
                         "terms_over_criterion": t_terms / t_plain,
                         "extra_over_forward": (t_terms - t_plain) / t_fwd}}
-    print(f"\n{args.model} imgsz={args.imgsz} batch={args.batch} {args.device} threads={res['threads']} "
-          f"PGD steps={args.steps} AMAT semantics={variants} (stop: {args.refine_steps} bisection steps)")
-    print("| mode | s/iter (median) | x STD | x SAT |\n|---|---|---|---|")
-    for n_, v in med.items():
-        print(f"| {n_} | {v:.3f} | {v / med['STD']:.2f} | {v / med[sat]:.2f} |")
-    print(f"AMAT/SAT = {res['ratio_AMAT_SAT']:.3f}   (AMAT last batch: {amat.attack.steps_run} PGD steps, "
-          f"{res['amat_last_batch']['crossed']:.0%} crossed xi)")
+    if args.stop:
+        res["paired_AMAT_stop_SAT"] = paired(times["AMAT-stop"], times["SAT"])[0]
+    cmd = (f"OMP_NUM_THREADS={args.threads} .venv/bin/python bench/bench_yolo.py --rounds {args.rounds} "
+           f"--iters {args.iters} --imgsz {args.imgsz} --batch {args.batch} --model {args.model}"
+           + (f" --steps {args.steps}" if args.steps else "") + (" --stop" if args.stop else "")
+           + (f" --out {args.out}" if args.out else ""))
     tm = res["terms_ms"]
-    print(f"per-image terms: criterion {tm['criterion']:.2f} ms -> with terms {tm['criterion_with_terms']:.2f} ms "
-          f"(x{tm['terms_over_criterion']:.2f}); extra = {tm['extra_over_forward']:.1%} of one forward "
-          f"({tm['forward']:.1f} ms)")
+    lines = [
+        "# Ultralytics YOLO: CPU seconds per training iteration (STD / SAT / AMAT, paper and authors' protocol)",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} by `bench/bench_yolo.py` on {machine(args.threads)}; {args.device}.",
+        f"Real `AMATDetectionTrainer` instances (Ultralytics {_ultralytics_version()}) in one process, one per "
+        f"contender, the same preprocessed batches; generated data (`amat_hooks.zoo.detection_data`), {args.model} "
+        f"from scratch, imgsz {args.imgsz}, batch {args.batch}, `amp=False`. One iteration = `model(batch)` "
+        f"(clean forward + the criterion wrapper: attack, noisy forward, combined loss), backward, optimizer step "
+        f"with EMA. {args.rounds} rounds x {args.iters} iterations, contenders alternating (order reversed every "
+        f"other round), CPU seconds of the process (`time.process_time`); ratios are medians of per-round paired "
+        f"ratios. SAT eps {args.sat_eps:g}, AMAT Delta {args.amat_step:g}, online xi (mean). Paper: the protocol's "
+        f"10 PGD steps of 2.5 E / 10, uniform start in the ball, noise clamped to [0, 1]. Authors "
+        f"(`--adv-protocol authors`): 20 PGD steps of 5 E / 20, start on the sphere, acceptance at every iterate, "
+        f"per-epoch margin updates with the Delta floor, PGD forwards in train mode.",
+        f"1-minute load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; the bench took "
+        f"{(time.time() - t_start) / 60:.1f} min wall, {(time.process_time() - c_start) / 60:.1f} min CPU.",
+        "",
+        f"Command: `{cmd}`",
+        "",
+        "| contender | median CPU s / iter | min | x STD | x SAT of its protocol |",
+        "|---|---|---|---|---|",
+    ]
+    for n_, v in med.items():
+        base = "SAT-authors" if "authors" in n_ else "SAT"
+        lines.append(f"| {n_} | {v:.3f} | {min(times[n_]):.3f} | {v / med['STD']:.2f} | {v / med[base]:.3f} |")
+    lines += [
+        "",
+        "| ratio (median of per-round paired ratios) | measured (quartiles) | target | verdict | per round |",
+        "|---|---|---|---|---|",
+        f"| AMAT / SAT, paper protocol (issue 26) | **{p_paper:.3f}** ({spread(r_paper)}) | <= 1.03 | "
+        f"{verdict(p_paper, 1.03)} | " + ", ".join(f"{v:.3f}" for v in r_paper) + " |",
+        f"| AMAT-authors / SAT-authors (issue 27) | **{p_auth:.3f}** ({spread(r_auth)}) | <= 1.05 | "
+        f"{verdict(p_auth, 1.05)} | " + ", ".join(f"{v:.3f}" for v in r_auth) + " |",
+    ]
+    if args.stop:
+        lines.append(f"| AMAT-stop / SAT (paper) | {res['paired_AMAT_stop_SAT']:.3f} | report | | |")
+    lines += [
+        "",
+        "Last AMAT batch: " + "; ".join(f"{n_}: {v['pgd_steps_run']} PGD steps, mean margin {v['eps_mean']:.2f}"
+                                          for n_, v in res["amat_last_batch"].items())
+        + f". The authors' per-epoch margin update (`MarginStore.end_epoch`): {res['authors_epoch_update_ms']:.2f} ms "
+          f"CPU, once per epoch.",
+        f"Per-image terms: criterion {tm['criterion']:.2f} ms -> with terms {tm['criterion_with_terms']:.2f} ms "
+        f"(x{tm['terms_over_criterion']:.2f}); the extra is {tm['extra_over_forward']:.1%} of one forward "
+        f"({tm['forward']:.1f} ms); SAT and AMAT pay it alike.",
+        "",
+        "Raw CPU seconds per iteration, per round: "
+        + json.dumps({n_: [round(v, 4) for v in vs] for n_, vs in times.items()}),
+    ]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     return 0
+
+
+def _ultralytics_version() -> str:
+    try:
+        import ultralytics
+
+        return ultralytics.__version__
+    except Exception:  # noqa: BLE001
+        return "?"
 
 
 def bench_eval(args) -> int:
