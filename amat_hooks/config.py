@@ -205,7 +205,8 @@ class AdvConfig:
         tail = "-authors" if self.protocol == "authors" else ""
         if self.mode == "sat":
             return f"SAT{self.eps:g}{tail}"
-        return ("AMAT" if self.boundary == "none" else "AMAT-stop") + tail
+        init = "-init" if self.margin_init is not None else ""  # margins started from a radius file
+        return ("AMAT" if self.boundary == "none" else "AMAT-stop") + init + tail
 
     # -- serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

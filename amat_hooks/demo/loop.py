@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -32,6 +34,8 @@ from torch import Tensor, nn
 
 from amat_hooks.config import AdvConfig
 from amat_hooks.evaluation import EvalResult, robustness_eval
+from amat_hooks.evaluation.radius import xi_radii
+from amat_hooks.initial_margins import initial_margins_record, write_initial_margins
 from amat_hooks.loop import AdversarialLoop
 from amat_hooks.evaluation.segmentation import SegmentationEvalTask
 from amat_hooks.zoo.segnets import MODELS, SmallUNet, TinySegNet, seg_loss_terms  # noqa: F401
@@ -39,6 +43,7 @@ from amat_hooks.zoo.shapes import textured_segmentation
 from amat_hooks.thresholds import xi_from_losses
 
 Log = Callable[[str], None]
+PENDING = "<written by step 2>"  # AMAT-init's radius file before step 2 has measured it
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -65,13 +70,26 @@ class DemoSettings:
     ifgsm_steps: int = 10
     xi_rule: str = "mean"
     threads: int = 1                # torch CPU threads (1: tiny tensors; robust on shared machines)
+    init_margins: bool = True       # also AMAT-init: margins start at each sample's radius (issue 29)
+    margin_steps: int = 30          # minimal-norm attack steps of that radius search
+    margin_max: float | None = None  # its largest radius (None: twice the largest noise level)
 
-    def methods(self, xi: Sequence[float] | None = None) -> list[AdvConfig]:
+    @property
+    def margin_search_max(self) -> float:
+        return float(self.margin_max if self.margin_max is not None else 2 * max(self.levels))
+
+    def methods(self, xi: Sequence[float] | None = None, margin_init: str | None = None) -> list[AdvConfig]:
+        """STD, each SAT, AMAT and (``init_margins``) AMAT-init. ``margin_init``: the radius file
+        step 2 writes; before it exists the AMAT-init entry names it by ``PENDING`` (labels and
+        modes only, as the progress plan needs)."""
         cfgs = [AdvConfig(mode="none")]
         cfgs += [AdvConfig(mode="sat", eps=float(e), pgd_steps=self.train_pgd_steps) for e in self.sat_eps]
-        cfgs.append(AdvConfig(mode="amat", delta=self.delta, pgd_steps=self.train_pgd_steps,
-                              xi=None if xi is None else [float(v) for v in xi], xi_rule=self.xi_rule,
-                              xi_source="calibration from the demo's STD model"))
+        amat = AdvConfig(mode="amat", delta=self.delta, pgd_steps=self.train_pgd_steps,
+                         xi=None if xi is None else [float(v) for v in xi], xi_rule=self.xi_rule,
+                         xi_source="calibration from the demo's STD model")
+        cfgs.append(amat)
+        if self.init_margins:
+            cfgs.append(replace(amat, margin_init=margin_init or PENDING))
         return cfgs
 
     def describe(self) -> list[str]:
@@ -85,7 +103,10 @@ class DemoSettings:
             f"of its own; SAT and AMAT fine-tune from the STD weights and Adam state (no method trains from "
             f"scratch; training noise: {self.train_pgd_steps}-step L2 PGD, full radius)",
             f"methods: STD; SAT eps {sat}; AMAT Delta {self.delta:g} with xi = {self.xi_rule} of the STD model's "
-            f"clean per-sample training losses (CE, soft-Dice), fixed while AMAT trains",
+            f"clean per-sample training losses (CE, soft-Dice), fixed while AMAT trains"
+            + (f"; AMAT-init: the same, each margin starting at the sample's radius on the STD model (the smallest "
+               f"L2 noise at which a term crosses xi, {self.margin_steps}-step minimal-norm search up to "
+               f"{self.margin_search_max:g}), floored at Delta" if self.init_margins else ""),
             f"evaluation: clean, {self.eval_pgd_steps}-step L2 PGD and {self.ifgsm_steps}-step IFGSM at L2 noise "
             f"levels {lv} (a test image has L2 norm ~{self.size})",
         ]
@@ -118,6 +139,8 @@ class DemoProgress:
         adv = n * (2 + self.PGD_STEP * s.train_pgd_steps)
         per_eval = s.test_images * (1 + len(s.levels) * (s.eval_pgd_steps + s.ifgsm_steps) * self.EVAL_STEP)
         self.plan = {"STD-clean": float(s.clean_epochs * n)}
+        if s.init_margins:
+            self.plan["margins"] = n * s.margin_steps * self.EVAL_STEP
         for cfg in s.methods():
             self.plan[cfg.label] = s.epochs * (n if cfg.mode == "none" else adv)
             self.plan[f"eval {cfg.label}"] = per_eval
@@ -216,6 +239,9 @@ class DemoOutcome:
     settings: DemoSettings
     seconds: float
     trivial: float = 0.0            # ADI of the better constant mask (all object / all background)
+    initial_margins: list[float] = field(default_factory=list)  # AMAT-init's start per sample (Delta floor applied)
+    init_seconds: float = 0.0       # the radius search of step 2 (its cost)
+    init_margins_final: list[float] = field(default_factory=list)  # AMAT-init's margins after training
 
 
 def trivial_adi(y: Tensor) -> float:
@@ -240,12 +266,38 @@ def run_loop_demo(settings: DemoSettings | None = None, seed: int = 0, log: Log 
     if s.threads:
         torch.set_num_threads(s.threads)
     try:
-        return _run(s, seed, log, t_all)
+        with tempfile.TemporaryDirectory(prefix="amat-demo-") as tmp:
+            return _run(s, seed, log, t_all, Path(tmp))
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(s: DemoSettings, seed: int, log: Log, t_all: float) -> DemoOutcome:
+def write_demo_margins(s: DemoSettings, model: nn.Module, xtr: Tensor, ytr: Tensor, xi: Sequence[float],
+                       path: Path) -> tuple[list[float], float]:
+    """Step 2b (``init_margins``): each training image's radius on the clean model, written as
+    ``amat calibrate --margins-out`` writes it (ids = the images' indices, as the loop keys its
+    margins); returns AMAT-init's starting margins (radius floored at Delta) and the seconds
+    the search took."""
+    t0 = time.perf_counter()
+    was = model.training
+    model.eval()
+    try:
+        task = SegmentationEvalTask(model, xtr, ytr, seg_loss_terms, batch_size=len(xtr))
+        radii: list[float | None] = []
+        for batch in task.batches():  # in order: the ids are the images' indices
+            radii += xi_radii(task, batch.x, batch.target, xi, max_radius=s.margin_search_max, steps=s.margin_steps)
+    finally:
+        model.train(was)
+    seconds = time.perf_counter() - t0
+    record = initial_margins_record("demo", list(range(len(xtr))), radii, max_radius=s.margin_search_max,
+                                    steps=s.margin_steps, xi=xi, rule=s.xi_rule, term_names=["CE", "soft-Dice"],
+                                    seconds=seconds)
+    write_initial_margins(path, record)
+    start = [max(s.margin_search_max if r is None else r, s.delta) for r in radii]
+    return start, seconds
+
+
+def _run(s: DemoSettings, seed: int, log: Log, t_all: float, tmp: Path) -> DemoOutcome:
     xtr, ytr, xte, yte = make_data(s, seed)
     prog = DemoProgress(s, log)
     results: dict[str, EvalResult] = {}
@@ -269,11 +321,24 @@ def _run(s: DemoSettings, seed: int, log: Log, t_all: float) -> DemoOutcome:
     state = {k: v.clone() for k, v in base.state_dict().items()}
     margins: list[float] = []
     history: list[dict[str, float]] = []
-    cfgs = s.methods(xi)
+    start: list[float] = []
+    init_s = 0.0
+    path = tmp / "initial_margins.json"
+    if s.init_margins:
+        start, init_s = write_demo_margins(s, base, xtr, ytr, xi, path)
+        prog.finish("margins")
+        srt = sorted(start)
+        log(f"[2/4] initial margins for AMAT-init: per training image the smallest L2 noise at which CE or "
+            f"soft-Dice crosses xi ({s.margin_steps}-step minimal-norm search, up to {s.margin_search_max:g}): "
+            f"median {srt[len(srt) // 2]:.2f}, min {srt[0]:.2f}, max {srt[-1]:.2f} after the Delta floor; "
+            f"{init_s:.1f} s")
+    cfgs = s.methods(xi, margin_init=str(path) if s.init_margins else None)
+    final_init: list[float] = []
     for i, cfg in enumerate(cfgs):
         what = ("clean training continued" if cfg.mode == "none" else
                 f"SAT, eps {cfg.eps:g} for every sample" if cfg.mode == "sat" else
-                f"AMAT, Delta {cfg.delta:g}, fixed xi")
+                f"AMAT, Delta {cfg.delta:g}, fixed xi"
+                + (", margins from the radii of step 2" if cfg.margin_init else ""))
         log(f"[3/4] {cfg.label} ({i + 1}/{len(cfgs)}): {s.epochs} epochs from the STD weights, {what}")
         model = MODELS[s.model](s.width)
         model.load_state_dict(state)
@@ -284,7 +349,9 @@ def _run(s: DemoSettings, seed: int, log: Log, t_all: float) -> DemoOutcome:
         prog.finish(cfg.label)
         train_s[cfg.label] = time.perf_counter() - t0 + clean_s
         spe[cfg.label] = per
-        if cfg.mode == "amat":
+        if cfg.mode == "amat" and cfg.margin_init:
+            final_init = adv.policy.margins.values().tolist()
+        elif cfg.mode == "amat":
             margins = adv.policy.margins.values().tolist()
             history = list(adv.amat_history)
         t0 = time.perf_counter()
@@ -298,7 +365,8 @@ def _run(s: DemoSettings, seed: int, log: Log, t_all: float) -> DemoOutcome:
             + f"; demo ETA {_clock(prog.eta_demo('', 0.0))}")
     return DemoOutcome(results=results, seconds_per_epoch=spe, train_seconds=train_s, margins=margins,
                        margin_history=history, xi=xi, settings=s, seconds=time.perf_counter() - t_all,
-                       trivial=trivial_adi(yte))
+                       trivial=trivial_adi(yte), initial_margins=start, init_seconds=init_s,
+                       init_margins_final=final_init)
 
 
 # -- verdict -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ TINY = DemoSettings(train_images=8, test_images=4, size=16, model="tiny", width=
                     levels=(1.0, 2.0),
                     sat_eps=(1.0, 2.0), delta=0.5, train_pgd_steps=2, eval_pgd_steps=2, ifgsm_steps=2)
 
-EPOCH = re.compile(r"\[\s*(?P<label>[\w.]+)\] epoch\s+(?P<k>\d+)/(?P<n>\d+)\s+loss (?P<loss>\S+)"
+EPOCH = re.compile(r"\[\s*(?P<label>[\w.-]+)\] epoch\s+(?P<k>\d+)/(?P<n>\d+)\s+loss (?P<loss>\S+)"
                    r"(?:\s+margin mean (?P<mean>\S+) \(max (?P<max>[^)]+)\))?\s+(?P<spe>\S+) s/epoch\s+"
                    r"ETA (?P=label) (?P<eta>\d+:\d\d), demo (?P<demo>\d+:\d\d)$")
 
@@ -49,6 +49,10 @@ def test_progress_lines_every_epoch_with_loss_margin_and_eta():
         if r["label"] == "AMAT":
             # margins start at Delta and grow by at most Delta per visit
             assert TINY.delta - 1e-6 <= float(r["mean"]) <= float(r["max"]) <= (int(r["k"]) + 1) * TINY.delta + 1e-6
+        elif r["label"] == "AMAT-init":
+            # margins start at the radius (at most the search's limit), floored at Delta; + Delta per visit
+            top = TINY.margin_search_max + int(r["k"]) * TINY.delta + 1e-6
+            assert TINY.delta - 1e-6 <= float(r["mean"]) <= float(r["max"]) <= top
         else:
             assert r["mean"] is None
     # the whole-demo ETA falls as the demo advances
@@ -57,6 +61,36 @@ def test_progress_lines_every_epoch_with_loss_margin_and_eta():
     assert any("calibration: xi = [" in line for line in lines)
     assert sorted(out.results) == sorted(c.label for c in TINY.methods())
     assert len(out.margins) == TINY.train_images and len(out.xi) == 2
+    # AMAT-init started each image at its radius on the STD model, floored at Delta
+    assert len(out.initial_margins) == TINY.train_images == len(out.init_margins_final)
+    assert all(TINY.delta <= m <= TINY.margin_search_max for m in out.initial_margins)
+    assert out.init_seconds > 0 and any("initial margins for AMAT-init: " in line for line in lines)
+
+
+def test_amat_init_starts_at_the_radius_of_each_image(tmp_path):
+    """The demo's starting margins are max(radius, Delta) of the file it writes, and an image
+    whose clean terms already cross xi (computed here) has radius 0."""
+    from amat_hooks.demo.loop import make_data, write_demo_margins
+    from amat_hooks.initial_margins import read_initial_margins
+    from amat_hooks.zoo.segnets import MODELS, seg_loss_terms
+
+    torch.manual_seed(0)
+    model = MODELS["tiny"](8).eval()
+    xtr, ytr, _, _ = make_data(TINY, 0)
+    with torch.no_grad():
+        clean = seg_loss_terms(model(xtr), ytr)
+    xi = clean.mean(0).tolist()  # the paper's "mean" rule: about half the images fail clean
+    path = tmp_path / "m.json"
+    start, seconds = write_demo_margins(TINY, model, xtr, ytr, xi, path)
+    read = read_initial_margins(path)
+    radii = read.record["radii"]
+    failing = (clean >= torch.tensor(xi)).any(1)
+    for i, (r, s) in enumerate(zip(radii, start)):
+        if bool(failing[i]):
+            assert r == 0.0  # the clean image already crosses xi
+        assert s == pytest.approx(max(TINY.margin_search_max if r is None else r, TINY.delta))
+        assert read.values[i] == pytest.approx(TINY.margin_search_max if r is None else r)
+    assert seconds > 0 and sorted(read.values) == list(range(TINY.train_images))
 
 
 def test_same_seed_same_numbers():
