@@ -66,7 +66,8 @@ def _demo_loop(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from amat_hooks.demo.loop import DemoSettings, pattern_verdict, run_loop_demo
+    from amat_hooks.demo.loop import DemoSettings, run_loop_demo
+    from amat_hooks.demo.verdict import pattern_verdict
     from amat_hooks.evaluation.report import to_markdown, write_report
 
     t0 = time.perf_counter()

@@ -7,7 +7,8 @@ import re
 import pytest
 import torch
 
-from amat_hooks.demo.loop import DemoSettings, pattern_verdict, run_loop_demo
+from amat_hooks.demo.loop import DemoSettings, run_loop_demo
+from amat_hooks.demo.verdict import pattern_verdict
 from amat_hooks.evaluation import EvalResult
 
 TINY = DemoSettings(train_images=8, test_images=4, size=16, model="tiny", width=8, clean_epochs=2, epochs=2,
