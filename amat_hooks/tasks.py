@@ -74,6 +74,9 @@ class Task(ABC):
     model_spec_help: str = "PATH"
     #: default ``--models`` for ``amat eval`` (None: required)
     default_models: str | None = None
+    #: ``--attacks`` names aimed at the task's metric (its EvalTask's ``objectives()``), known
+    #: here so that a misspelt one is refused before any model loads
+    aimed_attacks: tuple[str, ...] = ()
     #: other metrics the grid also tabulates (``grid_<metric>.md``)
     report_metrics: tuple[str, ...] = ()
     #: whether the command line may carry words argparse does not know (``key=value``

@@ -75,9 +75,14 @@ PAPER_ROWS = {
     "bccd": {"AMAT": (0.5989, 0.2262, 0.2322), "SAT1": (0.5810, 0.1709, 0.1981), "SAT10": (0.4722, 0.1874, 0.1888),
              "SAT15": (0.2565, 0.1320, 0.1324), "STD": (0.5993, 0.0028, 0.0213)},
 }
+PAPER["bccd_yolov5"], PAPER_ROWS["bccd_yolov5"] = PAPER["bccd"], PAPER_ROWS["bccd"]   # the same experiment
 TITLES = {"hippocampus": "MSD Hippocampus (nnU-Net 2d)", "bccd": "BCCD blood cells (Ultralytics YOLO)",
+          "bccd_yolov5": "BCCD blood cells (classic YOLOv5 train.py: box / obj / cls)",
           "isbi": "ISBI 2015 cephalometric landmarks (Multi-Task U-Net via amat run)"}
-EVAL_NAME = {"hippocampus": "hippocampus", "bccd": "bccd", "isbi": "isbi"}
+EVAL_NAME = {"hippocampus": "hippocampus", "bccd": "bccd", "isbi": "isbi", "bccd_yolov5": "bccd_yolov5"}
+ROUND = {"bccd_yolov5": 3}   # the round a dataset's page belongs to (2 where not named)
+#: where each dataset's runs keep their method folders (the trainer's own layout)
+METHOD_PARENT = {"hippocampus": "results", "bccd": "yolo", "isbi": "train", "bccd_yolov5": "yolov5"}
 ATTACK_NAMES = {"pgd": "PGD", "ifgsm": "IFGSM", "worst": "worst case", "segpgd": "SegPGD", "cospgd": "CosPGD",
                 "mce": "masked CE"}
 
@@ -162,6 +167,29 @@ def _yolo_epochs(results_csv: Path) -> list[float]:
     return [b - a for a, b in zip([0.0] + times, times)]
 
 
+#: the training bar's last state in a classic YOLOv5 log: "  3/5   0G  box obj cls  inst  160: 100% ━━ 19/19 1.4it/s 13.9s"
+_Y5_BAR = re.compile(r"^\s*(\d+)/\d+\s+\S+G\s.*\s100%\s+\S+\s+(\d+)/\2\s+\S+\s+([0-9:.]+)s?\s*$")
+
+
+def _clock(text: str) -> float:
+    """Seconds of a progress-bar time: '13.9' (s), '1:05', '1:02:03'."""
+    parts = [float(p) for p in text.split(":")]
+    return sum(v * 60 ** i for i, v in enumerate(reversed(parts)))
+
+
+def _yolov5_epochs(log: Path) -> list[float]:
+    """Seconds of each training epoch of a classic YOLOv5 run, read from its progress bar
+    (the script's results.csv has no time column)."""
+    if not log.is_file():
+        return []
+    last: dict[int, float] = {}
+    for frag in re.split(r"[\r\n]|\x1b\[K", log.read_text(errors="replace")):
+        m = _Y5_BAR.match(frag)
+        if m:
+            last[int(m.group(1))] = _clock(m.group(3))
+    return [last[k] for k in sorted(last)]
+
+
 def _landmark_epochs(log: Path) -> list[float]:
     if not log.is_file():
         return []
@@ -181,9 +209,11 @@ def method_files(dataset: str, seed_dir: Path, method: str) -> tuple[list[float]
         run = seed_dir / "yolo" / method
         side = run / "weights" / "amat_state.json"
         return _yolo_epochs(run / "results.csv"), (side if side.is_file() else None)
-    run = seed_dir / "train" / method
-    state = run / "amat_state.json"
     log = seed_dir.parent / "logs" / f"s{seed_dir.name[4:]}_train_{method}.log"
+    if dataset == "bccd_yolov5":
+        side = seed_dir / "yolov5" / method / "weights" / "amat_state.json"
+        return _yolov5_epochs(log), (side if side.is_file() else None)
+    state = seed_dir / "train" / method / "amat_state.json"
     return _landmark_epochs(log), (state if state.is_file() else None)
 
 
@@ -315,8 +345,7 @@ def restore(dataset: str, out: Path, runs: Path) -> list[str]:
 
 
 def _methods_of(dataset: str, seed_dir: Path) -> list[str]:
-    parent = {"hippocampus": "results", "bccd": "yolo", "isbi": "train"}[dataset]
-    folder = seed_dir / parent
+    folder = seed_dir / METHOD_PARENT[dataset]
     if not folder.is_dir():
         return []
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name != "pretrain")
@@ -331,7 +360,8 @@ def _ordered(names) -> list[str]:
                 return 1, float(name[3:]), name
             except ValueError:
                 return 1, 0.0, name
-        return {"STD": (0, 0.0, name), "AMAT": (2, 0.0, name), "AMAT-stop": (3, 0.0, name)}.get(name, (4, 0.0, name))
+        return {"STD": (0, 0.0, name), "AMAT": (2, 0.0, name), "AMAT-authors": (3, 0.0, name),
+                "AMAT-stop": (3, 1.0, name)}.get(name, (4, 0.0, name))
     return sorted(names, key=key)
 
 
@@ -546,7 +576,7 @@ def margin_lines(training: dict[str, dict[str, dict]], sat_eps: list[float], del
     eps ~ Delta: almost no noisy sample stayed below xi)."""
     L = []
     smallest = min(sat_eps) if sat_eps else None
-    for method in ("AMAT", "AMAT-stop"):
+    for method in ("AMAT", "AMAT-authors", "AMAT-stop"):
         rows = [(seed, rec[method]) for seed, rec in training.items() if method in rec and rec[method].get("history")]
         if not rows:
             continue
@@ -633,7 +663,8 @@ def write(dataset: str, runs: Path, report_dir: Path) -> Path:
     attacks = list(first.noisy)
     scored = f"{first.scored or f'{first.samples} samples'} per seed{_subset(budget)}"
 
-    L = [f"# {TITLES[dataset]}: STD / SAT / AMAT / AMAT-stop at CPU scale (round 2)", ""]
+    L = [f"# {TITLES[dataset]}: {' / '.join(_ordered({k.rstrip('0123456789.') for k in methods}))} at CPU scale "
+         f"(round {ROUND.get(dataset, 2)})", ""]
     L += [f"Generated by `python bench/reproduce_report.py write {dataset} ...` from the small result files of "
           f"`bash bench/reproduce_{dataset}.sh`, committed in [`{dataset}/runs/`]({dataset}/runs/). Paper "
           f"counterpart: {paper.table}. Seeds evaluated: {', '.join(seeds)}; every table shows mean ± standard "
@@ -681,7 +712,7 @@ def write(dataset: str, runs: Path, report_dir: Path) -> Path:
     sat_mean = statistics.fmean(sat_times) if sat_times else None
     for method, t in seconds.items():
         n = len((training.get(first_seed) or {}).get(method, {}).get("epoch_seconds", []))
-        col = {"STD": 0, "AMAT": 2, "AMAT-stop": 2}.get(method, 1)
+        col = 0 if method == "STD" else 2 if method.startswith("AMAT") else 1
         L.append(f"| {method} | {n} | {_fmt(t, 2)} | {_fmt(t / seconds['STD'] if t and seconds.get('STD') else None, 2)}"
                  f" | {_fmt(t / sat_mean if t and sat_mean else None, 2)} | {paper.seconds[col]} |")
     L += ["", "## The paper's claims on this run", ""] + [f"- {c}" for c in claims(methods, seconds)]
@@ -691,8 +722,9 @@ def write(dataset: str, runs: Path, report_dir: Path) -> Path:
               f"the levels minus each other method's, positive = AMAT more robust; a claim holds where the paired "
               f"t-test gives p < {PAIRED_ALPHA:g} with the sign of the claim. With {len(seeds)} seeds the test is "
               f"weak: within noise here is no evidence of a tie.", ""] + paired
-    if "AMAT-stop" in methods:
-        L += [f"- AMAT-stop: {c}" for c in claims(methods, seconds, "AMAT-stop")]
+    variants = [k for k in methods if k.startswith("AMAT-")]
+    for k in variants:
+        L += [f"- {k}: {c}" for c in claims(methods, seconds, k)]
     L += ["", "## Commands", "", "Run in this order by the script (`$OUT` is its output folder); each is a stage "
           "with its own log.", "", "```"]
     if (runs / "commands.txt").is_file():
@@ -704,8 +736,7 @@ def write(dataset: str, runs: Path, report_dir: Path) -> Path:
     atomic_write_json(assets / "summary.json", {
         "delta": delta, "seeds": list(seeds), "seconds_per_epoch": seconds, "stages_minutes": total / 60,
         "paired": paired,
-        "claims": claims(methods, seconds) + ([f"AMAT-stop: {c}" for c in claims(methods, seconds, "AMAT-stop")]
-                                              if "AMAT-stop" in methods else []),
+        "claims": claims(methods, seconds) + [f"{k}: {c}" for k in variants for c in claims(methods, seconds, k)],
         "methods": {k: {"clean": [r.clean[r.metric] for r in rs],
                         **{a: [r.average(a) for r in rs] for a in rs[0].noisy},
                         "auc_robust": {a: [r.auc_robust(a) for r in rs] for a in rs[0].noisy}}
@@ -718,7 +749,7 @@ def write(dataset: str, runs: Path, report_dir: Path) -> Path:
 def _input_scale(dataset: str, budget_file: Path) -> float:
     """This run's input side / the paper's (L2 levels and SAT eps were scaled by it)."""
     budget = read_json(budget_file) if budget_file.is_file() else {}
-    if dataset == "bccd" and "IMGSZ" in budget:
+    if dataset in ("bccd", "bccd_yolov5") and "IMGSZ" in budget:
         return float(budget["IMGSZ"]) / 320
     if dataset == "isbi" and "H" in budget:
         return float(budget["H"]) / 200
@@ -736,11 +767,15 @@ def overview(report_dir: Path) -> str:
     L = ["| dataset | method | seeds | clean | PGD avg | IFGSM avg | worst avg | s/epoch | paper: clean / PGD avg / "
          "IFGSM avg (SAT eps at the paper's input size) |", "|---|---|---|---|---|---|---|---|---|"]
     verdicts = []
-    for dataset in ("hippocampus", "isbi", "bccd"):
+    # a report folder holds one round's pages: round 2's (docs/results) or a later one's
+    here = max([ROUND.get(d, 2) for d in os.listdir(report_dir) if (report_dir / d / "summary.json").is_file()] or [2])
+    for dataset in ("hippocampus", "isbi", "bccd", "bccd_yolov5"):
+        if ROUND.get(dataset, 2) != here:
+            continue
         f = report_dir / dataset / "summary.json"
         summ = read_json(f) if f.is_file() else None
         if not summ or "methods" not in summ:
-            L.append(f"| {dataset} | (round 2 not run yet) | | | | | | | |")
+            L.append(f"| {dataset} | (round {here} not run yet) | | | | | | | |")
             continue
         scale = _input_scale(dataset, report_dir / dataset / "runs" / "budget.json")
         for name in _ordered(summ["methods"]):

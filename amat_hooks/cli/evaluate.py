@@ -24,9 +24,11 @@ def run_eval(task: Task, args: argparse.Namespace) -> int:
     attacks = parse_attacks(args.attacks)
     from amat_hooks.evaluation.run import KNOWN_ATTACKS
 
-    unknown = [a for a in attacks if a not in KNOWN_ATTACKS]
+    known = (*KNOWN_ATTACKS[:-1], *task.aimed_attacks, KNOWN_ATTACKS[-1])
+    unknown = [a for a in attacks if a not in known]
     if unknown:  # before any model loads (what a task supports: once its model is built)
-        raise TaskError(f"--attacks: unknown attack {unknown[0]!r}; choose from {', '.join(KNOWN_ATTACKS)}")
+        raise TaskError(f"--attacks: unknown attack {unknown[0]!r} for amat eval {task.name}; choose from "
+                        f"{', '.join(known)}")
     if "worst" in attacks and len(attacks) < 2:
         raise TaskError("--attacks worst is the per-sample worst case over the other attacks listed: list at "
                         "least one more (e.g. --attacks pgd,ifgsm,worst)")

@@ -128,6 +128,8 @@ CLI_CASES = [
      2, ["abc"]),
     ("eval attack unknown", ["eval", "landmark", "--models", "{ckpt}", "--data", "{data}", "--attacks", "fgsm"], 2,
      ["fgsm"]),
+    ("eval attack of another task", ["eval", "landmark", "--models", "{ckpt}", "--data", "{data}", "--attacks",
+                                     "pgd,suppress"], 2, ["'suppress'", "heatmap, vote"]),
     ("eval worst alone", ["eval", "landmark", "--models", "{ckpt}", "--data", "{data}", "--attacks", "worst"], 2,
      ["worst"]),
     ("eval model missing", ["eval", "landmark", "--models", "STD={inputs}/none.pth", "--data", "{data}"], 2,

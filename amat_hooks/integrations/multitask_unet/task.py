@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from amat_hooks.evaluation import EvalBatch, EvalTask
+from amat_hooks.integrations.multitask_unet.objectives import ABOUT
 from amat_hooks.tasks import CalibrationSet, Task, TaskError, TrainRun, amat_executable
 
 
@@ -199,6 +200,7 @@ class LandmarkTask(Task):
     default_levels = "landmark"
     xi_rule = "mean+2std"  # paper section 3.6
     model_spec_help = "CHECKPOINT"
+    aimed_attacks = tuple(ABOUT)
     accepts_extra = True   # the grid's training command after --
 
     _SPLIT = {"calibrate": "train", "eval": "test", "grid": "val"}

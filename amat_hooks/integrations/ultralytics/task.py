@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from amat_hooks.evaluation.objectives import DETECTION_TERMS
 from amat_hooks.tasks import CalibrationSet, Task, TaskError, TrainRun, amat_executable
 
 #: Ultralytics arguments that matter to evaluation (the grid forwards these from its training words).
@@ -70,6 +71,7 @@ class YoloTask(Task):
     xi_rule = "mean+2std"  # paper section 3.7
     model_spec_help = "WEIGHTS.pt"
     report_metrics = ("mAP50-95", "IoU")
+    aimed_attacks = tuple(DETECTION_TERMS)
     accepts_extra = True  # Ultralytics key=value words, extra --adv-* training flags for the grid
 
     def add_arguments(self, p: argparse.ArgumentParser, command: str) -> None:

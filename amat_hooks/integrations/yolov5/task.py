@@ -25,7 +25,7 @@ from torch import Tensor
 
 from amat_hooks.evaluation import EvalBatch, EvalTask
 from amat_hooks.evaluation.metrics import decode_tp, encode_tp, object_ious
-from amat_hooks.evaluation.objectives import DetectionObjectives
+from amat_hooks.evaluation.objectives import DETECTION_TERMS, DetectionObjectives
 from amat_hooks.integrations.yolov5.adapter import YoloV5Adapter
 from amat_hooks.tasks import CalibrationSet, Task, TaskError, TrainRun, amat_executable
 
@@ -179,6 +179,7 @@ class YoloV5Task(Task):
     xi_rule = "mean+2std"  # paper section 3.7
     model_spec_help = "WEIGHTS.pt"
     report_metrics = ("mAP50-95", "IoU")
+    aimed_attacks = tuple(DETECTION_TERMS)
     accepts_extra = True  # the grid's training command after --
 
     def add_arguments(self, p: argparse.ArgumentParser, command: str) -> None:

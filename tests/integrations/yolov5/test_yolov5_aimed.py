@@ -60,3 +60,17 @@ def test_eval_yolov5_worst_runs_the_aimed_attacks(trained, tmp_path):
     assert len(res["per_sample"]["worst_from"]["2"]) == 4
     md = (tmp_path / "ev" / "robustness.md").read_text()
     assert "**SUP: 2-step PGD aimed at the metric (suppress)" in md and "| Method | W.0.5 from | W.2 from |" in md
+
+
+def test_eval_yolov5_runs_an_aimed_attack_listed_by_name(trained, tmp_path):
+    """`--attacks suppress` (no `worst`) is accepted on the command line and scored on its own."""
+    checkout, weights, data = trained
+    ev = run(amat_cmd() + ["eval", "yolov5", "--models", f"STD={weights}", "--data", str(data), "--img", "64",
+                           "--batch", "4", "--split", "val", "--levels", "2", "--pgd-steps", "2",
+                           "--attacks", "suppress", "--out", str(tmp_path / "ev"), "--no-progress"],
+             tmp_path, env={"AMAT_YOLOV5_DIR": str(checkout)}, timeout=600)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    res = json.loads((tmp_path / "ev" / "robustness.json").read_text())["STD"]
+    assert list(res["noisy"]) == ["suppress"]
+    at2 = {float(k): v for k, v in res["noisy"]["suppress"].items()}[2.0]
+    assert at2["mAP50-95"] <= res["clean"]["mAP50-95"] + 1e-9
