@@ -552,6 +552,18 @@ def _stages(runs: Path) -> list[dict]:
     return sorted(recs, key=lambda r: r["start"])
 
 
+def _alone(stages: list[dict], seed: str | None) -> str:
+    """Whether a seed's training stages ran alone: another stage of the run overlapping one of
+    them in time (seeds run side by side) makes its seconds per epoch a loaded machine's."""
+    mine = [s for s in stages if re.fullmatch(rf"s{seed}_train_.+", s["stage"])]
+    others = [s for s in stages if not s["stage"].startswith(f"s{seed}_")]
+    hit = sorted({o["stage"] for m in mine for o in others if o["start"] < m["end"] and m["start"] < o["end"]})
+    if not hit:
+        return "stages run alone"
+    return (f"NOT alone: {len(hit)} stage(s) of other seeds ran at the same time ({', '.join(hit[:3])}"
+            f"{', ...' if len(hit) > 3 else ''}), so the rows are not a clean Table 5 comparison")
+
+
 def results_table(methods: dict[str, list[EvalResult]], attack: str) -> list[str]:
     first = next(iter(methods.values()))[0]
     m, levels = first.metric, first.levels
@@ -705,7 +717,7 @@ def write(dataset: str, runs: Path, report_dir: Path) -> Path:
     L += ["## Delta grid (validation split, seed of the first run)", ""]
     for f in sorted((runs / "grid").glob("grid*.md")):
         L += [f"`{f.name}`:", "", f.read_text().strip(), ""]
-    L += [f"## Seconds per training epoch (Table 5 analogue, seed {first_seed}, stages run alone)", "",
+    L += [f"## Seconds per training epoch (Table 5 analogue, seed {first_seed}, {_alone(stages, first_seed)})", "",
           "| method | epochs | median s/epoch (first epoch left out) | x STD | x mean SAT | paper s/epoch (GPU) |",
           "|---|---|---|---|---|---|"]
     sat_times = [t for k, t in seconds.items() if k.startswith("SAT") and t]
