@@ -22,9 +22,9 @@ def run_eval(task: Task, args: argparse.Namespace) -> int:
     """The whole command: parse and check ``--models``, evaluate, report."""
     checked_levels(args.levels)
     attacks = parse_attacks(args.attacks)
-    from amat_hooks.evaluation.run import KNOWN_ATTACKS
+    from amat_hooks.evaluation.run import known_attacks
 
-    known = (*KNOWN_ATTACKS[:-1], *task.aimed_attacks, KNOWN_ATTACKS[-1])
+    known = known_attacks(task.aimed_attacks)
     unknown = [a for a in attacks if a not in known]
     if unknown:  # before any model loads (what a task supports: once its model is built)
         raise TaskError(f"--attacks: unknown attack {unknown[0]!r} for amat eval {task.name}; choose from "

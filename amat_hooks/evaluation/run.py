@@ -42,6 +42,11 @@ KNOWN_ATTACKS = ("pgd", "ifgsm", *SEGMENTATION_OBJECTIVES, "worst")
 _STATE_VERSION = "eval-2"
 
 
+def known_attacks(aimed: Sequence[str] = ()) -> tuple[str, ...]:
+    """Every ``--attacks`` name for a task with these aimed objectives (``worst`` last)."""
+    return (*KNOWN_ATTACKS[:-1], *aimed, KNOWN_ATTACKS[-1])
+
+
 def task_objectives(task: "EvalTask") -> dict[str, Objective]:
     """The task's attack objectives aimed at its metric (:meth:`EvalTask.objectives`), checked:
     their names must not be the core's."""
@@ -58,7 +63,7 @@ def check_attacks(task: "EvalTask", attacks: Sequence[str], radius: RadiusSpec |
     the task's objectives aimed at its metric (``in_worst``) that are not listed run too, just
     before it: the worst case is then over the training loss AND the metric's own attacks."""
     aimed = task_objectives(task)
-    known = (*KNOWN_ATTACKS[:-1], *aimed, "worst")
+    known = known_attacks(tuple(aimed))
     out: list[str] = []
     for a in attacks:
         a = a.strip().lower()

@@ -296,3 +296,23 @@ def test_paired_verdicts_by_hand():
     assert rr.paired_p([x - y for x, y in zip(a, b)]) == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-9)
     assert rr.paired_p([0.5]) is None and rr.paired_p([0.2, 0.2]) == 0.0
     assert math.isclose(rr.paired_p([0.0, 0.0]), 1.0)
+
+
+def test_yolov5_epoch_seconds_are_read_from_the_training_bar(tmp_path):
+    """The classic script's log: tqdm states joined by \\r and ESC[K; validation bars ('Class') and
+    unfinished states are not epochs; times as the bar prints them (13.9s, 1:05)."""
+    rr = _load_report_module()
+    bar = "      {e}/2         0G     0.11     0.12    0.035        443        160: {p}% ━━━━ {n}/19 1.4it/s {t}"
+    log = tmp_path / "s0_train_AMAT.log"
+    log.write_text("\r".join([bar.format(e=0, p=5, n=1, t="1.5s"), bar.format(e=0, p=100, n=19, t="13.9s"),
+                              "                 Class     Images  Instances: 100% ━━━━ 2/2 2.7it/s 0.7s",
+                              "\x1b[K" + bar.format(e=1, p=100, n=19, t="1:05")]) + "\n")
+    assert rr._yolov5_epochs(log) == [13.9, 65.0]
+
+
+def test_timing_heading_names_stages_of_other_seeds_that_overlapped():
+    rr = _load_report_module()
+    alone = [{"stage": "s0_train_AMAT", "start": 0, "end": 10}, {"stage": "s1_train_AMAT", "start": 10, "end": 20}]
+    assert rr._alone(alone, "0") == "stages run alone"
+    side = [{"stage": "s0_train_AMAT", "start": 0, "end": 10}, {"stage": "s1_pretrain", "start": 9, "end": 30}]
+    assert rr._alone(side, "0").startswith("NOT alone: 1 stage(s) of other seeds ran at the same time (s1_pretrain)")
